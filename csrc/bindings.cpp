@@ -1,0 +1,9 @@
+#include "bindings.h"
+
+namespace mtl_fast {
+
+void register_all(pybind11::module_& /*m*/) {
+    // Components add their register_* calls here (see bindings.h).
+}
+
+}  // namespace mtl_fast

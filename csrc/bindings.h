@@ -1,0 +1,11 @@
+// Registration hooks of the components of mtl_fast._C.  Each component implements its register_*
+// function in its own .cpp file; register_all (bindings.cpp) calls them in order.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace mtl_fast {
+
+void register_all(pybind11::module_& m);
+
+}  // namespace mtl_fast

@@ -1,0 +1,1 @@
+"""Triton kernels of mtl_fast, installed as ``mtl_fast.kernels``."""
