@@ -2,8 +2,9 @@
 
 namespace mtl_fast {
 
-void register_all(pybind11::module_& /*m*/) {
+void register_all(pybind11::module_& m) {
     // Components add their register_* calls here (see bindings.h).
+    register_welford(m);
 }
 
 }  // namespace mtl_fast

@@ -8,4 +8,7 @@ namespace mtl_fast {
 
 void register_all(pybind11::module_& m);
 
+// welford.cpp: mtl_fast._C.Welford, the running-statistics accumulator.
+void register_welford(pybind11::module_& m);
+
 }  // namespace mtl_fast

@@ -1,0 +1,172 @@
+"""Input checks shared by the ops, the kernels' wrappers and the methods.
+
+Every public entry point turns its gradient argument into a :class:`TaskRows`: T tensors (views,
+never copies) of D elements each, with one dtype and one device. Errors name the problem and the
+offending task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+GradsLike = Union[Tensor, Sequence[Tensor]]
+
+#: dtypes accepted for task gradients. float64 is served by the reference backend only.
+GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """T task gradients seen as rows of a virtual T×D matrix J (never materialised).
+
+    Attributes:
+        rows: T tensors of D elements each. Each is a 1-D view of the caller's tensor when its
+            memory is contiguous, otherwise a contiguous copy of that one task (documented in
+            :func:`gram`).
+        shape: the shape of one task gradient (what ``combine`` returns).
+        stacked: the caller's [T, ...] tensor when one was given (lets the reference run one GEMM
+            over it without copying), else ``None``.
+    """
+
+    rows: tuple[Tensor, ...]
+    shape: torch.Size
+    stacked: Tensor | None
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.rows)
+
+    @property
+    def numel(self) -> int:
+        return self.rows[0].numel()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.rows[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows[0].device
+
+
+def _check_float(t: Tensor, what: str) -> None:
+    if t.dtype not in GRAD_DTYPES:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in GRAD_DTYPES)
+        raise TypeError(f"{what} must be a floating-point tensor ({allowed}); got {t.dtype}")
+
+
+def as_task_rows(grads: GradsLike, *, name: str = "grads") -> TaskRows:
+    """Validate task gradients and view them as T rows of D elements.
+
+    Args:
+        grads: a tensor of shape [T, ...] or a sequence of T tensors of one shape, dtype and device
+            (exactly what autograd hands a Function's backward).
+        name: the argument name used in error messages.
+
+    Raises:
+        TypeError: not a tensor / sequence of tensors, or a non-floating dtype.
+        ValueError: no task, empty gradients, shapes, dtypes or devices that differ between tasks.
+    """
+    if isinstance(grads, Tensor):
+        _check_float(grads, name)
+        if grads.dim() < 1 or grads.shape[0] == 0:
+            raise ValueError(
+                f"{name} must have shape [T, ...] with T >= 1; got {tuple(grads.shape)}"
+            )
+        flat = grads.reshape(grads.shape[0], -1)
+        if flat.shape[1] == 0:
+            raise ValueError(f"{name} has no elements per task (shape {tuple(grads.shape)})")
+        if flat.stride(1) != 1:
+            flat = flat.contiguous()
+        rows = tuple(flat.unbind(0))
+        return TaskRows(rows=rows, shape=grads.shape[1:], stacked=flat)
+
+    if not isinstance(grads, (list, tuple)):
+        try:
+            grads = list(grads)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be a Tensor [T, ...] or a sequence of T tensors; "
+                f"got {type(grads).__name__}"
+            ) from None
+    if len(grads) == 0:
+        raise ValueError(f"{name} is empty: at least one task gradient is needed")
+    first = grads[0]
+    for t, g in enumerate(grads):
+        if not isinstance(g, Tensor):
+            raise TypeError(f"{name}[{t}] must be a Tensor; got {type(g).__name__}")
+        _check_float(g, f"{name}[{t}]")
+        if g.shape != first.shape:
+            raise ValueError(
+                f"{name}[{t}] has shape {tuple(g.shape)} but {name}[0] has {tuple(first.shape)}: "
+                "every task gradient must have the same shape"
+            )
+        if g.dtype != first.dtype:
+            raise ValueError(
+                f"{name}[{t}] has dtype {g.dtype} but {name}[0] has {first.dtype}: "
+                "cast the task gradients to one dtype"
+            )
+        if g.device != first.device:
+            raise ValueError(
+                f"{name}[{t}] is on {g.device} but {name}[0] is on {first.device}: "
+                "every task gradient must be on the same device"
+            )
+    if first.numel() == 0:
+        raise ValueError(f"{name} has no elements per task (shape {tuple(first.shape)})")
+    rows = tuple(g.reshape(-1) if g.is_contiguous() else g.contiguous().view(-1) for g in grads)
+    return TaskRows(rows=rows, shape=first.shape, stacked=None)
+
+
+def check_gram(G: Tensor, *, name: str = "G") -> Tensor:
+    """Validate a Gram matrix argument: a square floating-point [T, T] tensor, T >= 1."""
+    if not isinstance(G, Tensor):
+        raise TypeError(f"{name} must be a Tensor [T, T]; got {type(G).__name__}")
+    if not G.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got {G.dtype}")
+    if G.dim() != 2 or G.shape[0] != G.shape[1] or G.shape[0] == 0:
+        raise ValueError(f"{name} must be a square [T, T] matrix with T >= 1; got {tuple(G.shape)}")
+    return G
+
+
+def check_weights(weights: Tensor, num_tasks: int, device: torch.device) -> Tensor:
+    """Validate task weights for :func:`combine`: a floating [T] tensor on the gradients' device."""
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a Tensor [T]; got {type(weights).__name__}")
+    if not weights.is_floating_point():
+        raise TypeError(f"weights must be a floating-point tensor; got {weights.dtype}")
+    if weights.shape != (num_tasks,):
+        raise ValueError(
+            f"weights must have shape ({num_tasks},) to match {num_tasks} task gradients; "
+            f"got {tuple(weights.shape)}"
+        )
+    if weights.device != device:
+        raise ValueError(f"weights are on {weights.device} but the gradients are on {device}")
+    return weights
+
+
+def check_out(out: Tensor, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Validate the ``out=`` accumulator of :func:`combine`."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a Tensor; got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}; expected {tuple(shape)}")
+    if out.device != device:
+        raise ValueError(f"out is on {out.device} but the gradients are on {device}")
+    if not out.is_floating_point():
+        raise TypeError(f"out must be a floating-point tensor; got {out.dtype}")
+    del dtype  # any floating out dtype is accepted; the sum is cast to it
+    return out
+
+
+def nonfinite_task_message(bad: Sequence[int], what: str = "gradient") -> str:
+    """The error message for non-finite task inputs, naming the tasks."""
+    tasks = ", ".join(str(t) for t in bad)
+    plural = "s" if len(bad) > 1 else ""
+    return (
+        f"non-finite (NaN/Inf, or overflowing) {what} for task{plural} {tasks}; "
+        "mark absent tasks with mask= instead of passing NaN"
+    )

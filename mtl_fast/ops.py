@@ -1,0 +1,147 @@
+"""Public Gram-space ops with backend dispatch: ``gram``, ``imtl_g_weights``, ``mgda_weights``,
+``combine``.
+
+The math lives in :mod:`mtl_fast.reference` (the specification); the Triton kernels
+(:mod:`mtl_fast.kernels`) and the native CPU solvers (:mod:`mtl_fast._C`) are tested against it.
+
+Non-finite gradients:
+    * reference path (``backend="torch"``, and ``"auto"`` on the CPU): :func:`gram` raises
+      ``ValueError`` naming the task (this reads one flag from the device).
+    * Triton path: no host sync. The NaN/Inf reaches the task's diagonal entry of G; the solves
+      treat such a task as inactive (weight 0) and the combine kernel skips zero-weight tasks.
+      The methods record the flag and report it lazily (:class:`mtl_fast.Weighting`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtl_fast import _backend
+from mtl_fast._validation import GradsLike, as_task_rows, check_gram, check_out, check_weights
+from mtl_fast.reference import passes as _ref_passes
+from mtl_fast.reference import solves as _ref_solves
+
+#: Largest T served by the native CPU solvers (beyond it LAPACK through PyTorch is faster).
+NATIVE_MAX_T = 256
+#: Largest T served by the single-program Triton solve kernels.
+TRITON_SOLVE_MAX_T = 64
+
+
+def _kernels():
+    import mtl_fast.kernels as kernels
+
+    return kernels
+
+
+def _native(name: str):
+    """The native solver ``name`` of ``mtl_fast._C``, or ``None`` when not built."""
+    if not _backend.native_available():
+        return None
+    import mtl_fast._C as C
+
+    return getattr(C, name, None)
+
+
+def gram(grads: GradsLike, *, backend: str = "auto") -> Tensor:
+    """Gram matrix G = J Jᵀ of T task gradients, float32 [T, T] on their device.
+
+    Args:
+        grads: a tensor [T, ...] or a sequence of T same-shaped tensors, fp32/bf16/fp16 (fp64 on
+            the reference). The Triton path reads separate tensors through a pointer array with
+            no stacking copy; the reference reads them in column chunks (no T×D temporary).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :mod:`mtl_fast._backend`).
+
+    Accumulation is in fp32 with a deterministic float64 reduction across blocks: bitwise
+    identical run to run, with an error that does not grow with D.
+    """
+    rows = as_task_rows(grads)
+    if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
+        return _kernels().gram(rows)
+    G = _ref_passes._gram_rows(rows)
+    _ref_passes.raise_if_nonfinite(G)
+    return G.to(_ref_passes.accumulation_dtype(rows.dtype))
+
+
+def _solve_backend(G: Tensor, backend: str) -> str:
+    return _backend.resolve(backend, G.device, G.dtype if G.dtype == torch.float64 else None)
+
+
+def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
+    """IMTL-G task weights from the Gram matrix (paper 004 §3.1): G α ∝ n, Σα = 1.
+
+    See :func:`mtl_fast.reference.imtl_g_weights` for the math and the degenerate cases.
+    Returns float32 [T] (float64 for a float64 G) on G's device, without a host sync.
+    """
+    check_gram(G)
+    T = G.shape[0]
+    be = _solve_backend(G, backend)
+    if be == "triton" and T <= TRITON_SOLVE_MAX_T:
+        return _kernels().imtl_g_weights(G)
+    if backend == "auto" and G.device.type == "cpu" and T <= NATIVE_MAX_T:
+        solve = _native("imtl_g_solve")
+        if solve is not None:
+            return _from_native(solve(_to_native(G)), G)
+    return _ref_solves.imtl_g_weights(G)
+
+
+def mgda_weights(
+    G: Tensor,
+    *,
+    constrained: bool = True,
+    solver: str = "active_set",
+    max_iter: int | None = None,
+    tol: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """MGDA weights: the minimum-norm point of the convex hull of the gradients.
+
+    min αᵀGα over the simplex (Sener & Koltun 2018). ``solver="active_set"`` (default) is exact
+    (Wolfe's minimum-norm-point algorithm, warm-started by accelerated projected gradient);
+    ``solver="frank_wolfe"`` reproduces the original code's Frank-Wolfe iteration.
+    ``constrained=False`` gives the closed form G α ∝ 1 (paper 004 §4).
+    """
+    check_gram(G)
+    if solver not in ("active_set", "frank_wolfe"):
+        raise ValueError(f"unknown MGDA solver {solver!r}; expected 'active_set' or 'frank_wolfe'")
+    T = G.shape[0]
+    be = _solve_backend(G, backend)
+    default_budget = max_iter is None and tol is None
+    if constrained and solver == "active_set" and default_budget:
+        if be == "triton" and T <= TRITON_SOLVE_MAX_T:
+            return _kernels().mgda_weights(G)
+        if backend == "auto" and G.device.type == "cpu" and T <= NATIVE_MAX_T:
+            solve = _native("mgda_solve")
+            if solve is not None:
+                return _from_native(solve(_to_native(G)), G)
+    return _ref_solves.mgda_weights(
+        G, constrained=constrained, solver=solver, max_iter=max_iter, tol=tol
+    )
+
+
+def combine(
+    grads: GradsLike, weights: Tensor, *, out: Tensor | None = None, backend: str = "auto"
+) -> Tensor:
+    """Σ_t α_t g_t in the gradients' dtype with fp32 accumulation (paper 004 eq. 2).
+
+    Args:
+        grads: as for :func:`gram`.
+        weights: α, floating [T] on the gradients' device (never read on the host).
+        out: accumulate into this tensor (``out += Σ α_t g_t``), e.g. a ``.grad``; returned.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+    """
+    rows = as_task_rows(grads)
+    check_weights(weights, rows.num_tasks, rows.device)
+    if out is not None:
+        check_out(out, rows.shape, rows.dtype, rows.device)
+    if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
+        return _kernels().combine(rows, weights, out=out)
+    return _ref_passes._combine_rows(rows, weights, out)
+
+
+def _to_native(G: Tensor):
+    return G.detach().to(torch.float64).contiguous().numpy()
+
+
+def _from_native(alpha, G: Tensor) -> Tensor:
+    return torch.from_numpy(alpha).to(torch.float64 if G.dtype == torch.float64 else torch.float32)

@@ -1,0 +1,151 @@
+"""Reference passes over the task gradients: the Gram matrix and the weighted combination.
+
+For task gradients g_1..g_T (the rows of J, D elements each):
+
+* ``gram``:    G = J Jᵀ, G_ab = ⟨g_a, g_b⟩        (DESIGN.md, "Gram space")
+* ``combine``: g = Σ_t α_t g_t = αᵀ J             (paper 004, eq. 2)
+
+Both read J once, in chunks of columns. A chunk of the T rows is converted to the accumulation
+dtype (float32, or float64 for float64 gradients) in a small reusable buffer when the rows are
+separate tensors or of a lower precision, so no T×D temporary is ever made. Within a chunk one GEMM
+(or GEMV) does the work; partial Gram matrices are summed in float64 across chunks, so the
+rounding error does not grow with D, and the order of the reduction is fixed (deterministic).
+When T is large only the upper-triangle blocks of G are computed (G is symmetric).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtl_fast._validation import (
+    GradsLike,
+    TaskRows,
+    as_task_rows,
+    check_out,
+    check_weights,
+    nonfinite_task_message,
+)
+
+#: The conversion buffer holds T × (D / CHUNK_FRACTION) elements: at most 1/16 of the bytes of J
+#: (1/32 of the elements when 16-bit gradients are widened to fp32), so the extra memory of a step
+#: stays far below the T·D·bytes the gradients themselves occupy.
+CHUNK_FRACTION = 16
+#: Minimum columns per chunk (keeps GEMMs efficient and the Python loop short for small D).
+MIN_CHUNK = 16384
+#: Rows per block of the symmetric (upper-triangle) Gram computation; used when T > SYM_BLOCK.
+SYM_BLOCK = 64
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 gradients, float32 otherwise (bf16/fp16/fp32 accumulate in fp32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_size(numel: int, widen: int) -> int:
+    parts = CHUNK_FRACTION * widen
+    return min(numel, max(MIN_CHUNK, -(-numel // parts)))
+
+
+def _column_chunks(rows: TaskRows):
+    """Yield (start, stop, X) with X the [T, stop-start] block of J in the accumulation dtype.
+
+    X is a view of the caller's stacked tensor when it already has the accumulation dtype;
+    otherwise the rows' slices are written into one reusable buffer (T × chunk elements).
+    """
+    acc = accumulation_dtype(rows.dtype)
+    T, D = rows.num_tasks, rows.numel
+    widen = max(1, torch.finfo(acc).bits // torch.finfo(rows.dtype).bits)
+    step = _chunk_size(D, widen)
+    direct = rows.stacked is not None and rows.stacked.dtype == acc
+    buf = None if direct else torch.empty((T, step), dtype=acc, device=rows.device)
+    for start in range(0, D, step):
+        stop = min(start + step, D)
+        if direct:
+            yield start, stop, rows.stacked[:, start:stop]
+        elif rows.dtype == acc:
+            block = buf[:, : stop - start]
+            torch.stack([row[start:stop] for row in rows.rows], out=block)
+            yield start, stop, block
+        else:
+            block = buf[:, : stop - start]
+            for t, row in enumerate(rows.rows):
+                block[t].copy_(row[start:stop])
+            yield start, stop, block
+
+
+def _gram_rows(rows: TaskRows) -> Tensor:
+    """Float64 Gram matrix of validated rows (upper blocks only when T > SYM_BLOCK)."""
+    T = rows.num_tasks
+    G = torch.zeros((T, T), dtype=torch.float64, device=rows.device)
+    for _, _, X in _column_chunks(rows):
+        if T <= SYM_BLOCK:
+            G += (X @ X.T).to(torch.float64)
+        else:
+            for i in range(0, T, SYM_BLOCK):
+                j = min(i + SYM_BLOCK, T)
+                G[i:j, i:] += (X[i:j] @ X[i:].T).to(torch.float64)
+    # Mirror the upper triangle: G is exactly symmetric whatever the GEMM's rounding.
+    return torch.triu(G) + torch.triu(G, diagonal=1).T
+
+
+def raise_if_nonfinite(G: Tensor, what: str = "gradient") -> None:
+    """Raise ``ValueError`` naming the tasks whose Gram diagonal is NaN/Inf (syncs on CUDA).
+
+    ``G_tt = ‖g_t‖²`` is NaN or Inf exactly when g_t holds a NaN/Inf (or its squared norm
+    overflows), so checking the T diagonal entries is enough.
+    """
+    bad = ~torch.isfinite(G.diagonal())
+    if bool(bad.any()):
+        raise ValueError(nonfinite_task_message(bad.nonzero().flatten().tolist(), what))
+
+
+def gram(grads: GradsLike, *, check_finite: bool = True) -> Tensor:
+    """Gram matrix G = J Jᵀ of the task gradients (DESIGN.md "Gram space").
+
+    Args:
+        grads: a tensor [T, ...] or a sequence of T same-shaped tensors (fp32, bf16, fp16, fp64).
+            Separate tensors are read in place; a non-contiguous one is copied (that task only).
+        check_finite: raise ``ValueError`` naming the task when a gradient holds NaN/Inf.
+
+    Returns:
+        [T, T] float32 (float64 for float64 gradients) on the gradients' device; accumulated in
+        fp32 within chunks of columns and in float64 across chunks, exactly symmetric.
+    """
+    rows = as_task_rows(grads)
+    G = _gram_rows(rows)
+    if check_finite:
+        raise_if_nonfinite(G)
+    return G.to(accumulation_dtype(rows.dtype))
+
+
+def combine(grads: GradsLike, weights: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """Weighted combination g = Σ_t α_t g_t (paper 004 eq. 2), in the gradients' dtype.
+
+    Args:
+        grads: as for :func:`gram`.
+        weights: α, a floating tensor [T] on the gradients' device (read on the device: no sync).
+        out: optional tensor of one gradient's shape to accumulate into (``out += g``), e.g. a
+            parameter's ``.grad``; returned.
+
+    The sum is accumulated in fp32 (fp64 for fp64 gradients) and cast once at the end.
+    """
+    rows = as_task_rows(grads)
+    weights = check_weights(weights, rows.num_tasks, rows.device)
+    if out is not None:
+        check_out(out, rows.shape, rows.dtype, rows.device)
+    return _combine_rows(rows, weights, out)
+
+
+def _combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
+    """Σ α_t g_t over validated rows (see :func:`combine`)."""
+    acc = accumulation_dtype(rows.dtype)
+    w = weights.to(acc)
+    total = torch.empty(rows.numel, dtype=acc, device=rows.device)
+    for start, stop, X in _column_chunks(rows):
+        torch.mv(X.T, w, out=total[start:stop])
+    total = total.view(rows.shape)
+    if out is None:
+        return total.to(rows.dtype)
+    out.add_(total)
+    return out

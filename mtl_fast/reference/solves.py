@@ -1,0 +1,401 @@
+"""Reference weight solves in Gram space (pure PyTorch, float64, any device, no host sync).
+
+Every function maps the T×T Gram matrix G = J Jᵀ of the task gradients to task weights α. They
+share one treatment of degenerate input (DESIGN.md "Numerics"):
+
+* a task whose diagonal G_tt is 0 (no gradient signal) or not finite is *inactive*: weight 0, and
+  the others are solved as if it were absent;
+* linearly dependent gradients (duplicates, collinear rows, T > D) are solved in the
+  pseudo-inverse sense (:func:`psd_pinv_solve`), giving finite weights;
+* T = 1 gives [1]; an all-zero G gives all-zero weights.
+
+Nothing here branches on tensor values on the host, so the solves run on a CUDA device without
+synchronisation (capturable in a CUDA graph). The only loops with a data-dependent exit (Wolfe's
+algorithm) stop early on the CPU, where reading a flag is free, and run a fixed budget of masked
+no-op iterations elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtl_fast._validation import check_gram
+
+#: Relative Tikhonov shift of :func:`psd_pinv_solve`, times the trace of the (unit-diagonal)
+#: matrix. Above the rounding noise of a Gram matrix accumulated in fp32 (~1e-7 per entry).
+PINV_REL_EPS = 1e-7
+#: Shift used when the first Cholesky factorisation fails (an indefinite, noisy matrix).
+PINV_FALLBACK_REL_EPS = 1e-4
+#: Refinement steps of the filtered pseudo-inverse (bias (ε/λ)^PINV_STEPS on each eigenvalue λ).
+PINV_STEPS = 3
+#: Accelerated-projected-gradient iterations that warm-start Wolfe's algorithm in MGDA.
+MGDA_APG_ITERS = 100
+#: Wolfe iterations after the warm start off the CPU for T > 64 (a fixed budget: no host sync).
+MGDA_DEVICE_BUDGET = 16
+
+
+def _out_dtype(G: Tensor) -> torch.dtype:
+    return torch.float64 if G.dtype == torch.float64 else torch.float32
+
+
+def active_tasks(G: Tensor) -> Tensor:
+    """bool [T]: tasks with a finite, strictly positive squared norm G_tt (and a finite row)."""
+    diag = G.diagonal()
+    diag_ok = torch.isfinite(diag) & (diag > 0)
+    # Entries against inactive tasks (e.g. a NaN gradient) do not disqualify a healthy row.
+    row_ok = (torch.isfinite(G) | ~diag_ok[None, :]).all(dim=1)
+    return diag_ok & row_ok
+
+
+def _masked(G64: Tensor, active: Tensor) -> Tensor:
+    """G with inactive rows/columns replaced by those of the identity (decoupled, finite)."""
+    pair = active[:, None] & active[None, :]
+    eye = torch.eye(G64.shape[0], dtype=G64.dtype, device=G64.device)
+    return torch.where(pair, torch.nan_to_num(G64), eye)
+
+
+def unit_gram(G: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit-gradient Gram C = N⁻¹ G N⁻¹ (N = diag(n), n_t = ‖g_t‖ = sqrt(G_tt)), in float64.
+
+    Returns (C, n, active): inactive tasks get n_t = 1 and an identity row/column in C.
+    """
+    G64 = G.to(torch.float64)
+    if active is None:
+        active = active_tasks(G64)
+    n = torch.where(active, torch.nan_to_num(G64.diagonal()).clamp_min(0).sqrt(), 1.0)
+    C = _masked(G64, active) / (n[:, None] * n[None, :])
+    return C, n, active
+
+
+def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float = PINV_REL_EPS) -> Tensor:
+    """x ≈ A⁺ b for a symmetric positive semi-definite A (float64), without a host sync.
+
+    A spectral filter of the pseudo-inverse computed with one Cholesky factorisation of
+    A + εI (ε = rel_eps · tr(A)/T · T, i.e. relative to the trace): with r(λ) = ε / (λ + ε),
+
+        x = (1 − r^k)(1 − r^k) / λ · b_λ   on each eigenvector of A (k = PINV_STEPS),
+
+    i.e. 1/λ up to a relative bias (ε/λ)^k for λ ≫ ε, and 0 on the null space of A (where
+    r = 1), so components of b outside the range of A (T > D, duplicates) are dropped exactly as
+    the Moore–Penrose pseudo-inverse drops them. The first factor comes from k steps of iterated
+    Tikhonov regularisation, the second from projecting onto the range with I − (ε(A+εI)⁻¹)^k.
+    If the factorisation fails (A indefinite through rounding noise) a larger shift is used;
+    off the CPU the choice is made on the device with ``torch.where`` (both are computed).
+    """
+    T = A.shape[-1]
+    eye = torch.eye(T, dtype=A.dtype, device=A.device)
+    scale = A.diagonal().sum().clamp_min(torch.finfo(A.dtype).tiny)
+    eps = rel_eps * scale
+    L, info = torch.linalg.cholesky_ex(A + eps * eye)
+    ok = info == 0
+    if A.device.type != "cpu" or not bool(ok):  # on the CPU the flag is free to read
+        eps_fb = PINV_FALLBACK_REL_EPS * scale
+        L_fb, _ = torch.linalg.cholesky_ex(A + eps_fb * eye)
+        L = torch.where(ok, L, L_fb)
+        eps = torch.where(ok, eps, eps_fb)
+
+    def shrink(y: Tensor) -> Tensor:  # r(A) y = ε (A + εI)⁻¹ y
+        return eps * torch.cholesky_solve(y[:, None], L)[:, 0]
+
+    x = torch.zeros_like(b)
+    y = b
+    for _ in range(PINV_STEPS):
+        y = shrink(y)
+        x = x + y
+    x = x / eps
+    z = x
+    for _ in range(PINV_STEPS):
+        z = shrink(z)
+    return x - z
+
+
+def _normalise_sum(alpha: Tensor) -> Tensor:
+    """α / Σα; by Σ|α| when Σα vanishes (degenerate geometry); zeros stay zeros."""
+    total = alpha.sum()
+    mass = alpha.abs().sum()
+    tiny = torch.finfo(alpha.dtype).tiny
+    denom = torch.where(total.abs() > 1e-12 * mass, total, mass)
+    return torch.where(mass > tiny, alpha / torch.where(mass > tiny, denom, 1.0), 0.0)
+
+
+def imtl_g_weights(G: Tensor) -> Tensor:
+    """IMTL-G weights (paper 004 §3.1, eq. 1 and "IMTL-G"; Appendix B.1 eq. 9–12).
+
+    The aggregated gradient g = Σ α_t g_t has equal projections onto every unit gradient
+    u_t = g_t/‖g_t‖ (eq. 1: g u_1ᵀ = g u_tᵀ) and Σ α_t = 1. In Gram space, with n_t = sqrt(G_tt)
+    and the unit-gradient Gram C = N⁻¹ G N⁻¹:
+
+        g · u_t = (G α)_t / n_t = const   ⇔   G α ∝ n   ⇔   C β = 1,  α_t ∝ β_t / n_t,
+
+    normalised to Σ α = 1. Where the paper's α_{2..T} = g_1 Uᵀ (D Uᵀ)⁻¹ is defined the two are
+    equal. Dependent gradients use the pseudo-inverse of C (:func:`psd_pinv_solve`); inactive
+    tasks (zero or non-finite gradient) get 0.
+
+    Returns:
+        α [T]: float32 (float64 for a float64 G), on G's device.
+    """
+    check_gram(G)
+    C, n, active = unit_gram(G)
+    beta = psd_pinv_solve(C, active.to(C.dtype))
+    alpha = torch.where(active, beta / n, 0.0)
+    return _normalise_sum(alpha).to(_out_dtype(G))
+
+
+def mgda_unconstrained_weights(G: Tensor) -> Tensor:
+    """Minimum-norm point of the affine hull of the gradients (paper 004 §4, eq. 7; App. C.2).
+
+    min_α αᵀGα s.t. Σα = 1 (no α ≥ 0): g ⊥ (g_1 − g_t) for all t, i.e. G α ∝ 1, so
+    α = G⁺1 / (1ᵀG⁺1). Computed on G scaled to unit trace (the solution is scale-free).
+    """
+    check_gram(G)
+    G64 = G.to(torch.float64)
+    active = active_tasks(G64)
+    M = _masked(G64, active)
+    scale = torch.where(active, M.diagonal(), 0.0).sum().clamp_min(torch.finfo(M.dtype).tiny)
+    M = torch.where(active[:, None] & active[None, :], M / scale, M)
+    alpha = psd_pinv_solve(M, active.to(M.dtype))
+    return _normalise_sum(torch.where(active, alpha, 0.0)).to(_out_dtype(G))
+
+
+# --------------------------------------------------------------------------------------------
+# MGDA: minimum-norm point of the convex hull (Sener & Koltun 2018, "MGDA-UB" solver problem)
+# --------------------------------------------------------------------------------------------
+
+
+def _affine_min_norm(G: Tensor, support: Tensor) -> Tensor:
+    """argmin yᵀGy s.t. Σ_S y = 1, y_t = 0 off the support S (KKT system, float64).
+
+    On the CPU the system is reduced to the support (|S|+1 unknowns); elsewhere it is the full
+    (T+1)×(T+1) system with the rows off the support replaced by the identity (no sync).
+    """
+    T = G.shape[0]
+    if G.device.type == "cpu":
+        idx = support.nonzero().flatten()
+        k = idx.numel()
+        K = torch.zeros((k + 1, k + 1), dtype=G.dtype)
+        K[:k, :k] = G[idx][:, idx]
+        K[:k, :k] += 1e-14 * G.diagonal().max().clamp_min(1e-300) * torch.eye(k, dtype=G.dtype)
+        K[:k, k] = 1.0
+        K[k, :k] = 1.0
+        rhs = torch.zeros(k + 1, dtype=G.dtype)
+        rhs[k] = 1.0
+        sol, _ = torch.linalg.solve_ex(K, rhs)
+        y = torch.zeros(T, dtype=G.dtype)
+        y[idx] = sol[:k]
+        return y
+    eye = torch.eye(T, dtype=G.dtype, device=G.device)
+    pair = support[:, None] & support[None, :]
+    ones = support.to(G.dtype)
+    K = torch.zeros((T + 1, T + 1), dtype=G.dtype, device=G.device)
+    K[:T, :T] = torch.where(pair, G, eye)
+    # Tiny ridge keeps the system regular when the corral is (numerically) affinely dependent.
+    K[:T, :T] += 1e-14 * G.diagonal().max().clamp_min(1e-300) * eye * ones[:, None]
+    K[:T, T] = ones
+    K[T, :T] = ones
+    rhs = torch.zeros(T + 1, dtype=G.dtype, device=G.device)
+    rhs[T] = 1.0
+    sol, _ = torch.linalg.solve_ex(K, rhs)
+    return torch.where(support, sol[:T], 0.0)
+
+
+def project_simplex(v: Tensor, active: Tensor) -> Tensor:
+    """Euclidean projection of v onto the simplex over the active coordinates (others 0).
+
+    Sort-based (Held, Wolfe & Crowder 1974): θ = (Σ_{i≤ρ} u_i − 1)/ρ with u sorted decreasingly
+    and ρ the largest k with u_k − (Σ_{i≤k} u_i − 1)/k > 0; result max(v − θ, 0).
+    """
+    T = v.shape[0]
+    low = torch.finfo(v.dtype).min
+    u, _ = torch.sort(torch.where(active, v, low), descending=True)
+    valid = u > low
+    css = torch.cumsum(torch.where(valid, u, 0.0), 0)
+    k = torch.arange(1, T + 1, dtype=v.dtype, device=v.device)
+    cond = valid & (u - (css - 1) / k > 0)
+    rho = torch.where(cond, k, 0.0).max().clamp_min(1.0)
+    theta = (css.gather(0, (rho - 1).long().view(1)) - 1) / rho
+    return torch.where(active, (v - theta).clamp_min(0.0), 0.0)
+
+
+def _apg_simplex(G: Tensor, active: Tensor, iters: int) -> Tensor:
+    """Accelerated projected gradient (FISTA with function-value restart) for min αᵀGα on the
+    simplex. Step 1/L with L = 2·λ_max(G) from a few power iterations (×1.25 for safety)."""
+    T = G.shape[0]
+    x = active.to(G.dtype) / active.sum().clamp_min(1)
+    v = torch.ones(T, dtype=G.dtype, device=G.device)
+    for _ in range(20):
+        v = G @ v
+        v = v / v.norm().clamp_min(1e-300)
+    lip = 2.5 * (v @ (G @ v)).clamp_min(1e-300)
+    y = x
+    t = torch.ones((), dtype=G.dtype, device=G.device)
+    fx = x @ (G @ x)
+    for _ in range(iters):
+        x_new = project_simplex(y - (2 * (G @ y)) / lip, active)
+        f_new = x_new @ (G @ x_new)
+        restart = f_new > fx
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        momentum = torch.where(restart, 0.0, (t - 1) / t_new)
+        y = x_new + momentum * (x_new - x)
+        t = torch.where(restart, torch.ones_like(t), t_new)
+        x, fx = x_new, f_new
+    return x
+
+
+def _wolfe_min_norm(
+    G: Tensor, active: Tensor, max_iter: int, tol: float, start: Tensor | None = None
+) -> Tensor:
+    """Wolfe's (1976) minimum-norm-point algorithm on the convex hull, in Gram form.
+
+    State: a corral S (support) and λ on the simplex supported on S. Major cycle: with
+    w = Gλ (w_t = ⟨x, g_t⟩ for x = Σ λ_t g_t), stop when min_t w_t ≥ λᵀGλ − tol·max G_tt (x is
+    then the minimum-norm point: the KKT conditions hold), else add argmin_t w_t to S. Minor
+    cycle: y = affine minimiser over S; if y > 0 on S, λ = y; otherwise move λ towards y until a
+    coordinate hits 0 and drop it from S. Exact in finitely many steps.
+
+    ``start`` (a point of the simplex, e.g. from :func:`_apg_simplex`) warm-starts the corral
+    with its support: the first iteration is then a minor cycle from that point, which is valid
+    because any feasible λ may start the minor cycle. Otherwise the corral starts at the vertex
+    of smallest norm.
+
+    Written with masks so every iteration is a fixed sequence of tensor ops (a no-op once
+    converged); on the CPU the loop exits as soon as the flag is set.
+    """
+    T = G.shape[0]
+    big = torch.finfo(G.dtype).max
+    gmax = torch.where(active, G.diagonal(), 0.0).max()
+    if start is None:
+        first = torch.argmin(torch.where(active, G.diagonal(), big))
+        support = (torch.arange(T, device=G.device) == first) & active
+        lam = support.to(G.dtype)
+        in_minor = torch.zeros((), dtype=torch.bool, device=G.device)
+    else:
+        support = active & (start > 1e-9 * start.max())
+        lam = torch.where(support, start, 0.0)
+        lam = lam / lam.sum().clamp_min(1e-300)
+        in_minor = support.any()
+    done = torch.zeros((), dtype=torch.bool, device=G.device)
+    stop_early = G.device.type == "cpu"
+    for _ in range(max_iter):
+        # ---- major cycle (skipped while a minor cycle is pending) ----
+        w = G @ lam
+        obj = lam @ w
+        cand = torch.where(active & ~support, w, big)
+        j = torch.argmin(cand)
+        optimal = cand[j] >= obj - tol * gmax
+        add = ~done & ~in_minor & ~optimal
+        done = done | (~in_minor & optimal)
+        support = support | (add & (torch.arange(T, device=G.device) == j))
+        # ---- minor cycle step ----
+        y = _affine_min_norm(G, support)
+        inside = (y > 0) | ~support
+        all_inside = inside.all()
+        # Largest step θ ∈ [0, 1] keeping λ + θ(y − λ) ≥ 0 on S.
+        dec = support & (y <= 0)
+        ratio = torch.where(dec, lam / (lam - y).clamp_min(1e-300), big)
+        theta = torch.clamp(ratio.min(), 0.0, 1.0)
+        step_y = ~done & all_inside
+        step_partial = ~done & ~all_inside
+        lam_partial = lam + theta * (y - lam)
+        blocking = dec & (ratio <= theta)
+        drop = support & step_partial & (blocking | (lam_partial <= 1e-15))
+        lam_partial = torch.where(drop, 0.0, lam_partial)
+        lam = torch.where(step_y, y.clamp_min(0.0), torch.where(step_partial, lam_partial, lam))
+        support = support & ~drop
+        lam = lam / lam.sum().clamp_min(1e-300)
+        in_minor = step_partial
+        if stop_early and bool(done):
+            break
+    return lam
+
+
+def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int, tol: float) -> Tensor:
+    """Frank-Wolfe with exact line search, as the original MGDA code solves the problem.
+
+    Initialised at the best pair of gradients (the two-point minimum-norm solution over all
+    pairs), then at each step move towards the vertex e_t with the smallest (Gλ)_t by the exact
+    two-point line search; stop when the update is below ``tol`` (L1) or after ``max_iter``.
+    Kept for fidelity with published results; it does not reach 1e-6 relative accuracy on
+    gradients of very different norms (use ``solver="active_set"``).
+    """
+    T = G.shape[0]
+    big = torch.finfo(G.dtype).max
+    d = G.diagonal()
+    # Best pair (i, j): γ = clamp((G_jj − G_ij) / (G_ii + G_jj − 2G_ij), 0, 1) on g_i.
+    denom = d[:, None] + d[None, :] - 2 * G
+    gamma = torch.where(denom > 0, (d[None, :] - G) / denom.clamp_min(1e-300), 1.0).clamp(0, 1)
+    cost = gamma**2 * d[:, None] + (1 - gamma) ** 2 * d[None, :] + 2 * gamma * (1 - gamma) * G
+    pair_ok = active[:, None] & active[None, :]
+    cost = torch.where(pair_ok, cost, big)
+    flat = torch.argmin(cost)
+    i, j = flat // T, flat % T
+    lam = torch.zeros(T, dtype=G.dtype, device=G.device)
+    lam[j] = 1 - gamma[i, j]
+    lam[i] = lam[i] + gamma[i, j]
+    lam = torch.where(active, lam, 0.0)
+    stop_early = G.device.type == "cpu"
+    done = torch.zeros((), dtype=torch.bool, device=G.device)
+    for _ in range(max_iter):
+        w = G @ lam
+        t = torch.argmin(torch.where(active, w, big))
+        v11, v12, v22 = lam @ w, w[t], d[t]
+        den = v11 + v22 - 2 * v12
+        g = torch.where(den > 0, (v22 - v12) / den.clamp_min(1e-300), 1.0).clamp(0, 1)
+        new = g * lam
+        new[t] = new[t] + (1 - g)
+        change = (new - lam).abs().sum()
+        lam = torch.where(done, lam, new)
+        done = done | (change < tol)
+        if stop_early and bool(done):
+            break
+    return lam
+
+
+def mgda_weights(
+    G: Tensor,
+    *,
+    constrained: bool = True,
+    solver: str = "active_set",
+    max_iter: int | None = None,
+    tol: float | None = None,
+) -> Tensor:
+    """MGDA weights: the minimum-norm point of the convex hull of the gradients.
+
+    Sener & Koltun (2018), eq. 3 / the MGDA-UB subproblem: min_α ‖Σ α_t g_t‖² = αᵀGα over the
+    simplex {α ≥ 0, Σα = 1}. The KKT conditions characterise the solution: (Gα)_t ≥ αᵀGα for all
+    t, with equality where α_t > 0.
+
+    Args:
+        G: [T, T] Gram matrix.
+        constrained: ``False`` drops α ≥ 0 and returns the closed form G α ∝ 1 of paper 004 §4
+            (:func:`mgda_unconstrained_weights`).
+        solver: ``"active_set"`` (default): Wolfe's minimum-norm-point algorithm, exact up to
+            rounding (stops when the Frank-Wolfe gap is below ``tol`` = 1e-14 of the largest
+            squared norm, then the corral's affine solve is exact); ``"frank_wolfe"``: the
+            original code's Frank-Wolfe iteration (default 250 iterations, tol 1e-5), kept for fidelity.
+        max_iter, tol: override the solver's iteration budget / stopping tolerance.
+
+    Inactive tasks (zero or non-finite gradient) get weight 0. The problem is solved on G scaled
+    to unit maximum diagonal (the minimiser does not depend on the scale).
+    """
+    check_gram(G)
+    if not constrained:
+        return mgda_unconstrained_weights(G)
+    G64 = G.to(torch.float64)
+    active = active_tasks(G64)
+    M = _masked(G64, active)
+    scale = torch.where(active, M.diagonal(), 0.0).max().clamp_min(torch.finfo(M.dtype).tiny)
+    M = torch.where(active[:, None] & active[None, :], M / scale, M)
+    T = G.shape[0]
+    if solver == "active_set":
+        start = _apg_simplex(M, active, MGDA_APG_ITERS)
+        budget = max_iter or (
+            5 * T + 20 if M.device.type == "cpu" or T <= 64 else MGDA_DEVICE_BUDGET
+        )
+        lam = _wolfe_min_norm(M, active, budget, 1e-14 if tol is None else tol, start=start)
+    elif solver == "frank_wolfe":
+        lam = _frank_wolfe_min_norm(M, active, max_iter or 250, 1e-5 if tol is None else tol)
+    else:
+        raise ValueError(f"unknown MGDA solver {solver!r}; expected 'active_set' or 'frank_wolfe'")
+    lam = torch.where(active, lam, 0.0)
+    return lam.to(_out_dtype(G))
