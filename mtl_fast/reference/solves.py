@@ -372,7 +372,8 @@ def mgda_weights(
         solver: ``"active_set"`` (default): Wolfe's minimum-norm-point algorithm, exact up to
             rounding (stops when the Frank-Wolfe gap is below ``tol`` = 1e-14 of the largest
             squared norm, then the corral's affine solve is exact); ``"frank_wolfe"``: the
-            original code's Frank-Wolfe iteration (default 250 iterations, tol 1e-5), kept for fidelity.
+            original code's Frank-Wolfe iteration (default 250 iterations, tol 1e-5), kept for
+            fidelity.
         max_iter, tol: override the solver's iteration budget / stopping tolerance.
 
     Inactive tasks (zero or non-finite gradient) get weight 0. The problem is solved on G scaled
