@@ -1,5 +1,24 @@
-"""mtl_fast: fast, correct multi-task loss weighting for PyTorch."""
+"""mtl_fast: fast, correct multi-task loss weighting for PyTorch.
 
+Gram-space gradient balancing (IMTL-G, MGDA, ...) with fused Triton kernels, loss-based methods
+(CV-Weighting, LSB, AMTL, Uncertainty, IMTL-L, ...) with a C++ Welford accumulator, one base class
+(:class:`Weighting`) and one training loop for all of them.
+"""
+
+from mtl_fast import reference
 from mtl_fast._version import __version__
+from mtl_fast.methods import IMTLG, EqualWeighting
+from mtl_fast.ops import combine, gram, imtl_g_weights, mgda_weights
+from mtl_fast.weighting import Weighting
 
-__all__ = ["__version__"]
+__all__ = [
+    "IMTLG",
+    "EqualWeighting",
+    "Weighting",
+    "__version__",
+    "combine",
+    "gram",
+    "imtl_g_weights",
+    "mgda_weights",
+    "reference",
+]

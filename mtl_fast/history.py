@@ -177,6 +177,7 @@ class WeightHistory:
         elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
             # e.g. a list of scalar loss tensors: stack on their device (no sync).
             ref = next(v for v in value if isinstance(v, torch.Tensor))
+            dtype = ref.dtype if ref.is_floating_point() else torch.float32
             parts = []
             for v in value:
                 if isinstance(v, torch.Tensor):
@@ -185,9 +186,9 @@ class WeightHistory:
                             f"{what}: a list of tensors must hold one-element tensors, "
                             f"got shape {tuple(v.shape)}"
                         )
-                    parts.append(v.detach().reshape(()).to(device=ref.device, dtype=ref.dtype))
+                    parts.append(v.detach().reshape(()).to(device=ref.device, dtype=dtype))
                 else:
-                    parts.append(torch.as_tensor(v, dtype=ref.dtype, device=ref.device))
+                    parts.append(torch.as_tensor(v, dtype=dtype, device=ref.device))
             return torch.stack(parts)  # fresh storage: no clone needed
         else:
             try:
@@ -423,8 +424,12 @@ class WeightHistory:
             writer = SummaryWriter(log_dir=str(log_dir / run))
             try:
                 for s, step in enumerate(a["steps"].tolist()):
-                    for kind in ("weight", "loss", "scale"):
-                        row = a[kind + "s"][s]
+                    for kind, key in (
+                        ("weight", "weights"),
+                        ("loss", "losses"),
+                        ("scale", "scales"),
+                    ):
+                        row = a[key][s]
                         for t, task in enumerate(names):
                             v = float(row[t])
                             if math.isfinite(v):

@@ -3,14 +3,16 @@
 Everything here is pure NumPy/Python and accepts array-likes (Python numbers,
 lists, NumPy arrays, 0-d tensors); nothing needs torch.
 
-References (papers in ``shared/papers``):
+References:
 
-* **[AMTL]** Yun & Cho, *Achievement-based Training Progress Balancing for
-  Multi-Task Learning*, ICCV 2023 — Δ_MTL (eq. 6, eq. 7) and Acc_MTL (eq. 8, eq. 9).
-* **[LSB]** Lee et al., *Multi-task learning with loss-scale balancing* —
-  rank-based evaluation protocol (Sec. 4.3, Tables 2, 4 and 5).
-* **[CV]** Groenendijk et al., *Multi-Loss Weighting with Coefficient of Variations*
-  — win rate (Sec. 3.1, Tables 2 and 4).
+* **[AMTL]** H. Yun and H. Cho, *Achievement-based Training Progress Balancing
+  for Multi-Task Learning* (002-amtl) — Δ_MTL (eq. 6, eq. 7) and Acc_MTL
+  (eq. 8, eq. 9); Tables 1 and 7.
+* **[LSB]** J.-H. Lee, C. Lee and C.-S. Kim, *Learning Multiple Pixelwise Tasks
+  Based on Loss Scale Balancing* (001-lsb) — rank-based evaluation protocol
+  (Sec. 4.3; Tables 2, 4 and 5).
+* **[CV]** R. Groenendijk et al., *Multi-Loss Weighting with Coefficient of
+  Variations* (000-cv-weighting) — win rate (Sec. 3.1; Tables 2 and 4).
 
 Input structure for :func:`delta_mtl` and :func:`acc_mtl`
 ----------------------------------------------------------
@@ -26,9 +28,10 @@ therefore eq. 6 of [AMTL] (one metric per task).
 
 ``higher_is_better`` has the same structure with ``bool`` leaves (``True`` when a
 larger value is better, i.e. ``S = +1``).  A single ``bool`` may stand for a
-whole task, or for everything.  ``baseline`` must have exactly the structure of
-``results``.  Mismatched structures, NaN/inf values and non-positive baseline
-values raise :class:`ValueError`.
+whole task, or for everything.  ``baseline`` must have the structure of
+``results`` (mapping keys may come in another order, and a bare number and a
+one-metric task are interchangeable).  Mismatched structures, NaN/inf values
+and non-positive baseline values raise :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -304,9 +307,10 @@ def acc_mtl(results: TaskTree, higher_is_better: SignTree) -> float:
     metrics, where lower-is-better metrics enter inverted (``S_{t,i} = -1``).
     Eq. 8 prints the base as ``M_{m,t}``; the worked example eq. 9 (NYU v2:
     ``(mIoU · (δ1/rmse)^{1/2} · (11.25/(mean·median))^{1/3})^{1/3}``) shows that
-    each metric ``M_{m,t,i}`` is meant, which is what this function computes and
-    what reproduces [AMTL] Table 1 and Table 7.  The value does not depend on a
-    baseline; it is computed in log space (``exp(Σ w·log M)``) for stability.
+    each metric ``M_{m,t,i}`` is meant, which is what this function computes (it
+    reproduces the Acc_MTL columns of [AMTL] Tables 1 and 7 from their rows).
+    The value does not depend on a baseline; it is computed in log space
+    (``exp(Σ w·log M)``) for stability.
 
     Args:
         results: task tree of metrics (see the module docstring); all values

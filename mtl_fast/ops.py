@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 
 from mtl_fast import _backend
-from mtl_fast._validation import GradsLike, as_task_rows, check_gram, check_out, check_weights
+from mtl_fast._validation import (
+    GradsLike,
+    TaskRows,
+    as_task_rows,
+    check_gram,
+    check_out,
+    check_weights,
+)
 from mtl_fast.reference import passes as _ref_passes
 from mtl_fast.reference import solves as _ref_solves
 
@@ -56,10 +63,18 @@ def gram(grads: GradsLike, *, backend: str = "auto") -> Tensor:
     identical run to run, with an error that does not grow with D.
     """
     rows = as_task_rows(grads)
+    return gram_rows(rows, backend=backend, check_finite=True)
+
+
+def gram_rows(rows: TaskRows, *, backend: str = "auto", check_finite: bool = False) -> Tensor:
+    """:func:`gram` on validated rows. ``check_finite`` applies to the reference path only (the
+    Triton path never syncs); the autograd layer passes ``False`` and handles non-finite tasks
+    itself (:class:`mtl_fast.Weighting`)."""
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
         return _kernels().gram(rows)
     G = _ref_passes._gram_rows(rows)
-    _ref_passes.raise_if_nonfinite(G)
+    if check_finite:
+        _ref_passes.raise_if_nonfinite(G)
     return G.to(_ref_passes.accumulation_dtype(rows.dtype))
 
 
@@ -134,6 +149,13 @@ def combine(
     check_weights(weights, rows.num_tasks, rows.device)
     if out is not None:
         check_out(out, rows.shape, rows.dtype, rows.device)
+    return combine_rows(rows, weights, out=out, backend=backend)
+
+
+def combine_rows(
+    rows: TaskRows, weights: Tensor, *, out: Tensor | None = None, backend: str = "auto"
+) -> Tensor:
+    """:func:`combine` on validated rows and weights."""
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
         return _kernels().combine(rows, weights, out=out)
     return _ref_passes._combine_rows(rows, weights, out)

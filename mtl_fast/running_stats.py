@@ -98,6 +98,7 @@ def _check_config(num_streams: Any, decay: Any, nonfinite: Any) -> tuple[int, Op
 
 
 def _check_ddof(ddof: int) -> None:
+    """Only the population (0) and sample (1) variances are defined."""
     if ddof not in (0, 1) or isinstance(ddof, bool):
         raise ValueError(f"ddof must be 0 (population) or 1 (sample), got {ddof!r}")
 
@@ -111,6 +112,7 @@ def _format_indices(indices: Sequence[int]) -> str:
 
 
 def _nonfinite_message(indices: Sequence[int]) -> str:
+    """The ``nonfinite="raise"`` error text (identical to the C++ one)."""
     return (
         f"non-finite value(s) (NaN/Inf) in stream(s) {_format_indices(indices)}; nothing was "
         "updated (use nonfinite='skip' to leave only those streams unchanged)"
@@ -325,17 +327,20 @@ class RunningStats:
         self._impl.set_state(count, mean, m2)
 
     def __getstate__(self) -> dict[str, Any]:
+        """Pickle / deepcopy support: the configuration and :meth:`state_dict`."""
         return {
             "config": (self.num_streams, self.decay, self.decay_variance, self.nonfinite),
             "state": self.state_dict(),
         }
 
     def __setstate__(self, d: dict[str, Any]) -> None:
+        """Rebuild the C++ accumulator from :meth:`__getstate__`."""
         k, decay, decay_variance, nonfinite = d["config"]
         self.__init__(k, decay=decay, decay_variance=decay_variance, nonfinite=nonfinite)
         self.load_state_dict(d["state"])
 
     def __repr__(self) -> str:
+        """Configuration and per-stream counts."""
         counts = np.array2string(self.count, threshold=8, separator=", ")
         dv = f", decay_variance={self.decay_variance}" if self.decay is not None else ""
         return (
@@ -423,6 +428,7 @@ class TorchRunningStats:
         return self
 
     def _ew_variance(self) -> bool:
+        """Whether m2 holds the exponentially weighted variance itself."""
         return self._decay is not None and self._decay_variance
 
     # ------------------------------------------------------------------------- statistics
@@ -625,6 +631,7 @@ class TorchRunningStats:
         self._last_nonfinite = torch.zeros_like(self._last_nonfinite)
 
     def __repr__(self) -> str:
+        """Configuration and device (no statistics: a repr must not synchronise)."""
         dv = f", decay_variance={self._decay_variance}" if self._decay is not None else ""
         return (
             f"TorchRunningStats(num_streams={self._k}, decay={self._decay}{dv}, "

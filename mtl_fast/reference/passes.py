@@ -128,7 +128,8 @@ def combine(grads: GradsLike, weights: Tensor, *, out: Tensor | None = None) -> 
         out: optional tensor of one gradient's shape to accumulate into (``out += g``), e.g. a
             parameter's ``.grad``; returned.
 
-    The sum is accumulated in fp32 (fp64 for fp64 gradients) and cast once at the end.
+    The sum is accumulated in fp32 (fp64 for fp64 gradients) and cast once at the end. Tasks
+    with weight exactly 0 are skipped (their gradient may be non-finite).
     """
     rows = as_task_rows(grads)
     weights = check_weights(weights, rows.num_tasks, rows.device)
@@ -141,9 +142,12 @@ def _combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor
     """Σ α_t g_t over validated rows (see :func:`combine`)."""
     acc = accumulation_dtype(rows.dtype)
     w = weights.to(acc)
+    skip = (w == 0)[:, None]
     total = torch.empty(rows.numel, dtype=acc, device=rows.device)
     for start, stop, X in _column_chunks(rows):
-        torch.mv(X.T, w, out=total[start:stop])
+        # Tasks with weight 0 are skipped, not multiplied: a non-finite gradient of an inactive
+        # (absent or flagged) task must not turn the sum into NaN.
+        torch.mv(torch.where(skip, 0.0, X).T, w, out=total[start:stop])
     total = total.view(rows.shape)
     if out is None:
         return total.to(rows.dtype)

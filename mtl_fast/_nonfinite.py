@@ -1,0 +1,90 @@
+"""Non-finite task inputs without host synchronisation.
+
+Policy (documented in the README, "Degenerate and bad input"):
+
+* CPU tensors: a NaN/Inf loss or gradient raises ``ValueError`` naming the task at once (reading
+  a flag on the CPU costs nothing).
+* Other devices: raising at once would need a device→host sync in the hot path. The offending
+  task is treated as absent for this step (weight 0, excluded from the solve), and a per-task
+  flag is copied to pinned host memory with a non-blocking copy. The next call into the method
+  polls the copy (an event query, which never blocks) and raises the same ``ValueError`` then,
+  one step late. :meth:`NonFiniteMonitor.check_now` forces the check (it synchronises).
+* Inside a CUDA-graph capture nothing is recorded (no events can be polled); the offending task
+  still gets weight 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtl_fast._validation import nonfinite_task_message
+
+
+@dataclass
+class _PendingFlag:
+    host: Tensor  # bool [T] in pinned memory, filled by a non-blocking copy
+    event: torch.cuda.Event | None
+    what: str
+    step: int
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+class NonFiniteMonitor:
+    """Records per-task non-finite flags and raises ``ValueError`` (at once on the CPU, lazily
+    on accelerators)."""
+
+    def __init__(self) -> None:
+        self._pending: list[_PendingFlag] = []
+
+    def report(self, bad: Tensor, what: str, step: int) -> None:
+        """Flag tasks whose ``what`` ("loss" or "gradient") is non-finite; ``bad`` is bool [T]."""
+        if bad.device.type == "cpu":
+            if bool(bad.any()):
+                idx = bad.nonzero().flatten().tolist()
+                raise ValueError(nonfinite_task_message(idx, what))
+            return
+        if _capturing(bad.device):
+            return
+        host = torch.empty(bad.shape, dtype=torch.bool, pin_memory=bad.device.type == "cuda")
+        host.copy_(bad, non_blocking=True)
+        event = None
+        if bad.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._pending.append(_PendingFlag(host, event, what, step))
+
+    def poll(self) -> None:
+        """Raise for a recorded flag whose copy has landed; never blocks."""
+        still = []
+        for flag in self._pending:
+            if flag.event is not None and not flag.event.query():
+                still.append(flag)
+                continue
+            self._raise_if_set(flag, still)
+        self._pending = still
+
+    def check_now(self) -> None:
+        """Wait for every recorded flag and raise if one is set (synchronises)."""
+        pending, self._pending = self._pending, []
+        for flag in pending:
+            if flag.event is not None:
+                flag.event.synchronize()
+            self._raise_if_set(flag, [])
+
+    def clear(self) -> None:
+        self._pending = []
+
+    def _raise_if_set(self, flag: _PendingFlag, still: list[_PendingFlag]) -> None:
+        if bool(flag.host.any()):
+            self._pending = still
+            idx = flag.host.nonzero().flatten().tolist()
+            raise ValueError(
+                nonfinite_task_message(idx, flag.what)
+                + f" (detected on the device at step {flag.step}; that task got weight 0)"
+            )

@@ -1,0 +1,64 @@
+"""Exact (de)serialisation of a method's non-parameter state for ``state_dict()``.
+
+A method keeps its running state (step counts, running statistics, EMA values, RNG states, the
+last weights) in a plain dict. :func:`pack` turns it into something ``torch.save`` stores exactly
+and :func:`unpack` restores it, so a resumed run reproduces an unbroken run bit for bit:
+
+* tensors are cloned (their dtype and values are kept exactly);
+* objects with ``state_dict()``/``load_state_dict()`` (e.g. :class:`mtl_fast.RunningStats`)
+  are stored through them;
+* ``torch.Generator`` objects are stored as their byte state;
+* plain Python values (numbers, strings, None, lists, tuples, dicts of these) are copied.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_SD = "__state_dict__"
+_GEN = "__generator_state__"
+
+
+def pack(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, torch.Generator):
+        return {_GEN: value.get_state(), "device": str(value.device)}
+    if hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):
+        return {_SD: pack(value.state_dict())}
+    if isinstance(value, dict):
+        return {k: pack(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(pack(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def unpack(stored: Any, current: Any) -> Any:
+    """Restore ``stored`` into the shape of ``current`` (the live value it replaces).
+
+    Stateful objects and generators are restored in place (``current`` is returned); tensors are
+    moved to the device of ``current`` when it is a tensor.
+    """
+    if isinstance(stored, dict) and _GEN in stored:
+        gen = current if isinstance(current, torch.Generator) else torch.Generator(stored["device"])
+        gen.set_state(stored[_GEN])
+        return gen
+    if isinstance(stored, dict) and _SD in stored:
+        if current is None or not hasattr(current, "load_state_dict"):
+            raise ValueError("state_dict holds the state of an object this method does not have")
+        current.load_state_dict(unpack(stored[_SD], None))
+        return current
+    if isinstance(stored, Tensor):
+        device = current.device if isinstance(current, Tensor) else stored.device
+        return stored.detach().clone().to(device)
+    if isinstance(stored, dict):
+        cur = current if isinstance(current, dict) else {}
+        return {k: unpack(v, cur.get(k)) for k, v in stored.items()}
+    if isinstance(stored, (list, tuple)):
+        cur = current if isinstance(current, (list, tuple)) else [None] * len(stored)
+        return type(stored)(unpack(v, c) for v, c in zip(stored, cur))
+    return copy.deepcopy(stored)

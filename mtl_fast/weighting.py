@@ -1,0 +1,387 @@
+"""The base class of every weighting method, loss-based or gradient-based.
+
+The training loop (DESIGN.md) is the same for every method::
+
+    method = mf.IMTL(num_tasks=T)              # or mf.MGDA(), mf.CVWeighting(T), ...
+    zs = method.split(z, num_tasks=T)          # T views of the shared features z
+    losses = torch.stack([crit[t](heads[t](zs[t]), y[t]) for t in range(T)])
+    method.loss(losses).backward()             # ONE ordinary backward pass
+    optimizer.step()
+
+Loss-based methods compute the weighted total in :meth:`Weighting.loss`; ``split`` hands back the
+features unchanged. Gradient-based methods return Σ L_t from ``loss`` and act inside the backward
+of ``split`` (:class:`mtl_fast._split.SplitFunction`): from the T incoming feature gradients they
+form the Gram matrix, solve for the weights α and return Σ α_t g_t as the features' gradient.
+
+Subclasses implement:
+
+* loss-based: :meth:`Weighting._total` (the scalar to back-propagate, statistics updates);
+* gradient-based (``gradient_based = True``): :meth:`Weighting._gradient_weights` (α from G),
+  and :meth:`Weighting._total` only when the total is not Σ L_t (IMTL).
+
+State that must survive a restart lives in ``self._state`` (a dict) or in parameters; both are in
+``state_dict()``, so a resumed run produces exactly the weights of an unbroken run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from mtl_fast import _state, distributed
+from mtl_fast._backend import BACKENDS
+from mtl_fast._nonfinite import NonFiniteMonitor
+
+LossesLike = Union[Tensor, Sequence[Tensor]]
+MaskLike = Union[Tensor, Sequence[bool], None]
+
+NONFINITE_POLICIES = ("raise", "absent")
+
+
+@dataclass
+class StepInputs:
+    """What :meth:`Weighting.loss` hands to the solve that runs in ``split``'s backward."""
+
+    losses: Tensor  # detached [T] (absent tasks: 0), as computed on this process
+    present: Tensor  # bool [T] on the losses' device
+
+
+class Weighting(nn.Module):
+    """Base class of all mtl_fast weighting methods.
+
+    Args:
+        num_tasks: T. Optional for methods without per-task state (then taken from the first
+            ``split``/``loss`` call), required by methods with per-task parameters or statistics.
+        nonfinite: ``"raise"`` (default): a NaN/Inf loss without a ``mask`` raises ``ValueError``
+            naming the task (lazily on accelerators, see :mod:`mtl_fast._nonfinite`);
+            ``"absent"``: a non-finite loss marks its task absent for the step, silently.
+        sync: ``None`` (default): synchronise across processes when ``torch.distributed`` is
+            initialised; ``False``: never; ``True``: require it.
+        process_group: the group to synchronise over (default: the world).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` for the Gram-space ops.
+    """
+
+    #: True when the weights act on the shared gradient inside ``split``'s backward.
+    gradient_based: ClassVar[bool] = False
+    #: True when the method needs the loss values in its gradient solve (MGDA "loss" norms).
+    needs_losses_in_backward: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        *,
+        nonfinite: str = "raise",
+        sync: bool | None = None,
+        process_group: Any = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if num_tasks is not None and (not isinstance(num_tasks, int) or num_tasks < 1):
+            raise ValueError(f"num_tasks must be a positive int; got {num_tasks!r}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {nonfinite!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        self.num_tasks: int | None = num_tasks
+        self.nonfinite = nonfinite
+        self.sync = sync
+        self.process_group = process_group
+        self.backend = backend
+        self._state: dict[str, Any] = {"step": 0, "weights": None}
+        self._monitor = NonFiniteMonitor()
+        self._inputs: StepInputs | None = None
+        self._split_pending = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def weights(self) -> Tensor:
+        """The last weights, a detached tensor [T] on the losses' device (no sync to read it).
+
+        Before the first step: the method's initial weights (:meth:`initial_weights`).
+        """
+        w = self._state["weights"]
+        if w is not None:
+            return w
+        if self.num_tasks is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no weights yet: pass num_tasks or run one step"
+            )
+        return self.initial_weights(self.num_tasks)
+
+    @property
+    def step(self) -> int:
+        """Number of training steps seen (calls of :meth:`loss` in training mode)."""
+        return int(self._state["step"])
+
+    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
+        """Weights before the first step; equal weights 1/T unless the method says otherwise."""
+        return torch.full((num_tasks,), 1.0 / num_tasks, device=device)
+
+    def split(self, *features: Tensor, num_tasks: int | None = None) -> list:
+        """T views of the shared features, one per task head.
+
+        For a gradient-based method in training mode with gradients enabled, the views come from
+        one autograd Function whose backward receives all T feature gradients at once and
+        returns Σ α_t g_t. Otherwise (loss-based methods, ``eval()`` mode, ``torch.no_grad()``)
+        the features are returned unchanged, T times.
+
+        Args:
+            *features: one or more tensors (several: e.g. multi-scale features; G is then the Gram
+                matrix of the concatenated features and each task gets a tuple).
+            num_tasks: T; defaults to the method's ``num_tasks``.
+
+        Returns:
+            a list of T tensors (one feature) or of T tuples (several features).
+        """
+        T = self._resolve_num_tasks(num_tasks, "split")
+        if not features:
+            raise ValueError("split needs at least one feature tensor")
+        for k, f in enumerate(features):
+            if not isinstance(f, Tensor):
+                raise TypeError(f"feature {k} must be a Tensor; got {type(f).__name__}")
+        plain = not (self.gradient_based and self.training and torch.is_grad_enabled())
+        if plain:
+            return [features[0] if len(features) == 1 else tuple(features) for _ in range(T)]
+        for k, f in enumerate(features):
+            if not f.requires_grad:
+                raise ValueError(
+                    f"feature {k} does not require grad: {type(self).__name__} balances the "
+                    "gradients of the shared features, so split must receive the output of the "
+                    "shared encoder (or wrap evaluation in torch.no_grad() / method.eval())"
+                )
+            if not f.is_floating_point():
+                raise TypeError(f"feature {k} must be floating point; got {f.dtype}")
+        if self._split_pending:
+            raise RuntimeError(
+                f"{type(self).__name__}.split was called twice before one backward: "
+                "back-propagate method.loss(...) once per split (call method.discard_pending() "
+                "to drop a step that will not be back-propagated)"
+            )
+        self._monitor.poll()
+        from mtl_fast._split import SplitFunction
+
+        self._split_pending = True
+        self._inputs = None
+        outs = SplitFunction.apply(self, T, *features)
+        K = len(features)
+        if K == 1:
+            return list(outs)
+        return [tuple(outs[t * K : (t + 1) * K]) for t in range(T)]
+
+    def discard_pending(self) -> None:
+        """Forget a ``split`` whose backward will never run (e.g. a skipped step)."""
+        self._split_pending = False
+        self._inputs = None
+
+    def loss(self, losses: LossesLike, mask: MaskLike = None) -> Tensor:
+        """The scalar to back-propagate.
+
+        Args:
+            losses: T scalar losses (a tensor [T] or a sequence of 0-d tensors).
+            mask: optional bool [T]: False marks a task absent from this batch (partially
+                labelled data): weight 0, excluded from the solve, no statistics updated. With a
+                mask, a non-finite loss also marks its task absent. A host mask (list, CPU
+                tensor) also keeps absent losses out of the graph (their heads get no gradient);
+                a device mask uses ``torch.where`` (zero gradient) to avoid a sync.
+
+        Without a mask a NaN/Inf loss raises ``ValueError`` (``nonfinite="raise"``) or marks the
+        task absent (``nonfinite="absent"``).
+        """
+        self._monitor.poll()
+        items, L = self._as_losses(losses)
+        self._resolve_num_tasks(L.shape[0], "loss")
+        present, host = self._present_mask(L.detach(), mask)
+        zero = torch.zeros((), dtype=L.dtype, device=L.device)
+        if host is not None and items is not None and not all(host):
+            # Absent losses never enter the graph: their heads get no gradient at all.
+            safe = torch.stack([x.reshape(()) if p else zero for x, p in zip(items, host)])
+        else:
+            safe = torch.where(present, L, zero)
+        if self.training:
+            self._state["step"] += 1
+        if self.gradient_based and self._split_pending:
+            self._inputs = StepInputs(losses=safe.detach(), present=present)
+        if not self.training:
+            return safe.sum()
+        return self._total(safe, present)
+
+    def check_nonfinite(self) -> None:
+        """Raise now for any non-finite loss/gradient recorded on an accelerator (syncs)."""
+        self._monitor.check_now()
+
+    # ------------------------------------------------------------------ subclass hooks
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        """The scalar to back-propagate in training mode. ``losses`` [T] is differentiable with
+        absent tasks set to 0. Gradient methods: Σ L_t (their weights act in ``split``)."""
+        if self.gradient_based:
+            return losses.sum()
+        raise NotImplementedError(f"{type(self).__name__} must implement _total")
+
+    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+        """α [T] from the (global) Gram matrix G [T, T]; absent/inactive tasks have zero rows."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _gradient_weights")
+
+    def _balance(self, rows: list) -> Tensor:
+        """Called by ``split``'s backward with the feature gradients (one TaskRows per feature
+        tensor): the Gram matrix, the non-finite policy, the cross-process sum and the solve.
+        Returns α [T] (float32 on the gradients' device), also stored as :attr:`weights`."""
+        from mtl_fast import ops
+
+        self._split_pending = False
+        inputs, self._inputs = self._inputs, None
+        device = rows[0].device
+        T = rows[0].num_tasks
+        if inputs is None:  # loss() was not used: every task present, no loss values
+            inputs = StepInputs(
+                losses=torch.zeros(T, device=device),
+                present=torch.ones(T, dtype=torch.bool, device=device),
+            )
+        G = ops.gram_rows(rows[0], backend=self.backend)
+        for r in rows[1:]:
+            G = G + ops.gram_rows(r, backend=self.backend)
+        present = inputs.present.to(device)
+        G = torch.where(present[:, None] & present[None, :], G, 0.0)
+        bad = present & ~torch.isfinite(G.diagonal())
+        self._monitor.report(bad, "gradient", self.step)
+        ok = present & ~bad
+        G = torch.where(ok[:, None] & ok[None, :], G, 0.0)
+        G = self._synced_gram(G)
+        if self.needs_losses_in_backward:
+            values, _ = self._synced_losses(inputs.losses.to(device), ok)
+            inputs = StepInputs(losses=values, present=ok)
+        else:
+            inputs = StepInputs(losses=inputs.losses, present=ok)
+        alpha = self._gradient_weights(G, inputs).to(torch.float32)
+        alpha = torch.where(G.diagonal() > 0, alpha, 0.0)
+        self._set_weights(alpha)
+        return alpha
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def _set_weights(self, weights: Tensor) -> None:
+        self._state["weights"] = weights.detach()
+
+    def _sync_active(self) -> bool:
+        return distributed.is_active(self.sync, self.process_group)
+
+    def _synced_losses(self, losses: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss values for statistics: averaged across processes (each task over the processes
+        where it is present) when synchronising, else as given. Returns (values, present)."""
+        values = losses.detach()
+        if self._sync_active():
+            return distributed.average_present(values, present, self.process_group)
+        return values, present
+
+    def _synced_gram(self, G: Tensor) -> Tensor:
+        """The global Gram matrix: the sum of the per-process matrices when synchronising."""
+        if self._sync_active():
+            return distributed.all_reduce_sum(G, self.process_group)
+        return G
+
+    def _resolve_num_tasks(self, given: int | None, where: str) -> int:
+        if given is None:
+            if self.num_tasks is None:
+                raise ValueError(f"{where}: pass num_tasks (the method was built without it)")
+            return self.num_tasks
+        if not isinstance(given, int) or given < 1:
+            raise ValueError(f"{where}: num_tasks must be a positive int; got {given!r}")
+        if self.num_tasks is None:
+            self.num_tasks = given
+        elif given != self.num_tasks:
+            raise ValueError(
+                f"{where}: got {given} tasks but {type(self).__name__} was built for "
+                f"{self.num_tasks}"
+            )
+        return given
+
+    def _as_losses(self, losses: LossesLike) -> tuple[list[Tensor] | None, Tensor]:
+        """(the T scalar losses when given as a sequence, else None; the losses as a [T] tensor)."""
+        if isinstance(losses, Tensor):
+            if losses.dim() != 1 or losses.numel() == 0:
+                raise ValueError(
+                    f"losses must be a 1-D tensor [T] of scalar task losses; got shape "
+                    f"{tuple(losses.shape)} (reduce each task's loss to a scalar first)"
+                )
+            items, L = None, losses
+        else:
+            try:
+                items = list(losses)
+            except TypeError:
+                raise TypeError(
+                    f"losses must be a Tensor [T] or a sequence of scalar tensors; got "
+                    f"{type(losses).__name__}"
+                ) from None
+            if not items:
+                raise ValueError("losses is empty")
+            for t, x in enumerate(items):
+                if not isinstance(x, Tensor):
+                    raise TypeError(f"losses[{t}] must be a Tensor; got {type(x).__name__}")
+                if x.numel() != 1:
+                    raise ValueError(
+                        f"losses[{t}] must be a scalar; got shape {tuple(x.shape)} "
+                        "(reduce each task's loss to a scalar first)"
+                    )
+            devices = {x.device for x in items}
+            if len(devices) > 1:
+                raise ValueError(f"losses are on several devices: {sorted(map(str, devices))}")
+            L = torch.stack([x.reshape(()) for x in items])
+        if not L.is_floating_point():
+            raise TypeError(f"losses must be floating point; got {L.dtype}")
+        return items, L
+
+    def _present_mask(self, L: Tensor, mask: MaskLike) -> tuple[Tensor, list[bool] | None]:
+        """(present bool [T] on L's device, the same as a host list when known without a sync)."""
+        T = L.shape[0]
+        finite = torch.isfinite(L.detach())
+        if mask is None:
+            if self.nonfinite == "raise":
+                self._monitor.report(~finite, "loss", self.step)
+            host = finite.tolist() if L.device.type == "cpu" else None
+            return finite, host
+        if isinstance(mask, Tensor):
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask must be a bool tensor; got {mask.dtype}")
+            if mask.shape != (T,):
+                raise ValueError(f"mask must have shape ({T},); got {tuple(mask.shape)}")
+            host = mask.tolist() if mask.device.type == "cpu" else None
+            m = mask.to(L.device, non_blocking=True)
+        else:
+            host = list(mask)
+            if len(host) != T or not all(isinstance(b, (bool, int)) for b in host):
+                raise ValueError(f"mask must be {T} booleans; got {mask!r}")
+            host = [bool(b) for b in host]
+            m = torch.tensor(host, dtype=torch.bool).to(L.device, non_blocking=True)
+        present = m & finite
+        if host is not None and L.device.type == "cpu":
+            host = present.tolist()
+        elif host is not None:
+            host = None  # a NaN on the device may still remove a task: stay on the device path
+        return present, host
+
+    # ------------------------------------------------------------------ state
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"version": 1, "num_tasks": self.num_tasks, "state": _state.pack(self._state)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise ValueError(f"unrecognised {type(self).__name__} state (version mismatch)")
+        stored_T = state.get("num_tasks")
+        if self.num_tasks is not None and stored_T is not None and stored_T != self.num_tasks:
+            raise ValueError(
+                f"state_dict is for {stored_T} tasks but this {type(self).__name__} has "
+                f"{self.num_tasks}"
+            )
+        if self.num_tasks is None:
+            self.num_tasks = stored_T
+        self._state = _state.unpack(state["state"], self._state)
+        self._split_pending = False
+        self._inputs = None
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}"
