@@ -27,6 +27,13 @@
 #include <string>
 #include <vector>
 
+// Keep a*b + c as two roundings (no fused multiply-add), so the results are bit-identical to the
+// torch twin (mtl_fast.running_stats.TorchRunningStats) on FMA targets too.  GCC ignores this
+// pragma in C++; it needs -ffp-contract=off on the command line (baseline x86-64 has no FMA).
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 namespace mtl_fast {
 
 class Welford {

@@ -5,20 +5,25 @@ Gram-space gradient balancing (IMTL-G, MGDA, ...) with fused Triton kernels, los
 (:class:`Weighting`) and one training loop for all of them.
 """
 
-from mtl_fast import reference
+from mtl_fast import history, metrics, reference
 from mtl_fast._version import __version__
 from mtl_fast.methods import IMTLG, EqualWeighting
 from mtl_fast.ops import combine, gram, imtl_g_weights, mgda_weights
+from mtl_fast.running_stats import RunningStats, TorchRunningStats
 from mtl_fast.weighting import Weighting
 
 __all__ = [
     "IMTLG",
     "EqualWeighting",
+    "RunningStats",
+    "TorchRunningStats",
     "Weighting",
     "__version__",
     "combine",
     "gram",
+    "history",
     "imtl_g_weights",
+    "metrics",
     "mgda_weights",
     "reference",
 ]

@@ -8,6 +8,8 @@ and :func:`unpack` restores it, so a resumed run reproduces an unbroken run bit 
 * objects with ``state_dict()``/``load_state_dict()`` (e.g. :class:`mtl_fast.RunningStats`)
   are stored through them;
 * ``torch.Generator`` objects are stored as their byte state;
+* NumPy arrays are stored as tensors (exact: same dtype and values), so checkpoints load with
+  ``torch.load(..., weights_only=True)``;
 * plain Python values (numbers, strings, None, lists, tuples, dicts of these) are copied.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +29,8 @@ _GEN = "__generator_state__"
 def pack(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value, copy=True))
     if isinstance(value, torch.Generator):
         return {_GEN: value.get_state(), "device": str(value.device)}
     if hasattr(value, "state_dict") and hasattr(value, "load_state_dict"):

@@ -30,6 +30,7 @@ class OracleStats:
 
     @property
     def ew(self) -> bool:
+        """Whether m2 holds the exponentially weighted variance."""
         return self.decay is not None and self.decay_variance
 
     def update(self, x: np.ndarray, mask: Optional[np.ndarray] = None) -> None:
@@ -56,6 +57,7 @@ class OracleStats:
 
     @property
     def var(self) -> np.ndarray:
+        """Population variance (0 where n = 0)."""
         if self.ew:
             return self.m2.copy()
         return np.where(self.count > 0, self.m2 / np.maximum(self.count, 1), 0.0)
