@@ -228,22 +228,31 @@ class Weighting(nn.Module):
 
     def _balance(self, rows: list) -> Tensor:
         """Called by ``split``'s backward with the feature gradients (one TaskRows per feature
-        tensor): the Gram matrix, the non-finite policy, the cross-process sum and the solve.
-        Returns α [T] (float32 on the gradients' device), also stored as :attr:`weights`."""
+        tensor): the Gram matrix of their concatenation, then :meth:`_balance_gram`."""
         from mtl_fast import ops
 
+        G = ops.gram_rows(rows[0], backend=self.backend)
+        for r in rows[1:]:
+            G = G + ops.gram_rows(r, backend=self.backend)
+        return self._balance_gram(G)
+
+    def _balance_gram(self, G: Tensor) -> Tensor:
+        """The weights from this process's Gram matrix G [T, T] of the task gradients: the
+        non-finite policy, absent tasks, the cross-process sum and the method's solve.
+
+        Used by ``split``'s backward and by layers that form G in a structured way
+        (e.g. :class:`mtl_fast.MultiTaskLinear`). Returns α [T] (float32 on G's device), also
+        stored as :attr:`weights`.
+        """
         self._split_pending = False
         inputs, self._inputs = self._inputs, None
-        device = rows[0].device
-        T = rows[0].num_tasks
+        device = G.device
+        T = G.shape[0]
         if inputs is None:  # loss() was not used: every task present, no loss values
             inputs = StepInputs(
                 losses=torch.zeros(T, device=device),
                 present=torch.ones(T, dtype=torch.bool, device=device),
             )
-        G = ops.gram_rows(rows[0], backend=self.backend)
-        for r in rows[1:]:
-            G = G + ops.gram_rows(r, backend=self.backend)
         present = inputs.present.to(device)
         G = torch.where(present[:, None] & present[None, :], G, 0.0)
         bad = present & ~torch.isfinite(G.diagonal())
