@@ -7,16 +7,37 @@ Gram-space gradient balancing (IMTL-G, MGDA, ...) with fused Triton kernels, los
 
 from mtl_fast import history, metrics, reference
 from mtl_fast._version import __version__
-from mtl_fast.methods import IMTLG, EqualWeighting
+from mtl_fast.methods import (
+    AMTL,
+    DTP,
+    DWA,
+    GLS,
+    IMTLG,
+    LSB,
+    RLW,
+    CVWeighting,
+    EqualWeighting,
+    StaticWeighting,
+    UncertaintyWeighting,
+)
 from mtl_fast.ops import combine, gram, imtl_g_weights, mgda_weights
 from mtl_fast.running_stats import RunningStats, TorchRunningStats
 from mtl_fast.weighting import Weighting
 
 __all__ = [
+    "AMTL",
+    "DTP",
+    "DWA",
+    "GLS",
     "IMTLG",
+    "LSB",
+    "RLW",
+    "CVWeighting",
     "EqualWeighting",
     "RunningStats",
+    "StaticWeighting",
     "TorchRunningStats",
+    "UncertaintyWeighting",
     "Weighting",
     "__version__",
     "combine",

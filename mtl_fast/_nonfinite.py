@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mtl_fast._validation import nonfinite_task_message
+from mtl_fast._validation import NONFINITE, nonfinite_task_message
 
 
 @dataclass
@@ -29,6 +29,7 @@ class _PendingFlag:
     event: torch.cuda.Event | None
     what: str
     step: int
+    problem: str
 
 
 def _capturing(device: torch.device) -> bool:
@@ -42,12 +43,13 @@ class NonFiniteMonitor:
     def __init__(self) -> None:
         self._pending: list[_PendingFlag] = []
 
-    def report(self, bad: Tensor, what: str, step: int) -> None:
-        """Flag tasks whose ``what`` ("loss" or "gradient") is non-finite; ``bad`` is bool [T]."""
+    def report(self, bad: Tensor, what: str, step: int, *, problem: str = NONFINITE) -> None:
+        """Flag tasks whose ``what`` ("loss" or "gradient") has ``problem`` (by default: is
+        non-finite); ``bad`` is bool [T]."""
         if bad.device.type == "cpu":
             if bool(bad.any()):
                 idx = bad.nonzero().flatten().tolist()
-                raise ValueError(nonfinite_task_message(idx, what))
+                raise ValueError(nonfinite_task_message(idx, what, problem))
             return
         if _capturing(bad.device):
             return
@@ -57,7 +59,7 @@ class NonFiniteMonitor:
         if bad.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        self._pending.append(_PendingFlag(host, event, what, step))
+        self._pending.append(_PendingFlag(host, event, what, step, problem))
 
     def poll(self) -> None:
         """Raise for a recorded flag whose copy has landed; never blocks."""
@@ -85,6 +87,6 @@ class NonFiniteMonitor:
             self._pending = still
             idx = flag.host.nonzero().flatten().tolist()
             raise ValueError(
-                nonfinite_task_message(idx, flag.what)
+                nonfinite_task_message(idx, flag.what, flag.problem)
                 + f" (detected on the device at step {flag.step}; that task got weight 0)"
             )

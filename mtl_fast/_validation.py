@@ -162,11 +162,14 @@ def check_out(out: Tensor, shape: torch.Size, dtype: torch.dtype, device: torch.
     return out
 
 
-def nonfinite_task_message(bad: Sequence[int], what: str = "gradient") -> str:
-    """The error message for non-finite task inputs, naming the tasks."""
+NONFINITE = "non-finite (NaN/Inf, or overflowing)"
+
+
+def nonfinite_task_message(
+    bad: Sequence[int], what: str = "gradient", problem: str = NONFINITE
+) -> str:
+    """The error message for bad task inputs (by default non-finite ones), naming the tasks."""
     tasks = ", ".join(str(t) for t in bad)
     plural = "s" if len(bad) > 1 else ""
-    return (
-        f"non-finite (NaN/Inf, or overflowing) {what} for task{plural} {tasks}; "
-        "mark absent tasks with mask= instead of passing NaN"
-    )
+    hint = "; mark absent tasks with mask= instead of passing NaN" if problem == NONFINITE else ""
+    return f"{problem} {what} for task{plural} {tasks}{hint}"

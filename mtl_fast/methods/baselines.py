@@ -1,15 +1,126 @@
-"""Baseline loss weightings."""
+r"""Baseline loss weightings and the small formulas every loss-based method shares.
+
+Shared functional core (used by CV-Weighting, LSB, AMTL, DTP, DWA, RLW, GLS, static weights):
+
+* :func:`weighted_sum` — Σ_t w_t L_t, the total of every weighted-sum method;
+* :func:`normalize_over_present` — w_t / Σ_{s present} w_s (absent tasks: 0);
+* :func:`softmax_over_present` — exp(z_t) / Σ_{s present} exp(z_s) (absent tasks: 0);
+* :func:`weighted_geometric_mean` — Π_t L_t^{w_t} = exp(Σ_t w_t log L_t) (paper 002 eq. 5; GLS);
+* :func:`positive_losses` — the positivity requirement of the geometric means.
+
+Masks: an absent task (``mask`` False or a non-finite loss, see :meth:`mtl_fast.Weighting.loss`)
+gets weight 0 for the step. Methods whose weights are normalised (Σ = 1, softmax, Σ = T) are
+renormalised over the present tasks, so the present weights keep the method's normalisation.
+
+Classes: :class:`EqualWeighting`, :class:`StaticWeighting`, :class:`GLS`, :class:`DWA`,
+:class:`RLW`.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from mtl_fast.weighting import Weighting
 
+__all__ = [
+    "DWA",
+    "GLS",
+    "RLW",
+    "EqualWeighting",
+    "StaticWeighting",
+    "normalize_over_present",
+    "positive_losses",
+    "softmax_over_present",
+    "weighted_geometric_mean",
+    "weighted_sum",
+]
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+def weighted_sum(weights: Tensor, losses: Tensor) -> Tensor:
+    """Σ_t w_t L_t in the losses' dtype (``weights`` carry no gradient)."""
+    return (weights.detach().to(losses.dtype) * losses).sum()
+
+
+def normalize_over_present(values: Tensor, present: Tensor) -> Tensor:
+    """w_t = v_t / Σ_{s present} v_s for present tasks, 0 for absent ones.
+
+    ``values`` must be non-negative. When no task is present, or the present values sum to 0,
+    the result is all zeros (never NaN).
+    """
+    v = torch.where(present, values, torch.zeros_like(values))
+    total = v.sum()
+    return torch.where(total > 0, v / torch.where(total > 0, total, 1.0), 0.0)
+
+
+def softmax_over_present(logits: Tensor, present: Tensor) -> Tensor:
+    """Softmax over the present tasks (absent tasks: 0; all zeros when none is present)."""
+    z = torch.where(present, logits, torch.full_like(logits, -torch.inf))
+    w = torch.softmax(z, dim=0)
+    return torch.where(present, w, 0.0)  # no task present: softmax of all -inf is NaN
+
+
+def positive_losses(method: Weighting, losses: Tensor, present: Tensor, who: str) -> Tensor:
+    """``present`` restricted to losses > 0: the geometric means take log L_t.
+
+    CPU: a present loss ≤ 0 raises ``ValueError`` naming the tasks. Other devices (no host
+    sync): the task is treated as absent for the step (weight 0) and the method's non-finite
+    monitor raises the error at the next call, as for a NaN loss.
+    """
+    bad = present & ~(losses.detach() > 0)
+    if losses.device.type == "cpu":
+        if bool(bad.any()):
+            idx = bad.nonzero().flatten().tolist()
+            raise ValueError(
+                f"{who} takes the logarithm of the task losses, so every present loss must be "
+                f"> 0; task(s) {idx} have a loss <= 0 (shift such a loss to be positive, mark "
+                "the task absent with mask=, or use a weighted sum)"
+            )
+        return present
+    method._monitor.report(
+        bad, f"loss ({who} takes its logarithm)", method.step, problem="non-positive"
+    )
+    return present & ~bad
+
+
+def weighted_geometric_mean(losses: Tensor, weights: Tensor, present: Tensor) -> Tensor:
+    """Π_{t present} L_t^{w_t}, computed as exp(Σ_t w_t log L_t) (paper 002 eq. 5).
+
+    In log space so that it neither underflows nor overflows at many tasks. Absent tasks
+    contribute nothing (their loss is replaced by 1 before the log, so they get no gradient).
+    Present losses must be > 0 (see :func:`positive_losses`). With no task present: 1·0 = 0.
+    """
+    safe = torch.where(present, losses, torch.ones_like(losses))
+    w = torch.where(present, weights.detach(), 0.0).to(losses.dtype)
+    return torch.where(present.any(), torch.exp((w * torch.log(safe)).sum()), 0.0)
+
+
+def _as_float_list(values: Any, what: str) -> list[float]:
+    """Host numbers from a sequence / tensor / array (configuration, not the hot path)."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().tolist()
+    try:
+        out = [float(v) for v in values]
+    except TypeError:
+        raise TypeError(f"{what} must be a sequence of numbers; got {values!r}") from None
+    if not out:
+        raise ValueError(f"{what} is empty")
+    return out
+
+
+# --------------------------------------------------------------------------- methods
+
 
 class EqualWeighting(Weighting):
-    """Uniform scaling: total = Σ_t L_t (every weight 1), the baseline of every paper."""
+    """Uniform scaling: total = Σ_t L_t (every weight 1), the baseline of every paper.
+
+    ``weights``: 1 for present tasks, 0 for absent ones. Needs: losses. Extra cost: none.
+    """
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return torch.ones(num_tasks, device=device)
@@ -17,3 +128,189 @@ class EqualWeighting(Weighting):
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
         self._set_weights(present.to(losses.dtype))
         return losses.sum()
+
+
+class StaticWeighting(Weighting):
+    """Hand-tuned static weights: total = Σ_t w_t L_t.
+
+    Args:
+        weights: the T weights (non-negative). T is their number.
+        normalize: divide by their sum so that Σ_t w_t = 1, as paper 000 does for its
+            hand-tuned baselines (§3.1, §3.2). Then, when tasks are absent, the weights are
+            renormalised over the present tasks (they still sum to 1). Without ``normalize``
+            absent tasks simply get 0 and the others keep their weights.
+        **kwargs: :class:`mtl_fast.Weighting` options (``nonfinite``, ``sync``, ...).
+
+    ``weights``: the factors in front of L_t this step. Needs: losses. Extra cost: none.
+    """
+
+    def __init__(self, weights: Sequence[float] | Tensor, *, normalize: bool = False, **kwargs):
+        w = _as_float_list(weights, "weights")
+        if any(not (x >= 0 and x < float("inf")) for x in w) or sum(w) <= 0:
+            raise ValueError(f"weights must be finite, >= 0 and not all 0; got {w}")
+        super().__init__(len(w), **kwargs)
+        self.normalize = bool(normalize)
+        self._given = torch.tensor(w, dtype=torch.float64)
+        self._state["static"] = self._given.clone()
+
+    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
+        w = self._given / self._given.sum() if self.normalize else self._given
+        return w.to(device=device, dtype=torch.float32)
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        static = self._state["static"]
+        if static.device != losses.device:  # moved once, then kept on the losses' device
+            static = self._state["static"] = static.to(losses.device, non_blocking=True)
+        if self.normalize:
+            w = normalize_over_present(static, present)
+        else:
+            w = torch.where(present, static, 0.0)
+        w = w.to(losses.dtype)
+        self._set_weights(w)
+        return weighted_sum(w, losses)
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, normalize={self.normalize}"
+
+
+class GLS(Weighting):
+    r"""Geometric Loss Strategy (Chennupati et al. 2019): total = (Π_t L_t)^{1/T}.
+
+    Computed in log space, exp((1/T) Σ_t log L_t) (:func:`weighted_geometric_mean`), which stays
+    finite at many tasks where the product itself under/overflows (paper 004 §4 reports the
+    product unstable at T = 40). Absent tasks are left out: the mean is over the present tasks,
+    T → |P|. Every present loss must be > 0 (CPU: ``ValueError``; accelerators: weight 0 and a
+    deferred error, see :func:`positive_losses`).
+
+    ``weights``: the effective factors ∂total/∂L_t = total / (|P|·L_t) — GLS weighs each loss by
+    its reciprocal (paper 004, §4 and appendix C.5) — detached; 0 for absent tasks.
+
+    Needs: losses (> 0). Extra cost: none.
+    """
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        present = positive_losses(self, losses, present, "GLS")
+        exponents = normalize_over_present(torch.ones_like(losses), present)
+        total = weighted_geometric_mean(losses, exponents, present)
+        safe = torch.where(present, losses.detach(), 1.0)
+        self._set_weights(exponents * total.detach() / safe)
+        return total
+
+
+class RLW(Weighting):
+    r"""Random Loss Weighting (Lin et al. 2022): λ = softmax(ε), ε ~ N(0, I_T), drawn each step.
+
+    total = Σ_t λ_t L_t. The softmax is taken over the present tasks (absent tasks: 0; the
+    present weights sum to 1). The draw always has T numbers, whatever the mask, so the random
+    stream does not depend on which tasks are present.
+
+    Args:
+        num_tasks: T.
+        seed: seed of the method's own ``torch.Generator`` (kept in ``state_dict``, so a resumed
+            run draws the same weights). ``None``: drawn from torch's global generator at
+            construction (so ``torch.manual_seed`` makes runs reproducible).
+        **kwargs: :class:`mtl_fast.Weighting` options.
+
+    The generator lives on the losses' device (created at the first step), so drawing needs no
+    host transfer. ``weights``: λ (0 for absent tasks). Needs: losses. Extra cost: one T-sample.
+    """
+
+    def __init__(self, num_tasks: int, *, seed: int | None = None, **kwargs) -> None:
+        super().__init__(num_tasks, **kwargs)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        self._state["seed"] = int(seed)
+        self._state["generator"] = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._state["generator"]
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self._state["seed"])
+            self._state["generator"] = gen
+        return gen
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        T = losses.shape[0]
+        gen = self._generator(losses.device)
+        eps = torch.randn(T, generator=gen, device=gen.device, dtype=torch.float64)
+        lam = softmax_over_present(eps.to(losses.device), present).to(losses.dtype)
+        self._set_weights(lam)
+        return weighted_sum(lam, losses)
+
+
+class DWA(Weighting):
+    r"""Dynamic Weight Average (Liu, Johns & Davison 2019, eq. 7).
+
+    With L̄_k(e) the average loss of task k over period e (an epoch by default)::
+
+        r_k(e−1) = L̄_k(e−1) / L̄_k(e−2)
+        w_k(e)   = T · exp(r_k(e−1)/temp) / Σ_i exp(r_i(e−1)/temp)
+
+    and w_k = 1 for the first two periods. Period averages are kept by
+    :class:`mtl_fast.methods.lsb.PeriodAverages` (the same machinery as LSB): call
+    :meth:`end_period` after each epoch, or pass ``period_steps``.
+
+    Masks: the softmax is over the present tasks and multiplied by |P| (the present weights sum
+    to |P|; absent tasks 0); a task absent for a whole period carries its previous average
+    forward; r_k = 1 while task k has fewer than two period averages (or a non-positive one).
+
+    Args:
+        num_tasks: T.
+        temperature: temp (default 2, as in the paper).
+        period_steps: end a period automatically every ``period_steps`` training steps.
+        accumulator: ``"auto"`` or ``"torch"``, see :class:`mtl_fast.methods.cv.LossStatistics`.
+        **kwargs: :class:`mtl_fast.Weighting` options.
+
+    ``weights``: w_k. Needs: losses. Extra cost: a running mean of T losses.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        temperature: float = 2.0,
+        period_steps: int | None = None,
+        accumulator: str = "auto",
+        **kwargs,
+    ) -> None:
+        from mtl_fast.methods.lsb import PeriodAverages
+
+        super().__init__(num_tasks, **kwargs)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0; got {temperature!r}")
+        self.temperature = float(temperature)
+        self._state["periods"] = PeriodAverages(
+            num_tasks, period_steps=period_steps, accumulator=accumulator
+        )
+
+    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
+        return torch.ones(num_tasks, device=device)
+
+    @property
+    def period(self) -> int:
+        """The current period (1-based)."""
+        return self._state["periods"].period
+
+    def end_period(self) -> bool:
+        """Close the current period (call after each epoch). Returns False, doing nothing, when
+        the period had no training step."""
+        return self._state["periods"].end_period()
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        periods = self._state["periods"]
+        if periods.period <= 2:
+            w = present.to(losses.dtype)
+        else:
+            rate = periods.rate(losses.device)
+            w = softmax_over_present(rate / self.temperature, present)
+            w = (w * present.sum()).to(losses.dtype)
+        self._set_weights(w)
+        total = weighted_sum(w, losses)
+        values, avail = self._synced_losses(losses, present)
+        if periods.observe(values, avail):  # period_steps reached
+            periods.end_period()
+        return total
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, temperature={self.temperature}"

@@ -1,0 +1,254 @@
+r"""CV-Weighting (paper 000, Groenendijk et al. 2021): weights from the coefficient of variation.
+
+Functional core (one function per formula; the class below is a thin stateful wrapper):
+
+* :func:`loss_ratios` — eq. 3, l_i(t) = L_i(t) / μ_{L_i}(t−1);
+* :func:`cv_weights` — eq. 4–5, α_i = c_i / Σ_j c_j with c_i = σ_{l_i} / μ_{l_i} (default, the
+  authors' published code) or c_i = σ_{l_i} / l_i(t) (the paper's text);
+* the running mean / variance (eq. 7–8, Welford) are those of :mod:`mtl_fast.running_stats`,
+  held by :class:`LossStatistics` on the losses' device.
+
+:class:`LossStatistics` is also the accumulator of the period-based methods (LSB, DWA).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from mtl_fast.methods.baselines import normalize_over_present, weighted_sum
+from mtl_fast.running_stats import RunningStats, TorchRunningStats
+from mtl_fast.weighting import Weighting
+
+__all__ = ["CVWeighting", "LossStatistics", "cv_weights", "loss_ratios"]
+
+#: ``accumulator=`` choices: ``"auto"`` (C++ on the CPU, torch elsewhere) or ``"torch"``.
+ACCUMULATORS = ("auto", "torch")
+#: ``denominator=`` choices of :class:`CVWeighting`.
+DENOMINATORS = ("mean", "current")
+#: ε in σ = sqrt(var + ε) (the published code's value).
+VARIANCE_EPS = 1e-8
+#: floor of the denominators of c_i (a ratio of exactly 0 would otherwise give Inf/Inf = NaN).
+DENOMINATOR_FLOOR = 1e-12
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+def loss_ratios(losses: Tensor, loss_mean: Tensor, loss_count: Tensor) -> Tensor:
+    """Eq. 3: l_i(t) = L_i(t) / μ_{L_i}(t−1), μ the running mean of the earlier raw losses.
+
+    A task's first observation (count 0) has ratio L/L = 1, as in the published code. A zero
+    running mean (only zero losses so far) also gives 1 instead of a division by zero.
+    """
+    ok = (loss_count > 0) & (loss_mean > 0)
+    return torch.where(ok, losses / torch.where(ok, loss_mean, 1.0), 1.0)
+
+
+def cv_weights(
+    ratio_var: Tensor,
+    ratio_mean: Tensor,
+    ratio_count: Tensor,
+    current_ratio: Tensor,
+    present: Tensor,
+    *,
+    denominator: str = "mean",
+) -> Tensor:
+    r"""α (eq. 5) from the statistics of the loss ratios of the earlier steps.
+
+    c_i = σ_{l_i} / μ_{l_i} (``denominator="mean"``, the published code) or
+    c_i = σ_{l_i} / l_i(t) (``"current"``, eq. 4 of the paper), σ = sqrt(var + 1e-8) with the
+    population variance (eq. 8); α_i = c_i / Σ_{j present} c_j (eq. 5, renormalised over the
+    present tasks; absent tasks 0). Until every present task has at least two ratios in its
+    statistics, the weights are equal, 1/|P| (the published code's first two steps).
+    Denominators are floored at 1e-12.
+    """
+    std = torch.sqrt(ratio_var + VARIANCE_EPS)
+    denom = ratio_mean if denominator == "mean" else current_ratio
+    c = std / denom.clamp_min(DENOMINATOR_FLOOR)
+    ready = ((ratio_count >= 2) | ~present).all()
+    alpha = normalize_over_present(c, present)
+    equal = normalize_over_present(torch.ones_like(c), present)
+    return torch.where(ready, alpha, equal)
+
+
+# --------------------------------------------------------------------------- accumulator
+
+
+class LossStatistics:
+    """K running statistics kept where the losses are.
+
+    Losses on the CPU are accumulated by the C++ :class:`mtl_fast.RunningStats`
+    (``mtl_fast._C``); losses on another device (CUDA) by the device-resident
+    :class:`mtl_fast.TorchRunningStats` (torch ops only, no host synchronisation). Both follow
+    the same rules and give the same numbers (float64). The first update on a new device moves
+    the state there (a one-time copy); ``accumulator="torch"`` uses the torch accumulator on
+    every device (e.g. to compare both on the CPU).
+
+    Args:
+        num_streams: K.
+        decay, decay_variance: as in :class:`mtl_fast.RunningStats` (``None``: Welford's plain
+            running mean, eq. 7–8 of paper 000).
+        accumulator: ``"auto"`` or ``"torch"``.
+
+    :meth:`state_dict` / :meth:`load_state_dict` use the accumulators' common format, so a state
+    saved on one device loads on another.
+    """
+
+    def __init__(
+        self,
+        num_streams: int,
+        *,
+        decay: float | None = None,
+        decay_variance: bool = True,
+        accumulator: str = "auto",
+    ) -> None:
+        if accumulator not in ACCUMULATORS:
+            raise ValueError(f"accumulator must be one of {ACCUMULATORS}; got {accumulator!r}")
+        self.num_streams = int(num_streams)
+        self.kind = accumulator
+        self._config: dict[str, Any] = {"decay": decay, "decay_variance": decay_variance}
+        self.accumulator: RunningStats | TorchRunningStats = self._make(torch.device("cpu"))
+
+    def _make(self, device: torch.device) -> RunningStats | TorchRunningStats:
+        if device.type == "cpu" and self.kind == "auto":
+            return RunningStats(self.num_streams, **self._config)
+        return TorchRunningStats(self.num_streams, device=device, **self._config)
+
+    def _on(self, device: torch.device) -> RunningStats | TorchRunningStats:
+        """The accumulator for ``device``, moving the state there when it is elsewhere."""
+        acc = self.accumulator
+        if isinstance(acc, RunningStats):
+            if device.type == "cpu" and self.kind == "auto":
+                return acc
+        elif acc.device == device and (device.type != "cpu" or self.kind == "torch"):
+            return acc
+        new = self._make(device)
+        new.load_state_dict(acc.state_dict())
+        self.accumulator = new
+        return new
+
+    def update(self, values: Tensor, mask: Tensor) -> None:
+        """Add ``values`` [K] to the streams selected by ``mask`` (bool [K], same device)."""
+        self._on(values.device).update(values.detach().to(torch.float64), mask)
+
+    def snapshot(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(mean, population variance, count) as tensors on ``device`` (float64, int64)."""
+        acc = self._on(device)
+        if isinstance(acc, RunningStats):
+            return (
+                torch.from_numpy(acc.mean),
+                torch.from_numpy(acc.var),
+                torch.from_numpy(acc.count),
+            )
+        return acc.mean, acc.var, acc.count
+
+    @property
+    def device(self) -> torch.device:
+        """Where the statistics are (the CPU for the C++ accumulator)."""
+        acc = self.accumulator
+        return torch.device("cpu") if isinstance(acc, RunningStats) else acc.device
+
+    def reset(self) -> None:
+        """Forget every observation."""
+        self.accumulator.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.accumulator.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.accumulator.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- method
+
+
+class CVWeighting(Weighting):
+    r"""CV-Weighting (paper 000): α_i ∝ the coefficient of variation of task i's loss ratio.
+
+    Each training step t (1-based), with L_i(t) the task losses (detached):
+
+    1. loss ratio l_i(t) = L_i(t) / μ_{L_i}(t−1) (eq. 3), μ_L the running mean of the raw losses
+       of the earlier steps; at a task's first step the ratio is L/L = 1;
+    2. weights from the statistics of the ratios of the earlier steps (computed BEFORE they are
+       updated), by :func:`cv_weights`: c_i = σ_{l_i}/μ_{l_i}, α_i = c_i / Σ_j c_j (eq. 5),
+       σ = sqrt(M₂/n + 1e-8) the population standard deviation (eq. 8); equal weights 1/T at
+       the first two steps;
+    3. the statistics of l and L are updated with the current values (eq. 7–8: mean factor
+       1 − 1/n, Welford's M₂).
+
+    total = Σ_i α_i L_i; the weights carry no gradient.
+
+    Defaults follow the authors' published code. The paper's eq. 4–5 divide σ by the current
+    ratio l_i(t) instead of the running mean of the ratios: ``denominator="current"``.
+
+    Args:
+        num_tasks: T.
+        mean_decay: ``None`` (default): plain running means, factor 1 − 1/n (eq. 7). A number d
+            in [0, 1]: fixed factor, μ ← d·μ + (1 − d)·x after the first observation (the
+            published code's ``mean_decay`` option), M₂ still Welford's around that mean and
+            var = M₂/n (:class:`mtl_fast.RunningStats` with ``decay_variance=False``).
+        denominator: ``"mean"`` (default, published code) or ``"current"`` (paper eq. 4–5).
+        accumulator: ``"auto"`` (default): the C++ :class:`mtl_fast.RunningStats`
+            (``mtl_fast._C``) for CPU losses, the device-resident
+            :class:`mtl_fast.TorchRunningStats` (no host sync) for losses on another device;
+            ``"torch"``: the torch accumulator everywhere. Both give the same weights.
+        **kwargs: :class:`mtl_fast.Weighting` options (``nonfinite``, ``sync``, ...).
+
+    Masks: an absent task gets weight 0 and its statistics are untouched (each task keeps its
+    own count); α is renormalised over the present tasks (Σ α = 1 over them). The weights stay
+    equal until every present task has two ratios in its statistics. ``eval()``: plain sum, no
+    update. Losses are assumed ≥ 0 (ratio scale, §2); a zero running mean gives ratio 1 and the
+    denominators of c_i are floored at 1e-12 (the published code would produce NaN there).
+
+    ``weights``: α (Σ = 1 over the present tasks). Needs: losses. Extra cost: one running
+    mean/variance update of 2T streams per step.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        mean_decay: float | None = None,
+        denominator: str = "mean",
+        accumulator: str = "auto",
+        **kwargs,
+    ) -> None:
+        if not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int; got {num_tasks!r}")
+        if denominator not in DENOMINATORS:
+            raise ValueError(f"denominator must be one of {DENOMINATORS}; got {denominator!r}")
+        super().__init__(num_tasks, **kwargs)
+        self.mean_decay = mean_decay
+        self.denominator = denominator
+        # Streams 0..T-1: the loss ratios l; streams T..2T-1: the raw losses L.
+        self._state["stats"] = LossStatistics(
+            2 * num_tasks, decay=mean_decay, decay_variance=False, accumulator=accumulator
+        )
+
+    @property
+    def statistics(self) -> LossStatistics:
+        """The running statistics: streams [0, T) the loss ratios, [T, 2T) the raw losses."""
+        return self._state["stats"]
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        T = losses.shape[0]
+        values, avail = self._synced_losses(losses, present)
+        x = values.to(torch.float64)
+        stats = self.statistics
+        mean, var, count = stats.snapshot(x.device)
+        ratio = loss_ratios(x, mean[T:], count[T:])
+        alpha = cv_weights(
+            var[:T], mean[:T], count[:T], ratio, avail, denominator=self.denominator
+        ).to(losses.dtype)
+        stats.update(torch.cat([ratio, x]), torch.cat([avail, avail]))
+        self._set_weights(alpha)
+        return weighted_sum(alpha, losses)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_tasks={self.num_tasks}, mean_decay={self.mean_decay}, "
+            f"denominator={self.denominator!r}"
+        )

@@ -1,0 +1,375 @@
+r"""Loss Scale Balancing, LSB (paper 001, Lee, Lee & Kim, ICCV 2021), and per-period averages.
+
+Functional core (one function per equation; :class:`LSB` is a thin stateful wrapper):
+
+* :func:`lsb_overall_loss` — eq. 3 / 11, L^t = α^t Σ_k d_k^t w_k^t L_k^t;
+* :func:`lsb_weights` — eq. 4 / 7, w_k^t = π_k L^{t−1} / L_k^{t−1};
+* :func:`lsb_difficulty` — eq. 9, d_k^t = ((L_k^{t−1}/L_k^{t−2}) / (L^{t−1}/L^{t−2}))^β;
+* :func:`lsb_alpha` — eq. 12, α^t = 1 / Σ_k π_k d_k^t;
+* :func:`linear_beta` — the default β schedule (the paper gives none).
+
+:class:`PeriodAverages` keeps the per-task average loss of the current period (in a
+:class:`mtl_fast.methods.cv.LossStatistics` accumulator) and of the two previous periods; DWA
+uses it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from mtl_fast.methods.baselines import _as_float_list, weighted_sum
+from mtl_fast.methods.cv import LossStatistics
+from mtl_fast.weighting import Weighting
+
+__all__ = [
+    "LSB",
+    "PeriodAverages",
+    "linear_beta",
+    "lsb_alpha",
+    "lsb_difficulty",
+    "lsb_overall_loss",
+    "lsb_weights",
+]
+
+BetaLike = Union[float, Callable[[int], float], None]
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+def lsb_overall_loss(
+    task_means: Tensor, valid: Tensor, weights: Tensor, difficulty: Tensor, alpha: Tensor
+) -> Tensor:
+    """Eq. 11 (eq. 3 when α = d = 1): L^t = α^t Σ_k d_k^t w_k^t L_k^t over the valid tasks."""
+    terms = torch.where(valid, difficulty * weights * task_means, 0.0)
+    return alpha * terms.sum()
+
+
+def lsb_weights(priorities: Tensor, overall: Tensor, task_means: Tensor, valid: Tensor) -> Tensor:
+    """Eq. 7: w_k^t = π_k L^{t−1} / L_k^{t−1}.
+
+    A task without a valid previous average (never observed, or a non-positive average) keeps
+    w_k = π_k (eq. 4), as does every task when L^{t−1} ≤ 0.
+    """
+    ok = valid & (overall > 0)
+    return torch.where(ok, priorities * overall / torch.where(ok, task_means, 1.0), priorities)
+
+
+def lsb_difficulty(
+    task_means: Tensor,
+    prev_task_means: Tensor,
+    valid: Tensor,
+    overall: Tensor,
+    prev_overall: Tensor,
+    beta: float,
+) -> Tensor:
+    """Eq. 9: d_k^t = ((L_k^{t−1} / L_k^{t−2}) / (L^{t−1} / L^{t−2}))^β.
+
+    ``valid`` marks the tasks with valid averages in both periods; the others, and every task
+    when an overall loss is not positive, get d_k = 1.
+    """
+    ok = valid & (overall > 0) & (prev_overall > 0)
+    one = torch.ones_like(task_means)
+    task_rate = torch.where(ok, task_means, one) / torch.where(ok, prev_task_means, one)
+    overall_rate = torch.where(ok, overall, one) / torch.where(ok, prev_overall, one)
+    return torch.where(ok, torch.pow(task_rate / overall_rate, beta), 1.0)
+
+
+def lsb_alpha(priorities: Tensor, difficulty: Tensor) -> Tensor:
+    """Eq. 12: α^t = 1 / Σ_k π_k d_k^t."""
+    return 1.0 / (priorities * difficulty).sum()
+
+
+def linear_beta(period: int, expected_periods: int) -> float:
+    """Default β schedule: β_t = min(1, max(0, (t − 3) / E)).
+
+    β is 0 in period 3 (the first with difficulty factors) and grows linearly by 1/E per period
+    to reach 1 after E periods, then stays at 1 (Table 6 of paper 001: large β hurts).
+    """
+    return min(1.0, max(0.0, (period - 3) / expected_periods))
+
+
+# --------------------------------------------------------------------------- period averages
+
+
+class PeriodAverages:
+    """Per-task average loss over training periods (epochs), for LSB and DWA.
+
+    :meth:`observe` adds one step's losses to the current period (per task, only where present);
+    :meth:`end_period` closes it: its averages L_k^t become the newest history entry and a new
+    period starts. A task absent during a whole period carries its previous average forward
+    (L_k^t = L_k^{t−1}). An average is *valid* when the task has been observed and its average
+    is > 0.
+
+    Args:
+        num_tasks: T.
+        period_steps: when set, :meth:`observe` reports a full period after that many steps.
+        accumulator: see :class:`mtl_fast.methods.cv.LossStatistics`.
+
+    Attributes:
+        period: the current period, 1-based.
+        steps: training steps seen in the current period.
+    """
+
+    def __init__(
+        self, num_tasks: int, *, period_steps: int | None = None, accumulator: str = "auto"
+    ) -> None:
+        if period_steps is not None and (not isinstance(period_steps, int) or period_steps < 1):
+            raise ValueError(f"period_steps must be None or a positive int; got {period_steps!r}")
+        self.num_tasks = int(num_tasks)
+        self.period_steps = period_steps
+        self.period = 1
+        self.steps = 0
+        self.stats = LossStatistics(num_tasks, accumulator=accumulator)
+        #: averages of the last two closed periods, newest first (float64 [T] or None)
+        self.history: list[Tensor | None] = [None, None]
+        #: validity of those averages (bool [T] or None)
+        self.valid: list[Tensor | None] = [None, None]
+
+    def observe(self, values: Tensor, present: Tensor) -> bool:
+        """Add one step; True when ``period_steps`` steps are in the period (time to close)."""
+        self.stats.update(values, present)
+        self.steps += 1
+        return self.period_steps is not None and self.steps >= self.period_steps
+
+    def closing_averages(self) -> tuple[Tensor, Tensor]:
+        """(L_k^t, valid) of the current period, carried over where a task was not observed."""
+        device = self.stats.device
+        mean, _, count = self.stats.snapshot(device)
+        seen = count > 0
+        prev, prev_valid = self.history[0], self.valid[0]
+        if prev is None or prev_valid is None:
+            return mean, seen & (mean > 0)
+        prev, prev_valid = prev.to(device), prev_valid.to(device)
+        return torch.where(seen, mean, prev), torch.where(seen, mean > 0, prev_valid)
+
+    def close(self, averages: Tensor, valid: Tensor) -> None:
+        """Push the closed period's averages into the history and start the next period."""
+        self.history = [averages, self.history[0]]
+        self.valid = [valid, self.valid[0]]
+        self.stats.reset()
+        self.steps = 0
+        self.period += 1
+
+    def end_period(self) -> bool:
+        """Close the current period; no-op (False) when it had no step."""
+        if self.steps == 0:
+            return False
+        self.close(*self.closing_averages())
+        return True
+
+    def rate(self, device: torch.device) -> Tensor:
+        """L_k^{t−1} / L_k^{t−2} (the DWA ratio); 1 where either average is not valid."""
+        h0, h1, v0, v1 = (*self.history, *self.valid)
+        if h0 is None or h1 is None or v0 is None or v1 is None:
+            return torch.ones(self.num_tasks, dtype=torch.float64, device=device)
+        h0, h1 = h0.to(device), h1.to(device)
+        ok = v0.to(device) & v1.to(device)
+        return torch.where(ok, h0 / torch.where(ok, h1, 1.0), 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "steps": self.steps,
+            "stats": self.stats.state_dict(),
+            "history": list(self.history),
+            "valid": list(self.valid),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stats.load_state_dict(state["stats"])
+        self.period = int(state["period"])
+        self.steps = int(state["steps"])
+        self.history = list(state["history"])
+        self.valid = list(state["valid"])
+
+
+# --------------------------------------------------------------------------- method
+
+
+class LSB(Weighting):
+    r"""Loss Scale Balancing (paper 001): balance the loss scales w_k L_k period by period.
+
+    A period is an epoch by default: call :meth:`end_period` after each epoch, or pass
+    ``period_steps`` to close a period every that many training steps. L_k^t is the average loss
+    of task k over period t (:class:`PeriodAverages`), L^t the average overall loss (eq. 3 / 11).
+
+    * period 1: w_k = π_k (eq. 4), total = Σ_k w_k ℓ_k (eq. 2);
+    * period t ≥ 2: w_k^t = π_k L^{t−1} / L_k^{t−1} (eq. 7), so every loss scale w_k L_k is
+      π_k L^{t−1} and the overall loss of period t−1 is unchanged by the update (Prop. 1);
+    * period t ≥ 3: difficulty d_k^t (eq. 9), α^t = 1 / Σ_k π_k d_k^t (eq. 12) and
+      total = α^t Σ_k d_k^t w_k^t ℓ_k (eq. 10), again leaving L^{t−1} unchanged (Prop. 2).
+
+    β: the paper initialises it to 0 and increases it every period without giving a schedule.
+    Default :func:`linear_beta`, β_t = min(1, (t − 3)/E) with E = ``expected_periods``; pass a
+    number for a constant β or a callable ``period -> β`` for another schedule. Eq. 9 is
+    implemented as printed (task rate over overall rate, to the power β).
+
+    Args:
+        num_tasks: T.
+        priorities: π_k (positive; normalised to Σ π_k = 1). Default 1/T (eq. 4).
+        beta: ``None`` (linear schedule), a float, or a callable of the period t (≥ 3).
+        expected_periods: E of the default schedule (default 100).
+        period_steps: close a period automatically every ``period_steps`` training steps.
+        accumulator: ``"auto"``/``"torch"``, see :class:`mtl_fast.methods.cv.LossStatistics`.
+        **kwargs: :class:`mtl_fast.Weighting` options (``nonfinite``, ``sync``, ...).
+
+    Masks: an absent task gets factor 0 for the step (the others are not renormalised: LSB's
+    weights are not normalised) and is left out of the period average. A task absent for a
+    whole period carries its previous average forward; a task never observed (or with a
+    non-positive average) keeps w_k = π_k and d_k = 1 and is left out of L^t.
+
+    ``weights``: the factor in front of ℓ_k this step, α^t d_k^t w_k^t (π_k in period 1).
+    Needs: losses. Extra cost: a running mean of T losses per step, O(T) per period.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        priorities: Sequence[float] | Tensor | None = None,
+        *,
+        beta: BetaLike = None,
+        expected_periods: int = 100,
+        period_steps: int | None = None,
+        accumulator: str = "auto",
+        **kwargs,
+    ) -> None:
+        if not isinstance(num_tasks, int) or num_tasks < 1:
+            raise ValueError(f"num_tasks must be a positive int; got {num_tasks!r}")
+        if priorities is None:
+            pi = [1.0 / num_tasks] * num_tasks
+        else:
+            pi = _as_float_list(priorities, "priorities")
+            if len(pi) != num_tasks:
+                raise ValueError(f"priorities has {len(pi)} entries; expected {num_tasks}")
+            if any(not (p > 0 and p < float("inf")) for p in pi):
+                raise ValueError(f"priorities must be finite and > 0; got {pi}")
+            s = sum(pi)
+            pi = [p / s for p in pi]
+        if not isinstance(expected_periods, int) or expected_periods < 1:
+            raise ValueError(f"expected_periods must be a positive int; got {expected_periods!r}")
+        if beta is not None and not callable(beta):
+            beta = float(beta)
+        super().__init__(num_tasks, **kwargs)
+        self.beta = beta
+        self.expected_periods = expected_periods
+        self._priorities = torch.tensor(pi, dtype=torch.float64)
+        self._pi_device = self._priorities
+        self._state["periods"] = PeriodAverages(
+            num_tasks, period_steps=period_steps, accumulator=accumulator
+        )
+        # w^t, d^t, α^t of the current period and L^{t-1}, L^{t-2} (None until needed).
+        self._state["w"] = None
+        self._state["d"] = None
+        self._state["alpha"] = None
+        self._state["overall"] = [None, None]
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def priorities(self) -> Tensor:
+        """π (float64, Σ = 1)."""
+        return self._priorities.clone()
+
+    @property
+    def period(self) -> int:
+        """The current period t (1-based)."""
+        return self._state["periods"].period
+
+    def beta_at(self, period: int) -> float:
+        """β used for the difficulty factors of ``period`` (t ≥ 3)."""
+        if self.beta is None:
+            return linear_beta(period, self.expected_periods)
+        if callable(self.beta):
+            return float(self.beta(period))
+        return float(self.beta)
+
+    @property
+    def difficulty(self) -> Tensor:
+        """d^t of the current period (1 before period 3)."""
+        return self._factors(self._device())[1]
+
+    @property
+    def alpha(self) -> Tensor:
+        """α^t of the current period (1 before period 3)."""
+        return self._factors(self._device())[2]
+
+    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
+        return self._priorities.to(device=device, dtype=torch.float32)
+
+    def end_period(self) -> bool:
+        """Close the current period and compute the next period's w, d and α (eq. 7, 9, 12).
+
+        Call after each epoch. Returns False, doing nothing, when the period had no training
+        step. Runs on the statistics' device with torch ops only (no host sync).
+        """
+        periods: PeriodAverages = self._state["periods"]
+        if periods.steps == 0:
+            return False
+        device = periods.stats.device
+        means, valid = periods.closing_averages()
+        w, d, alpha = self._factors(device)
+        overall = lsb_overall_loss(means, valid, w, d, alpha)  # L^t (eq. 3 / 11)
+        prev_means, prev_valid = periods.history[0], periods.valid[0]
+        periods.close(means, valid)
+        new_period = periods.period
+        pi = self._priorities_on(device)
+        new_w = lsb_weights(pi, overall, means, valid)  # eq. 7
+        prev_overall = self._state["overall"][0]
+        if new_period >= 3 and prev_means is not None and prev_valid is not None:
+            assert prev_overall is not None
+            new_d = lsb_difficulty(
+                means,
+                prev_means.to(device),
+                valid & prev_valid.to(device),
+                overall,
+                prev_overall.to(device),
+                self.beta_at(new_period),
+            )  # eq. 9
+        else:
+            new_d = torch.ones_like(new_w)
+        self._state["w"] = new_w
+        self._state["d"] = new_d
+        self._state["alpha"] = lsb_alpha(pi, new_d)  # eq. 12
+        self._state["overall"] = [overall, prev_overall]
+        return True
+
+    # ------------------------------------------------------------------ internals
+
+    def _device(self) -> torch.device:
+        w = self._state["w"]
+        return w.device if w is not None else torch.device("cpu")
+
+    def _priorities_on(self, device: torch.device) -> Tensor:
+        """π on ``device``, copied there once (no per-period host transfer)."""
+        if self._pi_device.device != device:
+            self._pi_device = self._priorities.to(device, non_blocking=True)
+        return self._pi_device
+
+    def _factors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(w^t, d^t, α^t) on ``device`` (moved there once)."""
+        w, d, alpha = self._state["w"], self._state["d"], self._state["alpha"]
+        if w is None or d is None or alpha is None:
+            w = self._priorities_on(device).clone()
+            d = torch.ones_like(w)
+            alpha = torch.ones((), dtype=torch.float64, device=device)
+        elif w.device != device:
+            w, d, alpha = (x.to(device, non_blocking=True) for x in (w, d, alpha))
+        self._state["w"], self._state["d"], self._state["alpha"] = w, d, alpha
+        return w, d, alpha
+
+    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        w, d, alpha = self._factors(losses.device)
+        factors = torch.where(present, alpha * d * w, 0.0).to(losses.dtype)
+        self._set_weights(factors)
+        total = weighted_sum(factors, losses)
+        values, avail = self._synced_losses(losses, present)
+        if self._state["periods"].observe(values, avail):  # period_steps reached
+            self.end_period()
+        return total
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, period={self.period}"
