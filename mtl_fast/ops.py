@@ -71,7 +71,7 @@ def gram_rows(rows: TaskRows, *, backend: str = "auto", check_finite: bool = Fal
     Triton path never syncs); the autograd layer passes ``False`` and handles non-finite tasks
     itself (:class:`mtl_fast.Weighting`)."""
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
-        return _kernels().gram(rows)
+        return _kernels().gram_rows(rows)
     G = _ref_passes._gram_rows(rows)
     if check_finite:
         _ref_passes.raise_if_nonfinite(G)
@@ -92,7 +92,7 @@ def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
     T = G.shape[0]
     be = _solve_backend(G, backend)
     if be == "triton" and T <= TRITON_SOLVE_MAX_T:
-        return _kernels().imtl_g_weights(G)
+        return _kernels().imtl_g_solve(G)
     if backend == "auto" and G.device.type == "cpu" and T <= NATIVE_MAX_T:
         solve = _native("imtl_g_solve")
         if solve is not None:
@@ -124,7 +124,7 @@ def mgda_weights(
     default_budget = max_iter is None and tol is None
     if constrained and solver == "active_set" and default_budget:
         if be == "triton" and T <= TRITON_SOLVE_MAX_T:
-            return _kernels().mgda_weights(G)
+            return _kernels().mgda_solve(G)
         if backend == "auto" and G.device.type == "cpu" and T <= NATIVE_MAX_T:
             solve = _native("mgda_solve")
             if solve is not None:
@@ -157,7 +157,7 @@ def combine_rows(
 ) -> Tensor:
     """:func:`combine` on validated rows and weights."""
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
-        return _kernels().combine(rows, weights, out=out)
+        return _kernels().combine_rows(rows, weights, out)
     return _ref_passes._combine_rows(rows, weights, out)
 
 

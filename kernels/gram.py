@@ -1,0 +1,329 @@
+"""Triton Gram kernel: G = J Jᵀ over the T task rows, without stacking them.
+
+``G[a, b] = ⟨g_a, g_b⟩`` for T rows of D elements (fp32, bf16 or fp16), returned as an exactly
+symmetric float32 [T, T] tensor on the rows' device. Two launches, no host synchronisation:
+
+1. ``_gram_partial_kernel`` — grid ``(tile pairs, D-splits)``.
+
+   The tasks are cut into tiles of ``BLOCK_T`` rows; only the upper-triangle tile pairs
+   ``(i, j), i ≤ j`` are computed (``n(n+1)/2`` pairs for ``n = ⌈T / BLOCK_T⌉``), enumerated
+   column by column: ``pair = j(j+1)/2 + i``. When one tile covers every task (``T ≤ BLOCK_T``:
+   T ≤ 64 with the default table, in particular the small-T case T ≤ 16, where ``BLOCK_T = 16``,
+   the smallest ``tl.dot`` tile) the pair axis has a single program, which loads
+   each ``[BLOCK_T, BLOCK_D]`` slab once and multiplies it by its own transpose; rows beyond T
+   are masked, so they cost no memory traffic. The columns are cut into blocks of ``BLOCK_D``;
+   D-split ``s`` owns ``blocks_per_split`` consecutive blocks. Full blocks are loaded without a
+   column mask (vector loads), the last, partial block with one.
+
+   Each block's ``[BLOCK_T, BLOCK_T]`` product comes from ``tl.dot`` with fp32 accumulation
+   (``input_precision="ieee"`` for fp32 rows, so they are not rounded to TF32; the products of
+   bf16/fp16 values are exact in fp32) and is added into a float64 accumulator. So the fp32
+   rounding is confined to sums of ``BLOCK_D`` products and the error does not grow with D.
+   Each program writes its partial tile, rounded once to fp32, into its own slice of a workspace
+   ``[splits, T, T]`` (no atomics). Only entries ``(a, b)`` with ``a ≤ b`` are read afterwards,
+   and every one of them is written by exactly one program per split.
+
+2. ``_gram_reduce_kernel`` — grid over ``32×32`` tiles of G. ``G[a, b] = G[b, a] =
+   Σ_s W[s, min(a, b), max(a, b)]``, summed in float64 in the fixed order ``s = 0, 1, …`` and
+   rounded to fp32. Both triangles come from the same sum, so G is exactly symmetric, and the
+   result is bitwise identical from run to run (fixed grid, fixed reduction order, no atomics).
+
+Non-finite inputs are not checked (that would need a host sync): a NaN/Inf in ``g_t`` propagates
+into ``G[t, t]`` (and usually row/column t); the solves treat such a task as inactive.
+Squared norms beyond the fp32 range overflow to Inf in the same way.
+
+Block sizes, warps and the number of D-splits come from a small heuristic table
+(:func:`gram_config`), never from autotuning: autotuning benchmarks by launching the kernel many
+times and synchronising, which must not happen during CUDA-graph capture (and is very slow in the
+interpreter). A GPU-tuned table, or a ``triton.autotune`` wrapper run outside capture, can
+replace :func:`gram_config` without touching the kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mtl_fast._backend import triton_interpret
+from mtl_fast._validation import TaskRows
+from mtl_fast.kernels._pointers import row_access
+
+#: Tile of G computed by the reduction kernel.
+REDUCE_BLOCK = 32
+#: Programs to aim for on a GPU, per streaming multiprocessor.
+PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _row_pointers(
+    base_ptr,
+    table_ptr,
+    row_stride,
+    rows,
+    T,
+    USE_TABLE: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
+):
+    """Pointers to the first element of each row in ``rows`` ([BLOCK_T] indices; rows ≥ T get a
+    null pointer in table mode and are never dereferenced: every load masks them)."""
+    if USE_TABLE:
+        address = tl.load(table_ptr + rows, mask=rows < T, other=0)
+        ptrs = address.to(base_ptr.dtype)
+        if ROW_ALIGN > 1:
+            # Byte alignment of every row start; hinted on the pointers themselves (a hint on
+            # the integer addresses does not survive the int-to-pointer cast).
+            ptrs = tl.multiple_of(ptrs, ROW_ALIGN)
+    else:
+        ptrs = base_ptr + rows.to(tl.int64) * row_stride
+    return ptrs
+
+
+@triton.jit
+def _load_slab(ptrs, row_mask, cols, D, MASK_COLS: tl.constexpr, UPCAST: tl.constexpr):
+    """The [BLOCK_T, BLOCK_D] slab ``rows × cols``; masked rows (and columns ≥ D) read as 0."""
+    if MASK_COLS:
+        mask = row_mask[:, None] & (cols < D)[None, :]
+    else:
+        mask = row_mask[:, None]
+    x = tl.load(ptrs[:, None] + cols[None, :], mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _gram_partial_kernel(
+    base_ptr,
+    table_ptr,
+    ws_ptr,
+    T,
+    D,
+    row_stride,
+    blocks_per_split,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,
+    USE_TABLE: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Partial Gram tile ``(i, j)`` of D-split ``program_id(1)`` into ``ws[split]``."""
+    pair = tl.program_id(0)
+    split = tl.program_id(1)
+    if SINGLE_TILE:
+        ti = 0
+        tj = 0
+    else:
+        # pair = tj (tj + 1) / 2 + ti with 0 ≤ ti ≤ tj; the float estimate of tj is corrected
+        # by one step either way, so it is exact for any realistic number of tiles.
+        tj = ((tl.sqrt((8 * pair + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+        tj = tl.where((tj + 1) * (tj + 2) // 2 <= pair, tj + 1, tj)
+        tj = tl.where(tj * (tj + 1) // 2 > pair, tj - 1, tj)
+        ti = pair - tj * (tj + 1) // 2
+    rows_i = ti * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows_j = tj * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_i = rows_i < T
+    mask_j = rows_j < T
+    ptrs_i = _row_pointers(base_ptr, table_ptr, row_stride, rows_i, T, USE_TABLE, ROW_ALIGN)
+    if not SINGLE_TILE:
+        ptrs_j = _row_pointers(base_ptr, table_ptr, row_stride, rows_j, T, USE_TABLE, ROW_ALIGN)
+
+    acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float64)
+    first = split.to(tl.int64) * blocks_per_split
+    n_full = D // BLOCK_D
+    last = tl.minimum(first + blocks_per_split, n_full)
+    for blk in range(first, last):
+        cols = blk * BLOCK_D + tl.arange(0, BLOCK_D)
+        xi = _load_slab(ptrs_i, mask_i, cols, D, False, UPCAST)
+        if SINGLE_TILE:
+            xj = xi
+        else:
+            xj = _load_slab(ptrs_j, mask_j, cols, D, False, UPCAST)
+        acc += tl.dot(xi, tl.trans(xj), input_precision=PRECISION).to(tl.float64)
+    # The partial last block, owned by the split whose range contains it.
+    if (D % BLOCK_D != 0) & (n_full >= first) & (n_full < first + blocks_per_split):
+        cols = n_full * BLOCK_D + tl.arange(0, BLOCK_D)
+        xi = _load_slab(ptrs_i, mask_i, cols, D, True, UPCAST)
+        if SINGLE_TILE:
+            xj = xi
+        else:
+            xj = _load_slab(ptrs_j, mask_j, cols, D, True, UPCAST)
+        acc += tl.dot(xi, tl.trans(xj), input_precision=PRECISION).to(tl.float64)
+
+    offs = split.to(tl.int64) * T * T + rows_i.to(tl.int64)[:, None] * T + rows_j[None, :]
+    tl.store(ws_ptr + offs, acc.to(tl.float32), mask=mask_i[:, None] & mask_j[None, :])
+
+
+@triton.jit
+def _gram_reduce_kernel(ws_ptr, g_ptr, T, splits, BLOCK: tl.constexpr):
+    """``G[a, b] = Σ_s ws[s, min(a, b), max(a, b)]`` in float64, fixed order, for one tile."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = (rows < T)[:, None] & (cols < T)[None, :]
+    lo = tl.minimum(rows[:, None], cols[None, :]).to(tl.int64)
+    hi = tl.maximum(rows[:, None], cols[None, :])
+    src = lo * T + hi
+    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float64)
+    plane = tl.cast(T, tl.int64) * T
+    for _s in range(splits):
+        acc += tl.load(ws_ptr + src, mask=mask, other=0.0).to(tl.float64)
+        src += plane
+    dst = rows.to(tl.int64)[:, None] * T + cols[None, :]
+    tl.store(g_ptr + dst, acc.to(tl.float32), mask=mask)
+
+
+@dataclass(frozen=True)
+class GramConfig:
+    """Launch parameters of the Gram kernel (see :func:`gram_config`)."""
+
+    block_t: int
+    t_tiles: int
+    block_d: int
+    splits: int
+    blocks_per_split: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def num_pairs(self) -> int:
+        """Upper-triangle tile pairs: the size of the grid's first axis."""
+        return self.t_tiles * (self.t_tiles + 1) // 2
+
+    @property
+    def single_tile(self) -> bool:
+        """One tile covers every task: load each slab once, no pair decoding."""
+        return self.t_tiles == 1
+
+
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def gram_config(
+    num_tasks: int,
+    numel: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    block_d: int | None = None,
+    splits: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> GramConfig:
+    """Heuristic launch parameters for T = ``num_tasks`` rows of D = ``numel`` elements.
+
+    * ``BLOCK_T``: 16 for T ≤ 16 (one tile), 32 for T ≤ 32 (one tile), else 64.
+    * ``BLOCK_D`` (GPU): 256 / 128 / 64 columns for ``BLOCK_T`` 16 / 32 / 64, twice that for 16-bit
+      inputs, so a pipeline stage holds ~16–32 KiB per slab. In the interpreter 1024 / 1024 / 512
+      (fewer, larger numpy steps).
+    * D-splits: enough programs to fill the GPU (``4 × SMs`` over all tile pairs), while keeping
+      ≥ 4 column blocks per program (at most 65535 splits: the grid's second axis); in the
+      interpreter about 4 programs in all.
+
+    The keyword arguments override the table (tests and benchmarks).
+    """
+    T, D = num_tasks, numel
+    block_t = 16 if T <= 16 else 32 if T <= 32 else 64
+    tiles = triton.cdiv(T, block_t)
+    pairs = tiles * (tiles + 1) // 2
+    interpret = device.type != "cuda"
+    if block_d is None:
+        if interpret:
+            block_d = 512 if block_t == 64 else 1024
+        else:
+            block_d = {16: 256, 32: 128, 64: 64}[block_t]
+            if torch.finfo(dtype).bits == 16:
+                block_d *= 2
+    n_blocks = triton.cdiv(D, block_d)
+    if splits is None:
+        if interpret:
+            target, min_blocks = 4, 1
+        else:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            target, min_blocks = PROGRAMS_PER_SM * _multiprocessors(index), 4
+        splits = min(triton.cdiv(target, pairs), n_blocks // min_blocks)
+    splits = max(1, min(splits, n_blocks, 65535))
+    blocks_per_split = triton.cdiv(n_blocks, splits)
+    splits = triton.cdiv(n_blocks, blocks_per_split)  # no empty program
+    return GramConfig(
+        block_t=block_t,
+        t_tiles=tiles,
+        block_d=block_d,
+        splits=splits,
+        blocks_per_split=blocks_per_split,
+        num_warps=num_warps if num_warps is not None else 4,
+        num_stages=num_stages if num_stages is not None else 3,
+    )
+
+
+def _device_context(device: torch.device):
+    """Launch on the rows' device (Triton launches on the *current* CUDA device)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def gram_rows(
+    rows: TaskRows,
+    *,
+    block_d: int | None = None,
+    splits: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> Tensor:
+    """G = J Jᵀ of validated fp32/bf16/fp16 rows: float32 [T, T] on their device.
+
+    Exactly symmetric, bitwise deterministic, fp32 accumulation within ``BLOCK_D`` columns and
+    float64 beyond (see the module docstring). No host synchronisation; NaN/Inf propagate.
+    The keyword arguments override :func:`gram_config` (tests, benchmarks).
+    """
+    if rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"the Triton Gram kernel takes fp32, bf16 or fp16 rows; got {rows.dtype}")
+    T, D, device = rows.num_tasks, rows.numel, rows.device
+    cfg = gram_config(
+        T,
+        D,
+        rows.dtype,
+        device,
+        block_d=block_d,
+        splits=splits,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    access = row_access(rows)
+    # The interpreter's tl.dot cannot multiply bf16 (stored as uint16): widen first there. The
+    # products are exact in fp32 either way, so the result is the same.
+    upcast = rows.dtype == torch.bfloat16 and triton_interpret()
+    workspace = torch.empty((cfg.splits, T, T), dtype=torch.float32, device=device)
+    G = torch.empty((T, T), dtype=torch.float32, device=device)
+    with _device_context(device):
+        _gram_partial_kernel[(cfg.num_pairs, cfg.splits)](
+            access.base,
+            access.table,
+            workspace,
+            T,
+            D,
+            access.row_stride,
+            cfg.blocks_per_split,
+            BLOCK_T=cfg.block_t,
+            BLOCK_D=cfg.block_d,
+            SINGLE_TILE=cfg.single_tile,
+            USE_TABLE=access.use_table,
+            ROW_ALIGN=access.row_align,
+            UPCAST=upcast,
+            PRECISION="ieee",
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
+        grid = (triton.cdiv(T, REDUCE_BLOCK), triton.cdiv(T, REDUCE_BLOCK))
+        _gram_reduce_kernel[grid](workspace, G, T, cfg.splits, BLOCK=REDUCE_BLOCK, num_warps=4)
+    del access  # the rows (and the pinned table buffer) are no longer needed once enqueued
+    return G
