@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -191,6 +192,15 @@ class Weighting(nn.Module):
         Without a mask a NaN/Inf loss raises ``ValueError`` (``nonfinite="raise"``) or marks the
         task absent (``nonfinite="absent"``).
         """
+        safe, present = self._prepare_losses(losses, mask)
+        return self._loss_from(safe, present, keep_inputs=self._split_pending)
+
+    def _prepare_losses(self, losses: LossesLike, mask: MaskLike) -> tuple[Tensor, Tensor]:
+        """Validate the losses and the mask, apply the non-finite policy.
+
+        Returns (safe [T]: the differentiable losses with absent tasks set to 0, present bool
+        [T]). Used by :meth:`loss` and by the functional :func:`mtl_fast.backward`.
+        """
         self._monitor.poll()
         items, L = self._as_losses(losses)
         self._resolve_num_tasks(L.shape[0], "loss")
@@ -201,9 +211,14 @@ class Weighting(nn.Module):
             safe = torch.stack([x.reshape(()) if p else zero for x, p in zip(items, host)])
         else:
             safe = torch.where(present, L, zero)
+        return safe, present
+
+    def _loss_from(self, safe: Tensor, present: Tensor, *, keep_inputs: bool) -> Tensor:
+        """Count the step, keep the solve's inputs when ``keep_inputs`` (a gradient method whose
+        backward will run), and return the scalar to back-propagate."""
         if self.training:
             self._state["step"] += 1
-        if self.gradient_based and self._split_pending:
+        if self.gradient_based and keep_inputs:
             self._inputs = StepInputs(losses=safe.detach(), present=present)
         if not self.training:
             return safe.sum()
@@ -221,6 +236,13 @@ class Weighting(nn.Module):
         if self.gradient_based:
             return losses.sum()
         raise NotImplementedError(f"{type(self).__name__} must implement _total")
+
+    def _loss_gradient_scales(self) -> Tensor | None:
+        """c [T] with ∂total/∂L_t = c_t for present tasks in the last :meth:`_total` (detached),
+        or ``None`` when every c_t is 1 (Σ L_t). ``split``'s backward receives c_t ∇_z L_t; the
+        functional :func:`mtl_fast.backward` uses c to form exactly those gradients (IMTL:
+        c_t = e^{s_t})."""
+        return None
 
     def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         """α [T] from the (global) Gram matrix G [T, T]; absent/inactive tasks have zero rows."""
@@ -361,7 +383,7 @@ class Weighting(nn.Module):
             m = mask.to(L.device, non_blocking=True)
         else:
             host = list(mask)
-            if len(host) != T or not all(isinstance(b, (bool, int)) for b in host):
+            if len(host) != T or not all(isinstance(b, (bool, int, np.bool_)) for b in host):
                 raise ValueError(f"mask must be {T} booleans; got {mask!r}")
             host = [bool(b) for b in host]
             m = torch.tensor(host, dtype=torch.bool).to(L.device, non_blocking=True)

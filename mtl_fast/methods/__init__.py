@@ -2,22 +2,40 @@
 
 from mtl_fast.methods.amtl import AMTL
 from mtl_fast.methods.baselines import DWA, GLS, RLW, EqualWeighting, StaticWeighting
+from mtl_fast.methods.cagrad import CAGrad
 from mtl_fast.methods.cv import CVWeighting
+from mtl_fast.methods.dbmtl import DBMTL
 from mtl_fast.methods.dtp import DTP
-from mtl_fast.methods.imtl import IMTLG
+from mtl_fast.methods.famo import FAMO
+from mtl_fast.methods.gradnorm import GradNorm
+from mtl_fast.methods.gradvac import GradVac
+from mtl_fast.methods.imtl import IMTL, IMTLG, IMTLL
 from mtl_fast.methods.lsb import LSB
+from mtl_fast.methods.mgda import MGDA
+from mtl_fast.methods.pcgrad import PCGrad
+from mtl_fast.methods.stch import STCH
 from mtl_fast.methods.uncertainty import UncertaintyWeighting
 
 __all__ = [
     "AMTL",
+    "DBMTL",
     "DTP",
     "DWA",
+    "FAMO",
     "GLS",
+    "IMTL",
     "IMTLG",
+    "IMTLL",
     "LSB",
+    "MGDA",
     "RLW",
+    "STCH",
+    "CAGrad",
     "CVWeighting",
     "EqualWeighting",
+    "GradNorm",
+    "GradVac",
+    "PCGrad",
     "StaticWeighting",
     "UncertaintyWeighting",
 ]

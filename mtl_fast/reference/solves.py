@@ -22,17 +22,47 @@ from torch import Tensor
 
 from mtl_fast._validation import check_gram
 
-#: Relative Tikhonov shift of :func:`psd_pinv_solve`, times the trace of the (unit-diagonal)
-#: matrix. Above the rounding noise of a Gram matrix accumulated in fp32 (~1e-7 per entry).
-PINV_REL_EPS = 1e-7
-#: Shift used when the first Cholesky factorisation fails (an indefinite, noisy matrix).
-PINV_FALLBACK_REL_EPS = 1e-4
-#: Refinement steps of the filtered pseudo-inverse (bias (ε/λ)^PINV_STEPS on each eigenvalue λ).
+#: Shift ε of :func:`psd_pinv_solve` relative to sqrt(T) for a unit-diagonal T×T matrix, by the
+#: precision of the Gram matrix it came from. Rounding noise in a Gram matrix accumulated in fp32
+#: is ~1e-7 per entry of C (eigenvalue noise ~1e-7·sqrt(T)); ε sits two orders of magnitude above
+#: it, so directions at the noise level are cut and genuine ones (λ ≫ ε) are kept. The dtype of
+#: G must reflect its precision: a Gram matrix accumulated in fp32 and then cast to float64
+#: should be passed as float32.
+PINV_REL_EPS = {torch.float32: 1e-5, torch.float64: 1e-10}
+#: Multiplier of ε when the first Cholesky factorisation fails (an indefinite, very noisy matrix).
+PINV_FALLBACK_FACTOR = 100.0
+#: Iterated-Tikhonov steps k: relative bias (ε/λ)^k on an eigenvalue λ ≫ ε.
 PINV_STEPS = 3
+#: Applications p of the range projection I − (ε(A+εI)⁻¹)^k: near-null directions (λ ≪ ε) are
+#: suppressed like (λ/ε)^p.
+PINV_PROJECTIONS = 4
 #: Accelerated-projected-gradient iterations that warm-start Wolfe's algorithm in MGDA.
 MGDA_APG_ITERS = 100
+#: Power iterations estimating λ_max(G) for the APG step, and the safety factor on 2·λ_max.
+MGDA_POWER_ITERS = 20
+MGDA_LIPSCHITZ_SAFETY = 2.5
+#: Warm-start entries below this fraction of the largest one are left out of the first corral.
+MGDA_SUPPORT_REL = 1e-9
+#: A corral coefficient at or below this is dropped in a minor cycle.
+MGDA_DROP_TOL = 1e-15
+#: Ridge (relative to the largest diagonal) of the affine minimiser's KKT system.
+MGDA_RIDGE = 1e-14
+#: Stopping tolerance of Wolfe's algorithm: Frank-Wolfe gap relative to the largest G_tt.
+MGDA_TOL = 1e-14
 #: Wolfe iterations after the warm start off the CPU for T > 64 (a fixed budget: no host sync).
 MGDA_DEVICE_BUDGET = 16
+
+
+def mgda_budget(num_tasks: int) -> int:
+    """Iteration cap of Wolfe's algorithm (each task enters and leaves the corral a few times
+    at most in practice); the loop exits earlier on convergence."""
+    return 5 * num_tasks + 20
+
+
+def pinv_rel_eps(dtype: torch.dtype) -> float:
+    """The relative shift of :func:`psd_pinv_solve` for a Gram matrix of this dtype (fp16/bf16
+    Gram matrices do not occur: Gram matrices are accumulated in fp32 at least)."""
+    return PINV_REL_EPS[torch.float64 if dtype == torch.float64 else torch.float32]
 
 
 def _out_dtype(G: Tensor) -> torch.dtype:
@@ -68,34 +98,36 @@ def unit_gram(G: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, 
     return C, n, active
 
 
-def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float = PINV_REL_EPS) -> Tensor:
+def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float) -> Tensor:
     """x ≈ A⁺ b for a symmetric positive semi-definite A (float64), without a host sync.
 
-    A spectral filter of the pseudo-inverse computed with one Cholesky factorisation of
-    A + εI (ε = rel_eps · tr(A)/T · T, i.e. relative to the trace): with r(λ) = ε / (λ + ε),
+    A spectral filter of the pseudo-inverse computed with one Cholesky factorisation of A + εI,
+    ε = rel_eps · sqrt(T) (A has unit diagonal here, so its eigenvalues are O(1) to O(T)). With
+    r(λ) = ε / (λ + ε) ∈ (0, 1] and R = ε(A + εI)⁻¹ (eigenvalues r):
 
-        x = (1 − r^k)(1 − r^k) / λ · b_λ   on each eigenvector of A (k = PINV_STEPS),
+        x_k = (1/ε) Σ_{j=1..k} R^j b        → (1 − r^k) / λ        (iterated Tikhonov)
+        x   = (I − R^k)^p x_k               → (1 − r^k)^{p+1} / λ  (range projection, p times)
 
-    i.e. 1/λ up to a relative bias (ε/λ)^k for λ ≫ ε, and 0 on the null space of A (where
-    r = 1), so components of b outside the range of A (T > D, duplicates) are dropped exactly as
-    the Moore–Penrose pseudo-inverse drops them. The first factor comes from k steps of iterated
-    Tikhonov regularisation, the second from projecting onto the range with I − (ε(A+εI)⁻¹)^k.
-    If the factorisation fails (A indefinite through rounding noise) a larger shift is used;
-    off the CPU the choice is made on the device with ``torch.where`` (both are computed).
+    on each eigenvector of A (k = PINV_STEPS, p = PINV_PROJECTIONS). For λ ≫ ε the filter is
+    1/λ up to a relative bias ~(p+1)(ε/λ)^k; for λ ≪ ε it is ~k^{p+1} λ^p / ε^{p+1} → 0, so the
+    null space of A (T > D, duplicate or collinear gradients) and rounding noise at the level of
+    the matrix's precision are dropped as the Moore–Penrose pseudo-inverse drops them. If the
+    factorisation fails (A indefinite beyond ε through noise) ε is multiplied by
+    PINV_FALLBACK_FACTOR; off the CPU both factorisations are computed and the choice is made on
+    the device with ``torch.where``.
     """
     T = A.shape[-1]
     eye = torch.eye(T, dtype=A.dtype, device=A.device)
-    scale = A.diagonal().sum().clamp_min(torch.finfo(A.dtype).tiny)
-    eps = rel_eps * scale
+    eps = torch.full((), rel_eps * T**0.5, dtype=A.dtype, device=A.device)
     L, info = torch.linalg.cholesky_ex(A + eps * eye)
     ok = info == 0
     if A.device.type != "cpu" or not bool(ok):  # on the CPU the flag is free to read
-        eps_fb = PINV_FALLBACK_REL_EPS * scale
+        eps_fb = eps * PINV_FALLBACK_FACTOR
         L_fb, _ = torch.linalg.cholesky_ex(A + eps_fb * eye)
         L = torch.where(ok, L, L_fb)
         eps = torch.where(ok, eps, eps_fb)
 
-    def shrink(y: Tensor) -> Tensor:  # r(A) y = ε (A + εI)⁻¹ y
+    def shrink(y: Tensor) -> Tensor:  # R y = ε (A + εI)⁻¹ y
         return eps * torch.cholesky_solve(y[:, None], L)[:, 0]
 
     x = torch.zeros_like(b)
@@ -104,10 +136,12 @@ def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float = PINV_REL_EPS) -> Tenso
         y = shrink(y)
         x = x + y
     x = x / eps
-    z = x
-    for _ in range(PINV_STEPS):
-        z = shrink(z)
-    return x - z
+    for _ in range(PINV_PROJECTIONS):
+        z = x
+        for _ in range(PINV_STEPS):
+            z = shrink(z)
+        x = x - z
+    return x
 
 
 def _normalise_sum(alpha: Tensor) -> Tensor:
@@ -137,7 +171,7 @@ def imtl_g_weights(G: Tensor) -> Tensor:
     """
     check_gram(G)
     C, n, active = unit_gram(G)
-    beta = psd_pinv_solve(C, active.to(C.dtype))
+    beta = psd_pinv_solve(C, active.to(C.dtype), pinv_rel_eps(G.dtype))
     alpha = torch.where(active, beta / n, 0.0)
     return _normalise_sum(alpha).to(_out_dtype(G))
 
@@ -154,7 +188,7 @@ def mgda_unconstrained_weights(G: Tensor) -> Tensor:
     M = _masked(G64, active)
     scale = torch.where(active, M.diagonal(), 0.0).sum().clamp_min(torch.finfo(M.dtype).tiny)
     M = torch.where(active[:, None] & active[None, :], M / scale, M)
-    alpha = psd_pinv_solve(M, active.to(M.dtype))
+    alpha = psd_pinv_solve(M, active.to(M.dtype), pinv_rel_eps(G.dtype))
     return _normalise_sum(torch.where(active, alpha, 0.0)).to(_out_dtype(G))
 
 
@@ -175,7 +209,7 @@ def _affine_min_norm(G: Tensor, support: Tensor) -> Tensor:
         k = idx.numel()
         K = torch.zeros((k + 1, k + 1), dtype=G.dtype)
         K[:k, :k] = G[idx][:, idx]
-        K[:k, :k] += 1e-14 * G.diagonal().max().clamp_min(1e-300) * torch.eye(k, dtype=G.dtype)
+        K[:k, :k] += MGDA_RIDGE * G.diagonal().max().clamp_min(1e-300) * torch.eye(k, dtype=G.dtype)
         K[:k, k] = 1.0
         K[k, :k] = 1.0
         rhs = torch.zeros(k + 1, dtype=G.dtype)
@@ -190,7 +224,7 @@ def _affine_min_norm(G: Tensor, support: Tensor) -> Tensor:
     K = torch.zeros((T + 1, T + 1), dtype=G.dtype, device=G.device)
     K[:T, :T] = torch.where(pair, G, eye)
     # Tiny ridge keeps the system regular when the corral is (numerically) affinely dependent.
-    K[:T, :T] += 1e-14 * G.diagonal().max().clamp_min(1e-300) * eye * ones[:, None]
+    K[:T, :T] += MGDA_RIDGE * G.diagonal().max().clamp_min(1e-300) * eye * ones[:, None]
     K[:T, T] = ones
     K[T, :T] = ones
     rhs = torch.zeros(T + 1, dtype=G.dtype, device=G.device)
@@ -219,14 +253,16 @@ def project_simplex(v: Tensor, active: Tensor) -> Tensor:
 
 def _apg_simplex(G: Tensor, active: Tensor, iters: int) -> Tensor:
     """Accelerated projected gradient (FISTA with function-value restart) for min αᵀGα on the
-    simplex. Step 1/L with L = 2·λ_max(G) from a few power iterations (×1.25 for safety)."""
+    simplex. Step 1/L with L = MGDA_LIPSCHITZ_SAFETY·λ_max(G), λ_max from MGDA_POWER_ITERS power
+    iterations (2·λ_max is the Lipschitz constant of the gradient; the margin covers the power
+    method's underestimate)."""
     T = G.shape[0]
     x = active.to(G.dtype) / active.sum().clamp_min(1)
     v = torch.ones(T, dtype=G.dtype, device=G.device)
-    for _ in range(20):
+    for _ in range(MGDA_POWER_ITERS):
         v = G @ v
         v = v / v.norm().clamp_min(1e-300)
-    lip = 2.5 * (v @ (G @ v)).clamp_min(1e-300)
+    lip = MGDA_LIPSCHITZ_SAFETY * (v @ (G @ v)).clamp_min(1e-300)
     y = x
     t = torch.ones((), dtype=G.dtype, device=G.device)
     fx = x @ (G @ x)
@@ -270,7 +306,7 @@ def _wolfe_min_norm(
         lam = support.to(G.dtype)
         in_minor = torch.zeros((), dtype=torch.bool, device=G.device)
     else:
-        support = active & (start > 1e-9 * start.max())
+        support = active & (start > MGDA_SUPPORT_REL * start.max())
         lam = torch.where(support, start, 0.0)
         lam = lam / lam.sum().clamp_min(1e-300)
         in_minor = support.any()
@@ -298,7 +334,7 @@ def _wolfe_min_norm(
         step_partial = ~done & ~all_inside
         lam_partial = lam + theta * (y - lam)
         blocking = dec & (ratio <= theta)
-        drop = support & step_partial & (blocking | (lam_partial <= 1e-15))
+        drop = support & step_partial & (blocking | (lam_partial <= MGDA_DROP_TOL))
         lam_partial = torch.where(drop, 0.0, lam_partial)
         lam = torch.where(step_y, y.clamp_min(0.0), torch.where(step_partial, lam_partial, lam))
         support = support & ~drop
@@ -391,9 +427,9 @@ def mgda_weights(
     if solver == "active_set":
         start = _apg_simplex(M, active, MGDA_APG_ITERS)
         budget = max_iter or (
-            5 * T + 20 if M.device.type == "cpu" or T <= 64 else MGDA_DEVICE_BUDGET
+            mgda_budget(T) if M.device.type == "cpu" or T <= 64 else MGDA_DEVICE_BUDGET
         )
-        lam = _wolfe_min_norm(M, active, budget, 1e-14 if tol is None else tol, start=start)
+        lam = _wolfe_min_norm(M, active, budget, MGDA_TOL if tol is None else tol, start=start)
     elif solver == "frank_wolfe":
         lam = _frank_wolfe_min_norm(M, active, max_iter or 250, 1e-5 if tol is None else tol)
     else:
