@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/mtl-fast info
+	$(BIN)/mtl-fast bench --quick
 
 lint: setup
 	$(BIN)/ruff check .
@@ -26,6 +27,8 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest -q
+	# The benchmark suites run once on the smoke tier so they keep working.
+	$(BIN)/pytest -q benchmarks --benchmark-disable
 
 clean:
 	rm -rf $(VENV) build *.egg-info mtl_fast/_C*.so .pytest_cache .ruff_cache .hypothesis

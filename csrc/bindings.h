@@ -10,5 +10,7 @@ void register_all(pybind11::module_& m);
 
 // welford.cpp: mtl_fast._C.Welford, the running-statistics accumulator.
 void register_welford(pybind11::module_& m);
+// solvers.cpp: mtl_fast._C.imtl_g_solve / mgda_solve, the Gram-space weight solves.
+void register_solvers(pybind11::module_& m);
 
 }  // namespace mtl_fast

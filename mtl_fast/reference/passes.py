@@ -35,6 +35,11 @@ CHUNK_FRACTION = 16
 MIN_CHUNK = 16384
 #: Rows per block of the symmetric (upper-triangle) Gram computation; used when T > SYM_BLOCK.
 SYM_BLOCK = 64
+#: For T ≤ FINE_MAX_T (memory-bound: the arithmetic is cheap) the products within a chunk are
+#: summed in fp32 over FINE_BLOCK columns only, by one batched GEMM, and in float64 across those
+#: blocks (as the Triton kernel does): ~100× smaller rounding error at the same speed.
+FINE_MAX_T = 32
+FINE_BLOCK = 1024
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -43,8 +48,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _chunk_size(numel: int, widen: int) -> int:
+    """Columns per chunk: D / (CHUNK_FRACTION·widen), at least MIN_CHUNK, a multiple of
+    FINE_BLOCK (so only the last chunk has a partial block)."""
     parts = CHUNK_FRACTION * widen
-    return min(numel, max(MIN_CHUNK, -(-numel // parts)))
+    step = max(MIN_CHUNK, -(-numel // parts))
+    step = -(-step // FINE_BLOCK) * FINE_BLOCK
+    return min(numel, step)
 
 
 def _column_chunks(rows: TaskRows):
@@ -74,12 +83,28 @@ def _column_chunks(rows: TaskRows):
             yield start, stop, block
 
 
+def _fine_gram(X: Tensor) -> Tensor:
+    """X Xᵀ in float64 from fp32 partial products over FINE_BLOCK columns (one batched GEMM)."""
+    T, n = X.shape
+    nb = n // FINE_BLOCK
+    G = torch.zeros((T, T), dtype=torch.float64, device=X.device)
+    if nb:
+        blocks = X[:, : nb * FINE_BLOCK].reshape(T, nb, FINE_BLOCK).transpose(0, 1)
+        G += torch.bmm(blocks, blocks.transpose(1, 2)).to(torch.float64).sum(0)
+    if n > nb * FINE_BLOCK:
+        rest = X[:, nb * FINE_BLOCK :]
+        G += (rest @ rest.T).to(torch.float64)
+    return G
+
+
 def _gram_rows(rows: TaskRows) -> Tensor:
     """Float64 Gram matrix of validated rows (upper blocks only when T > SYM_BLOCK)."""
     T = rows.num_tasks
     G = torch.zeros((T, T), dtype=torch.float64, device=rows.device)
     for _, _, X in _column_chunks(rows):
-        if T <= SYM_BLOCK:
+        if T <= FINE_MAX_T:
+            G += _fine_gram(X)
+        elif T <= SYM_BLOCK:
             G += (X @ X.T).to(torch.float64)
         else:
             for i in range(0, T, SYM_BLOCK):
@@ -142,12 +167,16 @@ def _combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor
     """Σ α_t g_t over validated rows (see :func:`combine`)."""
     acc = accumulation_dtype(rows.dtype)
     w = weights.to(acc)
-    skip = (w == 0)[:, None]
+    # Tasks with weight 0 are skipped, not multiplied: a non-finite gradient of an inactive
+    # (absent or flagged) task must not turn the sum into NaN. On the CPU the test is free and
+    # the common case (no zero weight) is one plain GEMV per chunk; elsewhere it is a mask.
+    zero = w == 0
+    masked = rows.device.type != "cpu" or bool(zero.any())
     total = torch.empty(rows.numel, dtype=acc, device=rows.device)
     for start, stop, X in _column_chunks(rows):
-        # Tasks with weight 0 are skipped, not multiplied: a non-finite gradient of an inactive
-        # (absent or flagged) task must not turn the sum into NaN.
-        torch.mv(torch.where(skip, 0.0, X).T, w, out=total[start:stop])
+        if masked:
+            X = torch.where(zero[:, None], 0.0, X)
+        torch.mv(X.T, w, out=total[start:stop])
     total = total.view(rows.shape)
     if out is None:
         return total.to(rows.dtype)

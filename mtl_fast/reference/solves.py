@@ -127,8 +127,9 @@ def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float) -> Tensor:
         L = torch.where(ok, L, L_fb)
         eps = torch.where(ok, eps, eps_fb)
 
-    def shrink(y: Tensor) -> Tensor:  # R y = ε (A + εI)⁻¹ y
-        return eps * torch.cholesky_solve(y[:, None], L)[:, 0]
+    def shrink(y: Tensor) -> Tensor:  # R y = ε (A + εI)⁻¹ y = ε L⁻ᵀ L⁻¹ y
+        z = torch.linalg.solve_triangular(L, y[:, None], upper=False)
+        return eps * torch.linalg.solve_triangular(L.mT, z, upper=True)[:, 0]
 
     x = torch.zeros_like(b)
     y = b

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from mtl_fast.kernels import combine as C, gram as G, solve as S
+    from mtl_fast.kernels import combine as C, gram as G, solve as S, structured_gram as SG
 
     target = GPUTarget("cuda", int(sys.argv[1]), 32)
     backend = triton.compiler.make_backend(target)
@@ -86,6 +86,16 @@ SCRIPT = textwrap.dedent(
                    LIP_SAFETY=S.MGDA_LIPSCHITZ_SAFETY, SUPPORT_REL=S.MGDA_SUPPORT_REL,
                    DROP_TOL=S.MGDA_DROP_TOL, TOL=S.MGDA_TOL, RIDGE=S.MGDA_RIDGE, BLOCK=block),
               S._num_warps(block))
+    for dtype, T, K in [(torch.float32, 1024, 1), (torch.bfloat16, 40, 3)]:
+        cfg = SG.structured_gram_config(T, 256, 512, dtype, cuda, splits=4)
+        build(f"structured_{str(dtype)[6:]}_T{T}_k{K}", SG._structured_gram_kernel,
+              {"d_ptr": ptr[dtype], "w_ptr": ptr[dtype], "out_ptr": "*fp32", "T": "i32",
+               "N": "i32", "C": "i32", "stride_dn": "i32", "stride_dr": "i32",
+               "stride_wr": "i32", "stride_wc": "i32", "rows_per_split": "i32"},
+              dict(K=K, BLOCK_T=cfg.block_t, BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c,
+                   SINGLE_TILE=cfg.single_tile, SAME_ROWS=cfg.single_tile and K == 1,
+                   UPCAST=False, PRECISION="ieee"),
+              cfg.num_warps, cfg.num_stages)
     print(json.dumps(results))
     """
 )
@@ -124,6 +134,8 @@ def test_kernels_compile_for_sm90():
         "imtl_g_T64",
         "mgda_T16",
         "mgda_T64",
+        "structured_float32_T1024_k1",
+        "structured_bfloat16_T40_k3",
     }
     assert set(results) == expected
     for name, info in results.items():

@@ -1,0 +1,188 @@
+// pybind11 bindings of the Gram-space solves (solvers.h):
+//
+//   mtl_fast._C.imtl_g_solve(G, *, rel_eps, fallback_factor, steps, projections) -> float64 [T]
+//   mtl_fast._C.mgda_solve(G, *, apg_iters, power_iters, lipschitz_safety, support_rel, drop_tol,
+//                          ridge, tol, max_iter) -> float64 [T]
+//   mtl_fast._C.SOLVER_DEFAULTS: the keyword defaults, under the reference constants' names
+//
+// G is anything NumPy turns into an array without a copy of its data type (an ndarray, a CPU
+// tensor's .numpy()): it must be 2-D, square with T >= 1, float64 and C-contiguous; nothing is
+// converted silently.  Every validation error is a ValueError.  The solve runs with the GIL
+// released (G must not be modified by another thread meanwhile).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "bindings.h"
+#include "solvers.h"
+
+namespace py = pybind11;
+
+namespace mtl_fast {
+namespace {
+
+std::string shape_text(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+        s += (d == 0 ? "" : ", ") + std::to_string(a.shape(d));
+    }
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// `obj` as a NumPy array that is a valid Gram-matrix argument; ValueError otherwise.
+py::array checked_gram(const py::object& obj) {
+    py::array a = py::array::ensure(obj);
+    if (!a) {
+        throw py::value_error("G must be a float64 NumPy array [T, T]; got an object of type " +
+                              std::string(py::str(py::type::of(obj).attr("__name__"))) +
+                              " that NumPy cannot convert");
+    }
+    if (a.ndim() != 2) {
+        throw py::value_error("G must be a 2-D array [T, T]; got " + std::to_string(a.ndim()) +
+                              " dimension(s), shape " + shape_text(a));
+    }
+    if (a.shape(0) != a.shape(1)) {
+        throw py::value_error("G must be square [T, T]; got shape " + shape_text(a));
+    }
+    if (a.shape(0) < 1) {
+        throw py::value_error("G must have T >= 1 tasks; got shape " + shape_text(a));
+    }
+    if (!py::isinstance<py::array_t<double>>(a)) {
+        throw py::value_error("G must have dtype float64 (native byte order); got " +
+                              std::string(py::str(a.dtype())));
+    }
+    if (!(a.flags() & py::array::c_style)) {
+        throw py::value_error(
+            "G must be C-contiguous; got strides " +
+            std::to_string(a.strides(0)) + ", " + std::to_string(a.strides(1)) +
+            " (pass numpy.ascontiguousarray(G))");
+    }
+    return a;
+}
+
+void require(bool ok, const std::string& message) {
+    if (!ok) {
+        throw py::value_error(message);
+    }
+}
+
+template <typename Solve>
+py::array_t<double> run(const py::array& G, Solve solve) {
+    const auto T = static_cast<std::size_t>(G.shape(0));
+    py::array_t<double> out(static_cast<py::ssize_t>(T));
+    const double* g = static_cast<const double*>(G.data());
+    double* o = out.mutable_data();
+    {
+        py::gil_scoped_release nogil;
+        solve(g, T, o);
+    }
+    return out;
+}
+
+}  // namespace
+
+void register_solvers(py::module_& m) {
+    const solvers::PinvOptions pinv;
+    const solvers::MgdaOptions mgda;
+
+    m.def(
+        "imtl_g_solve",
+        [](const py::object& G, double rel_eps, double fallback_factor, int steps,
+           int projections) {
+            const py::array a = checked_gram(G);
+            require(std::isfinite(rel_eps) && rel_eps > 0,
+                    "rel_eps must be a finite number > 0, got " + std::to_string(rel_eps));
+            require(std::isfinite(fallback_factor) && fallback_factor >= 1,
+                    "fallback_factor must be a finite number >= 1, got " +
+                        std::to_string(fallback_factor));
+            require(steps >= 1, "steps must be >= 1, got " + std::to_string(steps));
+            require(projections >= 0,
+                    "projections must be >= 0, got " + std::to_string(projections));
+            const solvers::PinvOptions opt{rel_eps, fallback_factor, steps, projections};
+            return run(a, [&](const double* g, std::size_t T, double* o) {
+                solvers::imtl_g(g, T, o, opt);
+            });
+        },
+        py::arg("G"), py::kw_only(), py::arg("rel_eps") = pinv.rel_eps,
+        py::arg("fallback_factor") = pinv.fallback_factor, py::arg("steps") = pinv.steps,
+        py::arg("projections") = pinv.projections,
+        R"doc(IMTL-G task weights (float64 [T]) from the Gram matrix G (float64 [T, T], C-contiguous).
+
+The algorithm of mtl_fast.reference.imtl_g_weights: C beta = 1 on the unit-gradient Gram
+C = N^-1 G N^-1 by the filtered pseudo-inverse psd_pinv_solve (one Cholesky of C + eps I,
+eps = rel_eps * sqrt(T), times fallback_factor if it fails; `steps` iterated-Tikhonov steps and
+`projections` range projections), alpha ~ beta / n, sum(alpha) = 1; inactive tasks (zero or
+non-finite gradient) get 0. rel_eps depends on the precision G was accumulated in: pass
+mtl_fast.reference.solves.pinv_rel_eps(dtype) (the default is the float64 value). The GIL is
+released.)doc");
+
+    m.def(
+        "mgda_solve",
+        [](const py::object& G, int apg_iters, int power_iters, double lipschitz_safety,
+           double support_rel, double drop_tol, double ridge, double tol,
+           std::optional<long> max_iter) {
+            const py::array a = checked_gram(G);
+            require(apg_iters >= 0, "apg_iters must be >= 0, got " + std::to_string(apg_iters));
+            require(power_iters >= 1,
+                    "power_iters must be >= 1, got " + std::to_string(power_iters));
+            require(std::isfinite(lipschitz_safety) && lipschitz_safety > 0,
+                    "lipschitz_safety must be a finite number > 0, got " +
+                        std::to_string(lipschitz_safety));
+            require(std::isfinite(support_rel) && support_rel >= 0 && support_rel < 1,
+                    "support_rel must be in [0, 1), got " + std::to_string(support_rel));
+            require(std::isfinite(drop_tol) && drop_tol >= 0,
+                    "drop_tol must be a finite number >= 0, got " + std::to_string(drop_tol));
+            require(std::isfinite(ridge) && ridge >= 0,
+                    "ridge must be a finite number >= 0, got " + std::to_string(ridge));
+            require(std::isfinite(tol) && tol >= 0,
+                    "tol must be a finite number >= 0, got " + std::to_string(tol));
+            require(!max_iter || *max_iter >= 1,
+                    "max_iter must be None or >= 1, got " +
+                        std::to_string(max_iter ? *max_iter : 0));
+            const solvers::MgdaOptions opt{apg_iters, power_iters, lipschitz_safety, support_rel,
+                                           drop_tol,  ridge,       tol,
+                                           max_iter ? *max_iter : 0};
+            return run(a, [&](const double* g, std::size_t T, double* o) {
+                solvers::mgda(g, T, o, opt);
+            });
+        },
+        py::arg("G"), py::kw_only(), py::arg("apg_iters") = mgda.apg_iters,
+        py::arg("power_iters") = mgda.power_iters,
+        py::arg("lipschitz_safety") = mgda.lipschitz_safety,
+        py::arg("support_rel") = mgda.support_rel, py::arg("drop_tol") = mgda.drop_tol,
+        py::arg("ridge") = mgda.ridge, py::arg("tol") = mgda.tol,
+        py::arg("max_iter") = py::none(),
+        R"doc(Exact MGDA weights (float64 [T]): argmin a^T G a over the simplex.
+
+The algorithm of mtl_fast.reference.mgda_weights (active_set solver, as it runs on the CPU): G
+scaled to unit largest active diagonal, `apg_iters` accelerated-projected-gradient steps (step
+1 / (lipschitz_safety * lambda_max), lambda_max from `power_iters` power iterations) as a warm
+start, then Wolfe's minimum-norm-point algorithm from the warm start's support (entries above
+support_rel * max), dropping corral coefficients <= drop_tol, affine minimiser with a ridge of
+ridge * max G_tt, stopping at a Frank-Wolfe gap <= tol (relative to the largest G_tt) or after
+max_iter iterations (default mgda_budget(T) = 5 T + 20). Inactive tasks (zero or non-finite
+gradient) get 0. The GIL is released.)doc");
+
+    // The keyword defaults under the names of the reference constants they mirror
+    // (tests/test_native_solvers.py checks them against mtl_fast.reference.solves).
+    py::dict defaults;
+    defaults["PINV_REL_EPS_FLOAT64"] = pinv.rel_eps;
+    defaults["PINV_FALLBACK_FACTOR"] = pinv.fallback_factor;
+    defaults["PINV_STEPS"] = pinv.steps;
+    defaults["PINV_PROJECTIONS"] = pinv.projections;
+    defaults["MGDA_APG_ITERS"] = mgda.apg_iters;
+    defaults["MGDA_POWER_ITERS"] = mgda.power_iters;
+    defaults["MGDA_LIPSCHITZ_SAFETY"] = mgda.lipschitz_safety;
+    defaults["MGDA_SUPPORT_REL"] = mgda.support_rel;
+    defaults["MGDA_DROP_TOL"] = mgda.drop_tol;
+    defaults["MGDA_RIDGE"] = mgda.ridge;
+    defaults["MGDA_TOL"] = mgda.tol;
+    m.attr("SOLVER_DEFAULTS") = defaults;
+}
+
+}  // namespace mtl_fast

@@ -1,0 +1,78 @@
+"""``mtl-fast bench``: run the benchmark sections and write JSON, Markdown and PNG.
+
+Registered by :mod:`mtl_fast.cli` (which imports this module for every command, so nothing
+heavy is imported here at module level).
+
+Examples::
+
+    mtl-fast bench --quick                    # < 2 min on a 2-core CPU (the README's main job)
+    mtl-fast bench                            # the full tier (long; see benchmarks/README.md)
+    mtl-fast bench --only ops --tier smoke --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+SECTIONS = ("ops", "train", "stats", "scaling")
+TIERS = ("smoke", "quick", "full")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` subcommand to the ``mtl-fast`` parser."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmarks: ops, training step, loss statistics, scaling in T",
+        description=(
+            "Measure mtl_fast side by side with its reference, a LibMTL-style implementation "
+            "and torchjd, and write <machine>-<date>[-<tier>].{json,md,png} into --out."
+        ),
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="the quick tier (under 2 minutes on a CPU)"
+    )
+    size.add_argument(
+        "--tier",
+        choices=TIERS,
+        default=None,
+        help="size tier (default: full, or $MTL_FAST_BENCH_TIER when set)",
+    )
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output directory")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        default=None,
+        help="run only this section (repeatable)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from mtl_fast.bench import TIER_ENV, report, runner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tier = "quick" if args.quick else (args.tier or os.environ.get(TIER_ENV) or "full")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        results = runner.run(tier, sections=args.only, device=args.device, progress=progress)
+    except runner.BenchError as exc:
+        print(f"mtl-fast bench: {exc}", file=sys.stderr)
+        return 2
+    paths = report.write(results, args.out, png=not args.no_plot)
+    print("\n".join(report.targets_table(results)))
+    print()
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    print(f"tier {results['tier']}: {results['duration_s']:.1f} s")
+    return 0

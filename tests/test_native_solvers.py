@@ -1,0 +1,426 @@
+"""Tests of the native CPU solves mtl_fast._C.imtl_g_solve / mgda_solve against the reference
+(mtl_fast.reference.solves, the specification), and of their use by mtl_fast.ops on the CPU."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mtl_fast._C as _C
+from mtl_fast import ops
+from mtl_fast.reference import solves as S
+
+TS = [1, 2, 3, 5, 8, 16, 40, 64, 128, 256]
+
+
+def _seeds(T: int) -> range:
+    """Random matrices per T: the reference MGDA costs ~0.1-1 s per solve at T >= 128."""
+    return range(1 if T >= 128 else 3)
+
+
+def _jacobian(T: int, D: int, seed: int, shared: float = 1.0) -> np.ndarray:
+    """T gradients of dimension D: a common component plus independent ones, norms over e^±3."""
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((T, D)) + shared * rng.standard_normal(D)
+    return J * np.exp(rng.uniform(-3.0, 3.0, (T, 1)))
+
+
+def _gram(T: int, D: int | None = None, seed: int = 0) -> np.ndarray:
+    """float64 Gram matrix, positive definite for D >= T (the default D = T + 8)."""
+    J = _jacobian(T, T + 8 if D is None else D, seed)
+    return J @ J.T
+
+
+def _ref_imtl(G: np.ndarray | torch.Tensor) -> np.ndarray:
+    return S.imtl_g_weights(torch.as_tensor(G)).double().numpy()
+
+
+def _ref_mgda(G: np.ndarray) -> np.ndarray:
+    return S.mgda_weights(torch.as_tensor(G)).numpy()
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+
+
+def _objective(G: np.ndarray, a: np.ndarray) -> float:
+    return float(a @ G @ a)
+
+
+def _assert_same_objective(G: np.ndarray, a: np.ndarray, b: np.ndarray, rtol=1e-12) -> None:
+    """αᵀGα equal to rtol relative, with a floor of 1e-15 max G_tt (0 in the hull: obj ≈ 0)."""
+    oa, ob = _objective(G, a), _objective(G, b)
+    scale = float(np.max(np.diag(G)))
+    assert abs(oa - ob) <= rtol * abs(ob) + 1e-15 * scale, (oa, ob)
+
+
+def _assert_kkt(G: np.ndarray, a: np.ndarray, tol: float = 1e-10) -> None:
+    """α on the simplex over the active tasks, (Gα)_t >= αᵀGα − tol on them, equality where
+    α_t > 0 (Sener & Koltun 2018; tol relative to the largest active G_tt)."""
+    d = np.diag(G)
+    active = np.isfinite(d) & (d > 0)
+    assert np.all(a >= 0) and np.all(a[~active] == 0)
+    assert abs(a.sum() - 1.0) <= 1e-12
+    Ga = G[np.ix_(active, active)] @ a[active]
+    obj = a[active] @ Ga
+    scale = d[active].max()
+    assert np.all(Ga >= obj - tol * scale), (Ga - obj).min() / scale
+    on = a[active] > 0
+    assert np.all(np.abs(Ga[on] - obj) <= tol * scale), np.abs(Ga[on] - obj).max() / scale
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement with the reference on random Gram matrices
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T", TS)
+def test_imtl_g_matches_reference(T: int) -> None:
+    for seed in _seeds(T):
+        G = _gram(T, seed=seed)
+        a = _C.imtl_g_solve(G)
+        assert a.dtype == np.float64 and a.shape == (T,)
+        assert _rel_err(a, _ref_imtl(G)) <= 1e-10
+        assert abs(a.sum() - 1.0) <= 1e-12
+
+
+@pytest.mark.parametrize("T", TS)
+def test_mgda_matches_reference(T: int) -> None:
+    for seed in _seeds(T):
+        G = _gram(T, seed=seed)  # positive definite: the minimiser is unique
+        a, ref = _C.mgda_solve(G), _ref_mgda(G)
+        assert a.dtype == np.float64 and a.shape == (T,)
+        _assert_same_objective(G, a, ref)
+        np.testing.assert_allclose(a, ref, rtol=0, atol=1e-9)
+        _assert_kkt(G, a)
+
+
+@pytest.mark.parametrize("T", [3, 8, 40, 128, 300])
+def test_mgda_rank_deficient(T: int) -> None:
+    """T > D: the minimiser need not be unique; the objective is, and the KKT conditions hold."""
+    G = _gram(T, D=max(T // 2, 1), seed=T)
+    a = _C.mgda_solve(G)
+    _assert_kkt(G, a)
+    if T <= 128:
+        _assert_same_objective(G, a, _ref_mgda(G))
+
+
+@pytest.mark.parametrize("T", [3, 8, 40])
+def test_imtl_g_rank_deficient(T: int) -> None:
+    """T > D. For a Gram matrix of fp32 precision (shift 1e-5 sqrt(T)) the filter is well
+    conditioned; at the float64 shift (1e-10 sqrt(T)) both implementations carry ~1e-6 of
+    rounding noise in the null-space directions of C, which do not change the direction of the
+    aggregated gradient Jᵀα."""
+    J = _jacobian(T, max(T // 2, 1), seed=T)
+    G32 = torch.from_numpy(J @ J.T).float()
+    a32 = _C.imtl_g_solve(G32.double().numpy(), rel_eps=S.pinv_rel_eps(torch.float32))
+    assert _rel_err(a32, _ref_imtl(G32)) <= 1e-6
+    G = J @ J.T
+    a, ref = _C.imtl_g_solve(G), _ref_imtl(G)
+    assert _rel_err(a, ref) <= 1e-3
+    ga, gr = J.T @ a, J.T @ ref
+    assert ga @ gr / (np.linalg.norm(ga) * np.linalg.norm(gr)) >= 1 - 1e-9
+
+
+def test_non_symmetric_input() -> None:
+    """A Gram matrix that is not exactly symmetric (the solves read G as given)."""
+    G = _gram(12, seed=5)
+    G = G + 1e-13 * np.triu(np.ones_like(G), 1) * np.abs(G).max()
+    assert not np.array_equal(G, G.T)
+    assert _rel_err(_C.imtl_g_solve(G), _ref_imtl(G)) <= 1e-10
+    np.testing.assert_allclose(_C.mgda_solve(G), _ref_mgda(G), rtol=0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Published and degenerate cases
+# --------------------------------------------------------------------------------------------
+
+
+def test_published_case() -> None:
+    """J = [[-4, 1, 1], [6, 1, 1]] (the IMTL/MGDA comparison example)."""
+    J = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
+    G = J @ J.T
+    np.testing.assert_allclose(_C.imtl_g_solve(G), [0.5923, 0.4077], atol=5e-5)
+    np.testing.assert_allclose(_C.mgda_solve(G), [0.6, 0.4], rtol=0, atol=1e-14)
+    g = J.T @ _C.imtl_g_solve(G)  # equal projections onto the unit gradients
+    u = J / np.linalg.norm(J, axis=1, keepdims=True)
+    assert abs(u[0] @ g - u[1] @ g) <= 1e-12 * np.linalg.norm(g)
+
+
+def _without(G: np.ndarray, t: int) -> np.ndarray:
+    keep = [i for i in range(G.shape[0]) if i != t]
+    return G[np.ix_(keep, keep)]
+
+
+def _bad_row(G: np.ndarray, t: int, value: float) -> np.ndarray:
+    G = G.copy()
+    G[t, :] = value
+    G[:, t] = value
+    return G
+
+
+@pytest.mark.parametrize("value", [0.0, np.nan, np.inf, -np.inf])
+def test_inactive_task(value: float) -> None:
+    """A zero / NaN / Inf gradient: weight 0, the others solved as if it were absent."""
+    t = 2
+    base = _gram(6, seed=1)
+    G = _bad_row(base, t, value)
+    for solve, tol in ((_C.imtl_g_solve, 1e-10), (_C.mgda_solve, 1e-9)):
+        a = solve(G)
+        assert a[t] == 0.0
+        np.testing.assert_allclose(np.delete(a, t), solve(_without(base, t)), rtol=0, atol=tol)
+    np.testing.assert_allclose(_C.imtl_g_solve(G), _ref_imtl(G), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(_C.mgda_solve(G), _ref_mgda(G), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda G: G.__setitem__((1, 1), np.inf),  # non-finite diagonal only
+        lambda G: G.__setitem__((1, 1), -1.0),  # negative squared norm
+        lambda G: G.__setitem__((0, 3), np.nan),  # one non-finite entry: row 0 is inactive
+    ],
+)
+def test_inactive_like_reference(edit) -> None:
+    G = _gram(5, seed=2)
+    edit(G)
+    np.testing.assert_allclose(_C.imtl_g_solve(G), _ref_imtl(G), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(_C.mgda_solve(G), _ref_mgda(G), rtol=0, atol=1e-9)
+
+
+def test_duplicate_rows() -> None:
+    """Duplicate gradients: IMTL-G splits the weight of the pair equally (pseudo-inverse); MGDA's
+    minimiser is not unique but its objective is."""
+    J = _jacobian(5, 9, seed=3)
+    Jd = np.vstack([J, J[1:2]])  # task 5 duplicates task 1
+    G, Gd = J @ J.T, Jd @ Jd.T
+    a, ad = _C.imtl_g_solve(G), _C.imtl_g_solve(Gd)
+    np.testing.assert_allclose(ad[1], ad[5], rtol=1e-5)
+    np.testing.assert_allclose(np.r_[ad[0], ad[1] + ad[5], ad[2:5]], a, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ad, _ref_imtl(Gd), rtol=0, atol=1e-5)
+    m, md = _C.mgda_solve(G), _C.mgda_solve(Gd)
+    _assert_kkt(Gd, md)
+    _assert_same_objective(Gd, md, _ref_mgda(Gd))
+    _assert_same_objective(G, m, np.r_[md[0], md[1] + md[5], md[2:5]])
+
+
+def test_all_zero_and_single_task() -> None:
+    for T in (1, 2, 7):
+        Z = np.zeros((T, T))
+        assert np.array_equal(_C.imtl_g_solve(Z), np.zeros(T))
+        assert np.array_equal(_C.mgda_solve(Z), np.zeros(T))
+    for g in (1e-30, 3.0, 1e30):
+        assert np.array_equal(_C.imtl_g_solve(np.array([[g]])), [1.0])
+        assert np.array_equal(_C.mgda_solve(np.array([[g]])), [1.0])
+
+
+def test_antipodal_pair() -> None:
+    """g_2 = −g_1: 0 lies in the hull, α = (½, ½); also through the bordered-system fallback
+    (ridge 0 makes the corral's matrix exactly singular, so its Cholesky factorisation fails)."""
+    G = np.array([[4.0, -4.0], [-4.0, 4.0]])
+    for ridge in (S.MGDA_RIDGE, 0.0):
+        np.testing.assert_allclose(_C.mgda_solve(G, ridge=ridge), [0.5, 0.5], atol=1e-12)
+    J = _jacobian(4, 6, seed=4)
+    Jd = np.vstack([J, J, -J[:1]])  # every task twice, and one reversed: singular corrals
+    Gd = Jd @ Jd.T
+    a = _C.mgda_solve(Gd)
+    _assert_kkt(Gd, a)
+    _assert_same_objective(Gd, a, _ref_mgda(Gd))
+
+
+def test_pinv_fallback_shift() -> None:
+    """C indefinite beyond ε (not a Gram matrix, e.g. noisy): the first Cholesky fails and the
+    shift is multiplied by PINV_FALLBACK_FACTOR; if that fails too, both implementations use
+    the partial factor LAPACK leaves (garbage in, the same garbage out)."""
+    J = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])  # T > D: C is singular
+    C = J @ J.T
+    C = C / np.sqrt(np.outer(np.diag(C), np.diag(C)))
+    null = np.linalg.eigh(C)[1][:, 0]
+    for depth in (1e-9, 1e-3):  # below / above the fallback shift 1e-8 sqrt(3)
+        G = C - depth * np.outer(null, null)
+        assert np.linalg.eigvalsh(G).min() < 0
+        np.testing.assert_allclose(_C.imtl_g_solve(G), _ref_imtl(G), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_reference_constants() -> None:
+    ref = {
+        "PINV_REL_EPS_FLOAT64": S.PINV_REL_EPS[torch.float64],
+        "PINV_FALLBACK_FACTOR": S.PINV_FALLBACK_FACTOR,
+        "PINV_STEPS": S.PINV_STEPS,
+        "PINV_PROJECTIONS": S.PINV_PROJECTIONS,
+        "MGDA_APG_ITERS": S.MGDA_APG_ITERS,
+        "MGDA_POWER_ITERS": S.MGDA_POWER_ITERS,
+        "MGDA_LIPSCHITZ_SAFETY": S.MGDA_LIPSCHITZ_SAFETY,
+        "MGDA_SUPPORT_REL": S.MGDA_SUPPORT_REL,
+        "MGDA_DROP_TOL": S.MGDA_DROP_TOL,
+        "MGDA_RIDGE": S.MGDA_RIDGE,
+        "MGDA_TOL": S.MGDA_TOL,
+    }
+    assert dict(_C.SOLVER_DEFAULTS) == ref
+    G = _gram(7, seed=6)
+    explicit = _C.mgda_solve(
+        G,
+        apg_iters=S.MGDA_APG_ITERS,
+        power_iters=S.MGDA_POWER_ITERS,
+        lipschitz_safety=S.MGDA_LIPSCHITZ_SAFETY,
+        support_rel=S.MGDA_SUPPORT_REL,
+        drop_tol=S.MGDA_DROP_TOL,
+        ridge=S.MGDA_RIDGE,
+        tol=S.MGDA_TOL,
+        max_iter=S.mgda_budget(7),
+    )
+    assert np.array_equal(explicit, _C.mgda_solve(G))
+    explicit = _C.imtl_g_solve(
+        G,
+        rel_eps=S.pinv_rel_eps(torch.float64),
+        fallback_factor=S.PINV_FALLBACK_FACTOR,
+        steps=S.PINV_STEPS,
+        projections=S.PINV_PROJECTIONS,
+    )
+    assert np.array_equal(explicit, _C.imtl_g_solve(G))
+
+
+def test_warm_start_does_not_change_the_minimiser() -> None:
+    """Wolfe's algorithm is exact from any warm start (apg_iters = 0: from the barycentre)."""
+    G = _gram(30, seed=7)
+    np.testing.assert_allclose(_C.mgda_solve(G, apg_iters=0), _C.mgda_solve(G), atol=1e-9)
+
+
+def test_float32_precision_shift() -> None:
+    """rel_eps is the caller's: the fp32 shift gives the reference's weights for a float32 G."""
+    G32 = torch.from_numpy(_gram(10, D=6, seed=8)).float()
+    a = _C.imtl_g_solve(G32.double().numpy(), rel_eps=S.pinv_rel_eps(torch.float32))
+    assert _rel_err(a, _ref_imtl(G32)) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("G", "match"),
+    [
+        (np.zeros(3), "2-D"),
+        (np.zeros((2, 2, 2)), "2-D"),
+        (np.zeros((2, 3)), "square"),
+        (np.zeros((0, 0)), "T >= 1"),
+        (np.zeros((2, 2), dtype=np.float32), "float64"),
+        (np.zeros((2, 2), dtype=np.int64), "float64"),
+        (np.zeros((2, 2), dtype=">f8"), "float64"),
+        (np.zeros((4, 4))[::2, ::2], "C-contiguous"),
+        (np.asfortranarray(np.arange(4.0).reshape(2, 2)), "C-contiguous"),
+        (None, "2-D"),
+        ("abc", "2-D"),
+    ],
+)
+def test_validation(G, match: str) -> None:
+    for solve in (_C.imtl_g_solve, _C.mgda_solve):
+        with pytest.raises(ValueError, match=match):
+            solve(G)
+
+
+@pytest.mark.parametrize(
+    ("solve", "kwargs", "match"),
+    [
+        (_C.imtl_g_solve, {"rel_eps": 0.0}, "rel_eps"),
+        (_C.imtl_g_solve, {"rel_eps": float("nan")}, "rel_eps"),
+        (_C.imtl_g_solve, {"fallback_factor": 0.5}, "fallback_factor"),
+        (_C.imtl_g_solve, {"steps": 0}, "steps"),
+        (_C.imtl_g_solve, {"projections": -1}, "projections"),
+        (_C.mgda_solve, {"apg_iters": -1}, "apg_iters"),
+        (_C.mgda_solve, {"power_iters": 0}, "power_iters"),
+        (_C.mgda_solve, {"lipschitz_safety": 0.0}, "lipschitz_safety"),
+        (_C.mgda_solve, {"support_rel": 1.0}, "support_rel"),
+        (_C.mgda_solve, {"drop_tol": -1.0}, "drop_tol"),
+        (_C.mgda_solve, {"ridge": float("inf")}, "ridge"),
+        (_C.mgda_solve, {"tol": -1e-3}, "tol"),
+        (_C.mgda_solve, {"max_iter": 0}, "max_iter"),
+    ],
+)
+def test_keyword_validation(solve, kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        solve(np.eye(2), **kwargs)
+
+
+def test_input_untouched_and_threads() -> None:
+    """G is only read; concurrent calls (the GIL is released) give the serial results."""
+    mats = [_gram(T, seed=T) for T in (5, 20, 60, 90) for _ in range(2)]
+    copies = [G.copy() for G in mats]
+    serial = [(_C.imtl_g_solve(G), _C.mgda_solve(G)) for G in mats]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda G: (_C.imtl_g_solve(G), _C.mgda_solve(G)), mats * 2))
+    for (a, m), (b, n) in zip(serial * 2, threaded):
+        assert np.array_equal(a, b) and np.array_equal(m, n)
+    assert all(np.array_equal(G, C) for G, C in zip(mats, copies))
+
+
+# --------------------------------------------------------------------------------------------
+# Through the public API
+# --------------------------------------------------------------------------------------------
+
+
+def _spy(monkeypatch, name: str) -> list[dict]:
+    calls: list[dict] = []
+    real = getattr(_C, name)
+
+    def wrapper(G, **kwargs):
+        calls.append(kwargs)
+        return real(G, **kwargs)
+
+    monkeypatch.setattr(_C, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T", [2, 9, 33])
+def test_ops_auto_uses_native(monkeypatch, dtype: torch.dtype, T: int) -> None:
+    G = torch.from_numpy(_gram(T, seed=T)).to(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 0}
+    for op, name in ((ops.imtl_g_weights, "imtl_g_solve"), (ops.mgda_weights, "mgda_solve")):
+        calls = _spy(monkeypatch, name)
+        got = op(G)
+        assert len(calls) == 1, f"{op.__name__} did not use mtl_fast._C.{name}"
+        want = op(G, backend="torch")
+        assert got.dtype == want.dtype == dtype and got.device == G.device
+        torch.testing.assert_close(got, want, **tol)
+        assert len(calls) == 1  # backend="torch" stays on the reference
+
+
+def test_ops_passes_reference_constants(monkeypatch) -> None:
+    """The dispatcher passes the reference's constants, with the shift for G's precision."""
+    for dtype in (torch.float32, torch.float64):
+        G = torch.from_numpy(_gram(6, seed=9)).to(dtype)
+        calls = _spy(monkeypatch, "imtl_g_solve")
+        ops.imtl_g_weights(G)
+        assert calls[0].get("rel_eps") == S.pinv_rel_eps(dtype), calls[0]
+        assert calls[0].get("projections") == S.PINV_PROJECTIONS
+        calls = _spy(monkeypatch, "mgda_solve")
+        ops.mgda_weights(G)
+        assert calls[0].get("apg_iters") == S.MGDA_APG_ITERS, calls[0]
+        assert calls[0].get("max_iter") == S.mgda_budget(6)
+
+
+# --------------------------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 12), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_permutation_equivariance(T: int, seed: int, data) -> None:
+    G = _gram(T, D=T + 3, seed=seed)
+    perm = np.array(data.draw(st.permutations(range(T))))
+    Gp = G[np.ix_(perm, perm)]
+    a, ap = _C.imtl_g_solve(G), _C.imtl_g_solve(Gp)
+    assert abs(a.sum() - 1) <= 1e-12 and abs(ap.sum() - 1) <= 1e-12
+    assert _rel_err(ap, a[perm]) <= 1e-9
+    m, mp = _C.mgda_solve(G), _C.mgda_solve(Gp)
+    assert np.all(m >= 0) and abs(m.sum() - 1) <= 1e-12
+    np.testing.assert_allclose(mp, m[perm], rtol=0, atol=1e-9)
+    _assert_kkt(G, m)
