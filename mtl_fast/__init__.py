@@ -31,6 +31,7 @@ from mtl_fast.methods import (
     StaticWeighting,
     UncertaintyWeighting,
 )
+from mtl_fast.multitask_linear import MultiTaskLinear
 from mtl_fast.ops import combine, gram, imtl_g_weights, mgda_weights
 from mtl_fast.running_stats import RunningStats, TorchRunningStats
 from mtl_fast.weighting import Weighting
@@ -54,6 +55,7 @@ __all__ = [
     "EqualWeighting",
     "GradNorm",
     "GradVac",
+    "MultiTaskLinear",
     "PCGrad",
     "RunningStats",
     "StaticWeighting",
