@@ -27,8 +27,18 @@ method's own parameters such as IMTL's s_t, encoder parameters not listed) gets 
 gradient of the method's total, by one more backward restricted to those leaves (found by
 walking the graph's AccumulateGrad nodes), which does not re-enter the shared parameters' part
 of the graph. It costs T backward passes' worth of memory for the shared parameters' gradients.
-The shared ``.grad`` are written directly, so a ``DistributedDataParallel`` reducer does not see
-them: under DDP use ``features=`` (or ``split``), whose final backward is an ordinary one.
+
+Under ``torch.distributed`` (see :mod:`mtl_fast.distributed`): with ``features=`` the Gram
+matrix is all-reduced (T² numbers), as in ``split``; the final backward is an ordinary one, so
+DDP averages every parameter gradient as usual. With ``params=`` the per-process Gram matrices
+do NOT add up to the global one (the task gradient of the global batch is the average of the
+per-process gradients, G = (Σ_r J_r)(Σ_r J_r)ᵀ/N²), so the T per-task gradients of the shared
+parameters are averaged across processes (T·P numbers per step, T times what DDP sends for
+those parameters) and every process writes the same Σ_t α_t ḡ_t into their ``.grad``. These
+``.grad`` are written directly, so a ``DistributedDataParallel`` reducer does not see them: do
+not let DDP manage the shared parameters in this mode (DDP would wait for them forever); the
+other leaves (task heads) get their local gradients, to be averaged by DDP on a module without
+the shared parameters, or by :func:`mtl_fast.distributed.average_gradients`.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from typing import Iterable, Sequence, Union
 import torch
 from torch import Tensor
 
-from mtl_fast import ops
+from mtl_fast import distributed, ops
 from mtl_fast._validation import as_task_rows
 from mtl_fast.weighting import LossesLike, MaskLike, Weighting
 
@@ -64,7 +74,9 @@ def backward(
             ``features``/``params`` are then not needed.
         features: the shared features z (a tensor or a sequence of tensors, e.g. multi-scale
             features) from which every task head starts. Mutually exclusive with ``params``.
-        params: the shared parameters (leaf tensors): the exact parameter-level mode.
+        params: the shared parameters (leaf tensors): the exact parameter-level mode. Under
+            ``torch.distributed`` their T per-task gradients are averaged across processes
+            (T·P numbers) and their ``.grad`` is identical on every process (module docstring).
         mask: optional bool [T], False for tasks absent from the batch (see
             :meth:`~mtl_fast.Weighting.loss`).
         retain_graph: passed to the final backward.
@@ -120,8 +132,13 @@ def backward(
     try:
         scales = method._loss_gradient_scales()
         jac = _task_gradients(safe, inputs, scales, batched)
+        # Exact mode under torch.distributed: the global task gradients of shared parameters
+        # are the averages of the per-process ones (module docstring): average them first.
+        reduced = params is not None and method._sync_active()
+        if reduced:
+            distributed.all_reduce_mean_many_(jac, method.process_group)
         rows = [as_task_rows(j, name="task gradients") for j in jac]
-        alpha = method._balance(rows)
+        alpha = method._balance(rows, reduced=reduced)
     finally:
         method.discard_pending()
     if features is not None:

@@ -26,7 +26,7 @@ State that must survive a restart lives in ``self._state`` (a dict) or in parame
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence, Union
+from typing import Any, Callable, ClassVar, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ from mtl_fast._backend import BACKENDS
 from mtl_fast._nonfinite import NonFiniteMonitor
 
 LossesLike = Union[Tensor, Sequence[Tensor]]
+#: A deferred statistics update, called with (values, present) as from ``_synced_losses``.
+_Update = Callable[[Tensor, Tensor], None]
 MaskLike = Union[Tensor, Sequence[bool], None]
 
 NONFINITE_POLICIES = ("raise", "absent")
@@ -60,7 +62,9 @@ class Weighting(nn.Module):
             naming the task (lazily on accelerators, see :mod:`mtl_fast._nonfinite`);
             ``"absent"``: a non-finite loss marks its task absent for the step, silently.
         sync: ``None`` (default): synchronise across processes when ``torch.distributed`` is
-            initialised; ``False``: never; ``True``: require it.
+            initialised (with more than one process in the group); ``False``: never (each
+            process weighs its own batch); ``True``: require it. See :mod:`mtl_fast.distributed`
+            for what is synchronised and the cost.
         process_group: the group to synchronise over (default: the world).
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` for the Gram-space ops.
     """
@@ -95,6 +99,10 @@ class Weighting(nn.Module):
         self._monitor = NonFiniteMonitor()
         self._inputs: StepInputs | None = None
         self._split_pending = False
+        # torch.distributed: statistics updates whose collective is still in flight (applied in
+        # order by _wait_pending) and the grad-averaging hooks on the method's own parameters.
+        self._pending: list[tuple[distributed.PendingAverage, _Update]] = []
+        self._grad_hooks: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -156,22 +164,29 @@ class Weighting(nn.Module):
                 )
             if not f.is_floating_point():
                 raise TypeError(f"feature {k} must be floating point; got {f.dtype}")
-        if self._split_pending:
-            raise RuntimeError(
-                f"{type(self).__name__}.split was called twice before one backward: "
-                "back-propagate method.loss(...) once per split (call method.discard_pending() "
-                "to drop a step that will not be back-propagated)"
-            )
-        self._monitor.poll()
+        self._begin_split("split")
         from mtl_fast._split import SplitFunction
 
-        self._split_pending = True
-        self._inputs = None
         outs = SplitFunction.apply(self, T, *features)
         K = len(features)
         if K == 1:
             return list(outs)
         return [tuple(outs[t * K : (t + 1) * K]) for t in range(T)]
+
+    def _begin_split(self, where: str) -> None:
+        """Open a balanced step whose backward will call :meth:`_balance_gram`: refuse a second
+        one before the first is back-propagated, report lazily recorded non-finite flags, and
+        let :meth:`loss` record the step's inputs. Used by :meth:`split` and by layers that form
+        the Gram matrix themselves (:class:`mtl_fast.MultiTaskLinear`)."""
+        if self._split_pending:
+            raise RuntimeError(
+                f"{type(self).__name__}.{where} was called twice before one backward: "
+                "back-propagate method.loss(...) once per split (call method.discard_pending() "
+                "to drop a step that will not be back-propagated)"
+            )
+        self._monitor.poll()
+        self._split_pending = True
+        self._inputs = None
 
     def discard_pending(self) -> None:
         """Forget a ``split`` whose backward will never run (e.g. a skipped step)."""
@@ -216,13 +231,27 @@ class Weighting(nn.Module):
     def _loss_from(self, safe: Tensor, present: Tensor, *, keep_inputs: bool) -> Tensor:
         """Count the step, keep the solve's inputs when ``keep_inputs`` (a gradient method whose
         backward will run), and return the scalar to back-propagate."""
+        self._wait_pending()
         if self.training:
             self._state["step"] += 1
+            if self._sync_active():
+                self._ensure_grad_hooks()
         if self.gradient_based and keep_inputs:
             self._inputs = StepInputs(losses=safe.detach(), present=present)
         if not self.training:
             return safe.sum()
-        return self._total(safe, present)
+        total = self._total(safe, present)
+        if self._pending and total.requires_grad:
+            # Deferred statistics updates: their collectives overlap with the backward and are
+            # waited for when it ends (before optimizer.step(), a checkpoint or
+            # destroy_process_group()), or at the next use of the state if no backward runs.
+            total.register_hook(self._wait_after_backward)
+        return total
+
+    def _wait_after_backward(self, grad: Tensor) -> Tensor:
+        """Hook on the total: queue :meth:`_wait_pending` for the end of the backward pass."""
+        torch.autograd.Variable._execution_engine.queue_callback(self._wait_pending)
+        return grad
 
     def check_nonfinite(self) -> None:
         """Raise now for any non-finite loss/gradient recorded on an accelerator (syncs)."""
@@ -248,23 +277,33 @@ class Weighting(nn.Module):
         """α [T] from the (global) Gram matrix G [T, T]; absent/inactive tasks have zero rows."""
         raise NotImplementedError(f"{type(self).__name__} must implement _gradient_weights")
 
-    def _balance(self, rows: list) -> Tensor:
+    def _balance(self, rows: list, *, reduced: bool = False) -> Tensor:
         """Called by ``split``'s backward with the feature gradients (one TaskRows per feature
-        tensor): the Gram matrix of their concatenation, then :meth:`_balance_gram`."""
+        tensor): the Gram matrix of their concatenation, then :meth:`_balance_gram`.
+        ``reduced``: the rows are already the global task gradients (see
+        :meth:`_balance_gram`)."""
         from mtl_fast import ops
 
         G = ops.gram_rows(rows[0], backend=self.backend)
         for r in rows[1:]:
             G = G + ops.gram_rows(r, backend=self.backend)
-        return self._balance_gram(G)
+        return self._balance_gram(G, reduced=reduced)
 
-    def _balance_gram(self, G: Tensor) -> Tensor:
+    def _balance_gram(self, G: Tensor, *, reduced: bool = False) -> Tensor:
         """The weights from this process's Gram matrix G [T, T] of the task gradients: the
-        non-finite policy, absent tasks, the cross-process sum and the method's solve.
+        non-finite policy, absent tasks, the cross-process reduction and the method's solve.
 
         Used by ``split``'s backward and by layers that form G in a structured way
         (e.g. :class:`mtl_fast.MultiTaskLinear`). Returns α [T] (float32 on G's device), also
         stored as :attr:`weights`.
+
+        Under ``torch.distributed`` (:mod:`mtl_fast.distributed`): one collective gives every
+        process G = Σ_r G_r / N², the tasks present (with a finite gradient) anywhere, the
+        tasks with a non-finite gradient anywhere (reported on every process) and, when the
+        solve needs them, the loss values averaged over the processes where each task is
+        present. ``reduced=True``: G is already the global Gram matrix (the exact parameter
+        mode averaged the task gradients themselves); only the task status and losses are
+        combined.
         """
         self._split_pending = False
         inputs, self._inputs = self._inputs, None
@@ -276,19 +315,36 @@ class Weighting(nn.Module):
                 present=torch.ones(T, dtype=torch.bool, device=device),
             )
         present = inputs.present.to(device)
-        G = torch.where(present[:, None] & present[None, :], G, 0.0)
+        losses = inputs.losses.to(device)
+        sync = self._sync_active()
+        group = self.process_group
+        needs = self.needs_losses_in_backward
+
+        def pair(m: Tensor) -> Tensor:
+            return m[:, None] & m[None, :]
+
+        if sync and reduced:
+            no = torch.zeros_like(present)
+            _, present, _, avg = distributed.reduce_gram(
+                None, present, no, losses if needs else None, group
+            )
+            if avg is not None:
+                losses = avg
+        G = torch.where(pair(present), G, 0.0)
         bad = present & ~torch.isfinite(G.diagonal())
-        self._monitor.report(bad, "gradient", self.step)
         ok = present & ~bad
-        G = torch.where(ok[:, None] & ok[None, :], G, 0.0)
-        G = self._synced_gram(G)
-        if self.needs_losses_in_backward:
-            values, _ = self._synced_losses(inputs.losses.to(device), ok)
-            inputs = StepInputs(losses=values, present=ok)
-        else:
-            inputs = StepInputs(losses=inputs.losses, present=ok)
-        alpha = self._gradient_weights(G, inputs).to(torch.float32)
-        alpha = torch.where(G.diagonal() > 0, alpha, 0.0)
+        G = torch.where(pair(ok), G, 0.0)
+        if sync and not reduced:
+            G_global, ok, bad, avg = distributed.reduce_gram(
+                G, ok, bad, losses if needs else None, group
+            )
+            assert G_global is not None
+            G = G_global
+            if avg is not None:
+                losses = avg
+        self._monitor.report(bad, "gradient", self.step)
+        alpha = self._gradient_weights(G, StepInputs(losses=losses, present=ok))
+        alpha = torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
         self._set_weights(alpha)
         return alpha
 
@@ -302,17 +358,135 @@ class Weighting(nn.Module):
 
     def _synced_losses(self, losses: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
         """Loss values for statistics: averaged across processes (each task over the processes
-        where it is present) when synchronising, else as given. Returns (values, present)."""
+        where it is present) when synchronising, else as given. Returns (values, present),
+        ``present`` being the tasks present on any process.
+
+        Every loss-statistics update goes through this call or its deferred form
+        :meth:`_synced_losses_later`. With NCCL the collective is stream-ordered (no host
+        synchronisation); with gloo it is a CPU operation of 2T numbers.
+        """
         values = losses.detach()
         if self._sync_active():
             return distributed.average_present(values, present, self.process_group)
         return values, present
 
+    def _synced_losses_later(self, losses: Tensor, present: Tensor, update: _Update) -> Tensor:
+        """The deferred form of :meth:`_synced_losses`, for updates read only at a later step.
+
+        ``update(values, present)`` receives what :meth:`_synced_losses` would return. Without
+        synchronisation it runs now. Under ``torch.distributed`` the collective is started with
+        ``async_op=True`` (it overlaps with the rest of the forward and with the backward) and
+        ``update`` runs when it is waited for: at the end of the backward pass of this step's
+        total (an autograd callback), or earlier at the start of the next :meth:`loss` (or
+        :func:`mtl_fast.backward`), in ``state_dict()`` / ``load_state_dict()``, pickling, or
+        in the method's own accessors of that state (:meth:`_wait_pending`), whichever comes
+        first; so nothing is left in flight when the step ends (``destroy_process_group()``
+        after the last step is safe). Pending updates are applied in the order they were started,
+        before anything reads the state they change, so every weight is the one the
+        synchronous schedule gives; waiting issues no new collective (a ``state_dict()`` taken
+        on one process only is safe).
+
+        Returns the tasks present on any process (for this step's weights): known without the
+        collective when every task is present here (host-side check on CPU tensors); otherwise
+        the collective is waited for now (with NCCL: a stream wait, no host synchronisation).
+        """
+        values = losses.detach()
+        if not self._sync_active():
+            update(values, present)
+            return present
+        pending = distributed.start_average_present(values, present, self.process_group)
+        self._pending.append((pending, update))
+        if present.device.type == "cpu" and bool(present.all()):
+            return torch.ones_like(present)
+        self._wait_pending()
+        return pending.wait()[1]
+
+    def _synced_present(self, losses: Tensor, present: Tensor) -> Tensor:
+        """The tasks present on any process (``present`` itself without synchronisation), for
+        methods whose weights are normalised over the present tasks but keep no statistics."""
+        return self._synced_losses_later(losses, present, _ignore)
+
+    def _linearised_total(
+        self,
+        total_fn: Callable[[Tensor, Tensor], Tensor],
+        losses: Tensor,
+        present: Tensor,
+        synced: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """A total that is not linear in the losses (a geometric mean, a log-sum-exp, log
+        losses), made exact under data parallelism.
+
+        Without synchronisation: ``total_fn(losses, present)``. Under ``torch.distributed``:
+        with L̄ the losses averaged across processes (:meth:`_synced_losses`) and P̄ the tasks
+        present anywhere, ``total_fn(L̄, P̄)`` (its side effects, e.g. the weights, see the global
+        losses, so they are identical on every process) expanded to first order in this
+        process's losses,
+
+            f(L̄) + Σ_{t present here} c_t (L_t − L̄_t),     c = ∇f(L̄) (detached),
+
+        so that DDP's mean of the per-process gradients is Σ_t c_t ∇L̄_t, the gradient of
+        ``total_fn`` at the global losses (a process's own f(L_r) would give the mean of the
+        per-process gradients of f, which differs for a non-linear f). The value averages to
+        f(L̄) over the processes when every task is present everywhere. ``synced``: the result
+        of :meth:`_synced_losses` for these losses when the caller already has it.
+        """
+        if not self._sync_active():
+            return total_fn(losses, present)
+        values, avail = self._synced_losses(losses, present) if synced is None else synced
+        with torch.enable_grad():
+            v = values.detach().to(losses.dtype).requires_grad_(True)
+            at_mean = total_fn(v, avail)
+            c = None
+            if at_mean.requires_grad:
+                (c,) = torch.autograd.grad(at_mean, v, allow_unused=True)
+        if c is None:
+            c = torch.zeros_like(v)
+        deviation = torch.where(present, losses - v.detach(), 0.0)
+        return at_mean.detach() + (c.detach() * deviation).sum()
+
+    def _wait_pending(self) -> None:
+        """Apply the deferred statistics updates (:meth:`_synced_losses_later`), in order."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for work, update in pending:
+            update(*work.wait())
+
     def _synced_gram(self, G: Tensor) -> Tensor:
-        """The global Gram matrix: the sum of the per-process matrices when synchronising."""
+        """The global Gram matrix Σ_r G_r / N² when synchronising (see
+        :mod:`mtl_fast.distributed`), else ``G``. :meth:`_balance_gram` uses
+        :func:`mtl_fast.distributed.reduce_gram`, which carries the task status too."""
         if self._sync_active():
-            return distributed.all_reduce_sum(G, self.process_group)
+            n = distributed.world_size(self.process_group)
+            return distributed.all_reduce_sum(G, self.process_group) / float(n * n)
         return G
+
+    def _ensure_grad_hooks(self) -> None:
+        """Register :meth:`_average_parameter_grad` on the method's own parameters (once per
+        parameter object; re-registered if the parameters were replaced, e.g. a deep copy)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if {id(p) for p in params} == set(self._grad_hooks):
+            return
+        for handle in self._grad_hooks.values():
+            handle.remove()
+        self._grad_hooks = {
+            id(p): p.register_post_accumulate_grad_hook(self._average_parameter_grad)
+            for p in params
+        }
+
+    def _average_parameter_grad(self, param: Tensor) -> None:
+        """Post-accumulate-grad hook: average the gradient of one of the method's parameters
+        (IMTL's s_t, uncertainty log-variances) across processes, in place.
+
+        Under DDP a method that is a submodule of the wrapped model is averaged by DDP too;
+        averaging is idempotent, so either placement gives the same gradient. The hook runs
+        when autograd has accumulated the parameter's gradient, before DDP's own hook on the
+        same parameter, with a synchronous collective (stream-ordered with NCCL), so DDP reads
+        the averaged value. It fires once per backward on every process (the method's total
+        always depends on its parameters, whatever the mask), so the collectives match.
+        """
+        if param.grad is not None and self._sync_active():
+            distributed.all_reduce_mean_(param.grad, self.process_group)
 
     def _resolve_num_tasks(self, given: int | None, where: str) -> int:
         if given is None:
@@ -396,12 +570,28 @@ class Weighting(nn.Module):
 
     # ------------------------------------------------------------------ state
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling / ``copy.deepcopy``: in-flight collectives are finished first (their handles
+        cannot be copied) and the copy registers its own grad-averaging hooks when it trains."""
+        self._wait_pending()
+        state = super().__getstate__()
+        state["_pending"] = []
+        state["_grad_hooks"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_pending", [])
+        self.__dict__.setdefault("_grad_hooks", {})
+
     def get_extra_state(self) -> dict[str, Any]:
+        self._wait_pending()  # the state includes every step taken (no new collective)
         return {"version": 1, "num_tasks": self.num_tasks, "state": _state.pack(self._state)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("version") != 1:
             raise ValueError(f"unrecognised {type(self).__name__} state (version mismatch)")
+        self._wait_pending()  # finish in-flight collectives; the loaded state replaces theirs
         stored_T = state.get("num_tasks")
         if self.num_tasks is not None and stored_T is not None and stored_T != self.num_tasks:
             raise ValueError(
@@ -416,3 +606,7 @@ class Weighting(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"
+
+
+def _ignore(values: Tensor, present: Tensor) -> None:
+    """An update that keeps nothing (:meth:`Weighting._synced_present`)."""

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
+from mtl_fast import distributed
 from mtl_fast.methods.baselines import (
     _as_float_list,
     positive_losses,
@@ -123,6 +124,20 @@ class AccuracyTracker:
         self.seen = torch.as_tensor(state["seen"], dtype=torch.bool).cpu().clone()
 
 
+def _average_accuracies(method: Weighting, values: Tensor, sync: bool | None) -> Tensor:
+    """Under ``torch.distributed`` (``sync`` None: the method's setting; True/False force it):
+    each task's value averaged over the processes that evaluated it (non-NaN), NaN where no
+    process did. One collective of 2T numbers: every process of the group must call."""
+    active = method._sync_active() if sync is None else bool(sync)
+    if not active:
+        return values
+    given = ~torch.isnan(values)
+    mean, anywhere = distributed.average_present(
+        torch.where(given, values, 0.0), given, method.process_group
+    )
+    return torch.where(anywhere, mean, float("nan"))
+
+
 def _accuracy_vector(acc: Any, num_tasks: int) -> Tensor:
     """Host float64 [T] from a sequence / tensor / array (NaN allowed: task not evaluated)."""
     values = _as_float_list(acc, "accuracies")
@@ -169,6 +184,11 @@ class AMTL(Weighting):
     Masks: the softmax is over the present tasks (their weights sum to 1; absent tasks 0 and
     left out of the product).
 
+    Under ``torch.distributed``: accuracies are averaged in :meth:`update_accuracy` (call it on
+    every process), the softmax is over the tasks present on any process, and the geometric mean
+    is that of the averaged losses, linearised so that DDP's averaged gradient is exact
+    (:mod:`mtl_fast.distributed`).
+
     ``weights``: w_t after the softmax (the exponents of eq. 5). Needs: losses and per-task
     accuracies from evaluation. Extra cost: none per step (weights change only with
     :meth:`update_accuracy`).
@@ -209,12 +229,21 @@ class AMTL(Weighting):
         """The smoothed accuracies Acc̄_t (converted to higher-is-better; CPU float64)."""
         return self._state["accuracy"].value.clone()
 
-    def update_accuracy(self, acc: Sequence[float] | Tensor) -> None:
+    def update_accuracy(self, acc: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
         """Feed the accuracies of an evaluation, one per task (NaN: task not evaluated).
 
         Lower-is-better tasks take their raw metric (e.g. RMSE, > 0); it is converted here.
+
+        Under ``torch.distributed`` (when the method synchronises, or ``sync=True``) the values
+        are averaged across the processes, each task over those that evaluated it (non-NaN):
+        call it on EVERY process of the group, each with the accuracies of its own shard of the
+        evaluation (an average of per-shard accuracies: the global accuracy when the shards are
+        equal), or each with the same global values (averaging is then the identity). The
+        raw metrics are averaged, before the conversion. ``sync=False``: take the values as
+        given (then passing the same values on every process is the caller's responsibility).
         """
         values = _accuracy_vector(acc, self.num_tasks or 0)
+        values = _average_accuracies(self, values, sync)
         low = ~self._higher & ~torch.isnan(values)
         if bool((low & ~(values > 0)).any()):
             raise ValueError(
@@ -236,11 +265,19 @@ class AMTL(Weighting):
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
         if self.geometric:
             present = positive_losses(self, losses, present, "AMTL's geometric mean")
+            # Not linear in the losses: under torch.distributed, the geometric mean of the
+            # losses averaged across processes, linearised (Weighting._linearised_total).
+            return self._linearised_total(self._geometric_total, losses, present)
+        # softmax over the tasks present on any process (identical weights everywhere)
+        avail = self._synced_present(losses, present)
+        w = softmax_over_present(self._scores(losses.device), avail).to(losses.dtype)
+        self._set_weights(w)
+        return weighted_sum(w, losses)
+
+    def _geometric_total(self, losses: Tensor, present: Tensor) -> Tensor:
         w = softmax_over_present(self._scores(losses.device), present).to(losses.dtype)
         self._set_weights(w)
-        if self.geometric:
-            return weighted_geometric_mean(losses, w, present)
-        return weighted_sum(w, losses)
+        return weighted_geometric_mean(losses, w, present)
 
     def extra_repr(self) -> str:
         return (

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from mtl_fast import distributed
 from mtl_fast.weighting import Weighting
 
 __all__ = [
@@ -161,8 +162,8 @@ class StaticWeighting(Weighting):
         static = self._state["static"]
         if static.device != losses.device:  # moved once, then kept on the losses' device
             static = self._state["static"] = static.to(losses.device, non_blocking=True)
-        if self.normalize:
-            w = normalize_over_present(static, present)
+        if self.normalize:  # renormalised over the tasks present on any process
+            w = normalize_over_present(static, self._synced_present(losses, present))
         else:
             w = torch.where(present, static, 0.0)
         w = w.to(losses.dtype)
@@ -183,13 +184,20 @@ class GLS(Weighting):
     deferred error, see :func:`positive_losses`).
 
     ``weights``: the effective factors ∂total/∂L_t = total / (|P|·L_t) — GLS weighs each loss by
-    its reciprocal (paper 004, §4 and appendix C.5) — detached; 0 for absent tasks.
+    its reciprocal (paper 004, §4 and appendix C.5) — detached; 0 for absent tasks. Under
+    ``torch.distributed`` the geometric mean is that of the losses averaged across processes,
+    linearised so that DDP's averaged gradient is exact (:mod:`mtl_fast.distributed`).
 
     Needs: losses (> 0). Extra cost: none.
     """
 
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
         present = positive_losses(self, losses, present, "GLS")
+        # Not linear in the losses: under torch.distributed, the geometric mean of the losses
+        # averaged across processes, linearised (Weighting._linearised_total).
+        return self._linearised_total(self._geometric_total, losses, present)
+
+    def _geometric_total(self, losses: Tensor, present: Tensor) -> Tensor:
         exponents = normalize_over_present(torch.ones_like(losses), present)
         total = weighted_geometric_mean(losses, exponents, present)
         safe = torch.where(present, losses.detach(), 1.0)
@@ -212,7 +220,10 @@ class RLW(Weighting):
         **kwargs: :class:`mtl_fast.Weighting` options.
 
     The generator lives on the losses' device (created at the first step), so drawing needs no
-    host transfer. ``weights``: λ (0 for absent tasks). Needs: losses. Extra cost: one T-sample.
+    host transfer. Under ``torch.distributed`` every process uses process 0's seed (one
+    collective at the first step), so all draw the same weights, and the softmax is over the
+    tasks present on any process. ``weights``: λ (0 for absent tasks). Needs: losses. Extra
+    cost: one T-sample.
     """
 
     def __init__(self, num_tasks: int, *, seed: int | None = None, **kwargs) -> None:
@@ -225,6 +236,10 @@ class RLW(Weighting):
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._state["generator"]
         if gen is None:
+            if self._sync_active():
+                self._state["seed"] = distributed.seed_from_rank0(
+                    self._state["seed"], device, self.process_group
+                )
             gen = torch.Generator(device=device)
             gen.manual_seed(self._state["seed"])
             self._state["generator"] = gen
@@ -234,7 +249,8 @@ class RLW(Weighting):
         T = losses.shape[0]
         gen = self._generator(losses.device)
         eps = torch.randn(T, generator=gen, device=gen.device, dtype=torch.float64)
-        lam = softmax_over_present(eps.to(losses.device), present).to(losses.dtype)
+        avail = self._synced_present(losses, present)
+        lam = softmax_over_present(eps.to(losses.device), avail).to(losses.dtype)
         self._set_weights(lam)
         return weighted_sum(lam, losses)
 
@@ -290,27 +306,36 @@ class DWA(Weighting):
     @property
     def period(self) -> int:
         """The current period (1-based)."""
+        self._wait_pending()
         return self._state["periods"].period
 
     def end_period(self) -> bool:
-        """Close the current period (call after each epoch). Returns False, doing nothing, when
-        the period had no training step."""
+        """Close the current period (call after each epoch, on every process under
+        ``torch.distributed``). Returns False, doing nothing, when the period had no training
+        step."""
+        self._wait_pending()
         return self._state["periods"].end_period()
+
+    def _observe(self, values: Tensor, avail: Tensor) -> None:
+        """Add one step's losses (averaged across processes under ``torch.distributed``) to the
+        period averages; close the period when ``period_steps`` is reached."""
+        periods = self._state["periods"]
+        if periods.observe(values, avail):
+            periods.end_period()
 
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
         periods = self._state["periods"]
-        if periods.period <= 2:
-            w = present.to(losses.dtype)
+        rate = periods.rate(losses.device) if periods.period > 2 else None  # taken first
+        # The period averages are read only when the period closes: their update is deferred
+        # under torch.distributed (applied at the next step, end_period(), state_dict()).
+        avail = self._synced_losses_later(losses, present, self._observe)
+        if rate is None:
+            w = avail.to(losses.dtype)
         else:
-            rate = periods.rate(losses.device)
-            w = softmax_over_present(rate / self.temperature, present)
-            w = (w * present.sum()).to(losses.dtype)
+            w = softmax_over_present(rate / self.temperature, avail)
+            w = (w * avail.sum()).to(losses.dtype)
         self._set_weights(w)
-        total = weighted_sum(w, losses)
-        values, avail = self._synced_losses(losses, present)
-        if periods.observe(values, avail):  # period_steps reached
-            periods.end_period()
-        return total
+        return weighted_sum(w, losses)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, temperature={self.temperature}"

@@ -205,6 +205,12 @@ class CVWeighting(Weighting):
 
     ``weights``: α (Σ = 1 over the present tasks). Needs: losses. Extra cost: one running
     mean/variance update of 2T streams per step.
+
+    Under ``torch.distributed`` the statistics are updated from the losses averaged across
+    processes (each task over the processes where it is present), so they are identical
+    everywhere. With ``denominator="mean"`` the weights of a step need only the earlier
+    statistics: the step's collective runs asynchronously and its update is applied when the
+    backward ends (or at the next use of the statistics) (:mod:`mtl_fast.distributed`).
     """
 
     def __init__(
@@ -231,19 +237,40 @@ class CVWeighting(Weighting):
     @property
     def statistics(self) -> LossStatistics:
         """The running statistics: streams [0, T) the loss ratios, [T, 2T) the raw losses."""
+        self._wait_pending()
         return self._state["stats"]
+
+    def _update_statistics(self, values: Tensor, avail: Tensor) -> Tensor:
+        """Steps 1 and 3: the loss ratios of ``values`` (the losses, averaged across processes
+        under ``torch.distributed``) against the earlier raw-loss mean, then the update of both
+        statistics with them. Returns the ratios (float64 [T])."""
+        T = values.shape[0]
+        x = values.to(torch.float64)
+        stats: LossStatistics = self._state["stats"]
+        mean, _, count = stats.snapshot(x.device)
+        ratio = loss_ratios(x, mean[T:], count[T:])
+        stats.update(torch.cat([ratio, x]), torch.cat([avail, avail]))
+        return ratio
+
+    def _deferred_update(self, values: Tensor, avail: Tensor) -> None:
+        self._update_statistics(values, avail)
 
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
         T = losses.shape[0]
-        values, avail = self._synced_losses(losses, present)
-        x = values.to(torch.float64)
-        stats = self.statistics
-        mean, var, count = stats.snapshot(x.device)
-        ratio = loss_ratios(x, mean[T:], count[T:])
+        stats: LossStatistics = self._state["stats"]
+        mean, var, count = stats.snapshot(losses.device)  # the earlier steps' statistics
+        if self.denominator == "current":
+            # c_i needs this step's ratio: the averaged losses are needed now.
+            values, avail = self._synced_losses(losses, present)
+            ratio = self._update_statistics(values, avail)
+        else:
+            # The weights need only the earlier statistics: the update of this step's losses
+            # (averaged across processes) is deferred to the next use of the statistics.
+            avail = self._synced_losses_later(losses, present, self._deferred_update)
+            ratio = mean[:T]  # unused by denominator="mean"
         alpha = cv_weights(
             var[:T], mean[:T], count[:T], ratio, avail, denominator=self.denominator
         ).to(losses.dtype)
-        stats.update(torch.cat([ratio, x]), torch.cat([avail, avail]))
         self._set_weights(alpha)
         return weighted_sum(alpha, losses)
 

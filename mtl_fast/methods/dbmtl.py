@@ -119,6 +119,10 @@ class DBMTL(Weighting):
 
     Needs: losses and feature gradients. Extra cost: one Gram pass, one combine pass, T numbers
     of state (the original: T×D).
+
+    Under ``torch.distributed`` the log-losses are those of the losses averaged across
+    processes, linearised (c_t = 1/(L̄_t + ε) on every process), so DDP's averaged gradient is
+    that of one process on the whole batch (:mod:`mtl_fast.distributed`).
     """
 
     gradient_based = True
@@ -166,6 +170,12 @@ class DBMTL(Weighting):
         return a
 
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        # Log-losses are not linear in the losses: under torch.distributed, those of the losses
+        # averaged across processes, linearised (Weighting._linearised_total), so the heads and
+        # the Gram matrix see c_t = 1/(L̄_t + ε) on every process.
+        return self._linearised_total(self._log_total, losses, present)
+
+    def _log_total(self, losses: Tensor, present: Tensor) -> Tensor:
         shifted = losses + self.eps
         present = positive_losses(self, shifted, present, "DBMTL")
         safe = torch.where(present, shifted, torch.ones_like(shifted))
@@ -183,8 +193,8 @@ class DBMTL(Weighting):
         self._state["counts"] = counts
         return alpha
 
-    def _balance_gram(self, G: Tensor) -> Tensor:
-        alpha = super()._balance_gram(G)
+    def _balance_gram(self, G: Tensor, *, reduced: bool = False) -> Tensor:
+        alpha = super()._balance_gram(G, reduced=reduced)
         self._state["alpha"] = alpha.detach()
         c = self._step_scales
         self._step_scales = None

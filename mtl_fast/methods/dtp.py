@@ -13,7 +13,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mtl_fast.methods.amtl import AccuracyTracker, DirectionLike, _accuracy_vector, directions
+from mtl_fast.methods.amtl import (
+    AccuracyTracker,
+    DirectionLike,
+    _accuracy_vector,
+    _average_accuracies,
+    directions,
+)
 from mtl_fast.methods.baselines import weighted_sum
 from mtl_fast.weighting import Weighting
 
@@ -84,9 +90,15 @@ class DTP(Weighting):
         """The smoothed KPIs κ̄_t (higher is better; CPU float64)."""
         return self._state["accuracy"].value.clone()
 
-    def update_accuracy(self, kpi: Sequence[float] | Tensor) -> None:
-        """Feed the KPIs of an evaluation, one per task in [0, 1] (NaN: not evaluated)."""
+    def update_accuracy(self, kpi: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
+        """Feed the KPIs of an evaluation, one per task in [0, 1] (NaN: not evaluated).
+
+        Under ``torch.distributed`` the KPIs are averaged across the processes (each task over
+        those that evaluated it): call it on every process, as
+        :meth:`mtl_fast.AMTL.update_accuracy` (same ``sync`` option).
+        """
         values = _accuracy_vector(kpi, self.num_tasks or 0)
+        values = _average_accuracies(self, values, sync)
         given = ~torch.isnan(values)
         if bool((given & ~((values >= 0) & (values <= 1))).any()):
             raise ValueError(f"DTP's KPIs must lie in [0, 1]; got {values.tolist()}")

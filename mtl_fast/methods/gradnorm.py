@@ -71,6 +71,11 @@ class GradNorm(Weighting):
 
     Needs: losses and feature gradients. Extra cost: that of one Gram pass and one combine pass,
     O(T) for the weights' gradient.
+
+    Under ``torch.distributed`` the norms come from the full-batch Gram matrix and the loss
+    ratios from the averaged losses, so the weights' gradient is identical on every process
+    without a collective of its own. It is written into ``loss_weights.grad`` directly, not by
+    autograd: keep GradNorm outside the DDP-wrapped module (:mod:`mtl_fast.distributed`).
     """
 
     gradient_based = True

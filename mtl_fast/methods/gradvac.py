@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mtl_fast import distributed
 from mtl_fast.methods.pcgrad import random_orders
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
@@ -137,7 +138,8 @@ class GradVac(Weighting):
         num_tasks: T (optional).
         beta: the EMA rate β of the goals (default 0.01, the paper's value).
         seed: seed of the generator (default: drawn from PyTorch's global RNG at construction,
-            so ``torch.manual_seed`` makes runs reproducible).
+            so ``torch.manual_seed`` makes runs reproducible). Under ``torch.distributed`` every
+            process uses process 0's seed, so all draw the same orders.
         **kwargs: see :class:`~mtl_fast.Weighting`.
 
     ``weights``: α [T] with g = Σ_t α_t g_t (0 for absent tasks; all 1 when no pair is below its
@@ -200,6 +202,12 @@ class GradVac(Weighting):
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._state["generator"]
         if gen is None:
+            if self._sync_active():
+                # Every process must draw the same orders: take process 0's seed (one
+                # collective and one host read, at the first step only).
+                self._state["seed"] = distributed.seed_from_rank0(
+                    self._state["seed"], device, self.process_group
+                )
             gen = torch.Generator(device=device)
             gen.manual_seed(self._state["seed"])
             self._state["generator"] = gen

@@ -181,8 +181,8 @@ class IMTL(_LossScales, Weighting):
     def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         return ops.imtl_g_weights(G, backend=self.backend)
 
-    def _balance_gram(self, G: Tensor) -> Tensor:
-        alpha = super()._balance_gram(G)
+    def _balance_gram(self, G: Tensor, *, reduced: bool = False) -> Tensor:
+        alpha = super()._balance_gram(G, reduced=reduced)
         e = self._step_scales
         if e is None:  # loss() was not used: the gradients are those of the raw losses
             e = self.scales

@@ -277,6 +277,7 @@ class LSB(Weighting):
     @property
     def period(self) -> int:
         """The current period t (1-based)."""
+        self._wait_pending()
         return self._state["periods"].period
 
     def beta_at(self, period: int) -> float:
@@ -290,11 +291,13 @@ class LSB(Weighting):
     @property
     def difficulty(self) -> Tensor:
         """d^t of the current period (1 before period 3)."""
+        self._wait_pending()
         return self._factors(self._device())[1]
 
     @property
     def alpha(self) -> Tensor:
         """α^t of the current period (1 before period 3)."""
+        self._wait_pending()
         return self._factors(self._device())[2]
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
@@ -304,8 +307,13 @@ class LSB(Weighting):
         """Close the current period and compute the next period's w, d and α (eq. 7, 9, 12).
 
         Call after each epoch. Returns False, doing nothing, when the period had no training
-        step. Runs on the statistics' device with torch ops only (no host sync).
+        step. Runs on the statistics' device with torch ops only (no host sync). Under
+        ``torch.distributed`` call it on every process (the statistics are identical there).
         """
+        self._wait_pending()
+        return self._end_period()
+
+    def _end_period(self) -> bool:
         periods: PeriodAverages = self._state["periods"]
         if periods.steps == 0:
             return False
@@ -361,15 +369,20 @@ class LSB(Weighting):
         self._state["w"], self._state["d"], self._state["alpha"] = w, d, alpha
         return w, d, alpha
 
+    def _observe(self, values: Tensor, avail: Tensor) -> None:
+        """Add one step's losses (averaged across processes under ``torch.distributed``) to the
+        period averages; close the period when ``period_steps`` is reached."""
+        if self._state["periods"].observe(values, avail):
+            self._end_period()
+
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
-        w, d, alpha = self._factors(losses.device)
-        factors = torch.where(present, alpha * d * w, 0.0).to(losses.dtype)
+        w, d, alpha = self._factors(losses.device)  # this period's factors, taken first
+        # The period averages are read only when the period closes: their update is deferred
+        # under torch.distributed (applied at the next step, end_period(), state_dict()).
+        avail = self._synced_losses_later(losses, present, self._observe)
+        factors = torch.where(avail, alpha * d * w, 0.0).to(losses.dtype)
         self._set_weights(factors)
-        total = weighted_sum(factors, losses)
-        values, avail = self._synced_losses(losses, present)
-        if self._state["periods"].observe(values, avail):  # period_steps reached
-            self.end_period()
-        return total
+        return weighted_sum(factors, losses)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, period={self.period}"

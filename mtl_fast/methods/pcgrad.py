@@ -110,9 +110,9 @@ class PCGrad(Weighting):
             if self._sync_active():
                 # Every process must draw the same orders: take process 0's seed (one
                 # collective and one host read, at the first step only).
-                rank0 = torch.distributed.get_rank(self.process_group) == 0
-                mine = torch.tensor([self._state["seed"] if rank0 else 0], device=device)
-                self._state["seed"] = int(distributed.all_reduce_sum(mine, self.process_group))
+                self._state["seed"] = distributed.seed_from_rank0(
+                    self._state["seed"], device, self.process_group
+                )
             gen = torch.Generator(device=device)
             gen.manual_seed(self._state["seed"])
             self._state["generator"] = gen

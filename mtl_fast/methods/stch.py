@@ -98,6 +98,11 @@ class STCH(Weighting):
 
     Needs: losses. Extra cost: none (a T-vector log-sum-exp; a running mean during the
     estimation epoch).
+
+    Under ``torch.distributed`` the reference and the total use the losses averaged across
+    processes; the total is linearised around them so that DDP's averaged gradient is that of
+    one process on the whole batch (:mod:`mtl_fast.distributed`). Call :meth:`end_epoch` on
+    every process.
     """
 
     def __init__(
@@ -202,28 +207,36 @@ class STCH(Weighting):
         return v
 
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+        # The losses averaged across processes under torch.distributed (as given otherwise):
+        # for the reference estimate and, as the totals are not linear in the losses, for the
+        # linearised total (Weighting._linearised_total) that makes DDP's averaged gradient the
+        # gradient of the total at the global losses, with the same weights on every process.
+        synced = self._synced_losses(losses, present)
         if self.warming_up:
-            total = self._warmup_total(losses, present)
+            if self._estimate:
+                self._accumulate(*synced)
+            total = self._linearised_total(self._warmup_total, losses, present, synced)
         else:
-            total = self._stch_total(losses, present)
+            total = self._linearised_total(self._stch_total, losses, present, synced)
         self._state["epoch_step"] += 1
         if self.epoch_steps is not None and self._state["epoch_step"] >= self.epoch_steps:
             self.end_epoch()
         return total
 
+    def _accumulate(self, values: Tensor, avail: Tensor) -> None:
+        """Add one warm-up step's losses to the reference estimate."""
+        x = values.to(torch.float64)
+        sums, counts = self._on("sums", x.device), self._on("counts", x.device)
+        estimating = self._state["epoch"] == self.warmup_epochs
+        rows = (
+            torch.stack([avail, avail])
+            if estimating
+            else torch.stack([torch.zeros_like(avail), avail])
+        )
+        self._state["sums"] = sums + torch.where(rows, x, 0.0)
+        self._state["counts"] = counts + rows.to(torch.int64)
+
     def _warmup_total(self, losses: Tensor, present: Tensor) -> Tensor:
-        if self._estimate:
-            values, avail = self._synced_losses(losses, present)
-            x = values.to(torch.float64)
-            sums, counts = self._on("sums", x.device), self._on("counts", x.device)
-            estimating = self._state["epoch"] == self.warmup_epochs
-            rows = (
-                torch.stack([avail, avail])
-                if estimating
-                else torch.stack([torch.zeros_like(avail), avail])
-            )
-            self._state["sums"] = sums + torch.where(rows, x, 0.0)
-            self._state["counts"] = counts + rows.to(torch.int64)
         if not self.log_transform:
             self._set_weights(present.to(losses.dtype))
             return losses.sum()
