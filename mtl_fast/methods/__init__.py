@@ -1,5 +1,6 @@
 """Weighting methods: one small module per method (or family)."""
 
+from mtl_fast.methods.aligned_mtl import AlignedMTL
 from mtl_fast.methods.amtl import AMTL
 from mtl_fast.methods.baselines import DWA, GLS, RLW, EqualWeighting, StaticWeighting
 from mtl_fast.methods.cagrad import CAGrad
@@ -12,9 +13,11 @@ from mtl_fast.methods.gradvac import GradVac
 from mtl_fast.methods.imtl import IMTL, IMTLG, IMTLL
 from mtl_fast.methods.lsb import LSB
 from mtl_fast.methods.mgda import MGDA
+from mtl_fast.methods.nash_mtl import NashMTL
 from mtl_fast.methods.pcgrad import PCGrad
 from mtl_fast.methods.stch import STCH
 from mtl_fast.methods.uncertainty import UncertaintyWeighting
+from mtl_fast.methods.upgrad import DualProj, UPGrad
 
 __all__ = [
     "AMTL",
@@ -30,12 +33,16 @@ __all__ = [
     "MGDA",
     "RLW",
     "STCH",
+    "AlignedMTL",
     "CAGrad",
     "CVWeighting",
+    "DualProj",
     "EqualWeighting",
     "GradNorm",
     "GradVac",
+    "NashMTL",
     "PCGrad",
     "StaticWeighting",
+    "UPGrad",
     "UncertaintyWeighting",
 ]
