@@ -30,8 +30,8 @@ import triton.language as tl
 from torch import Tensor
 
 from mtl_fast._validation import TaskRows
+from mtl_fast.kernels._launch import device_context
 from mtl_fast.kernels._pointers import row_access
-from mtl_fast.kernels.gram import _device_context
 
 
 @triton.jit
@@ -218,7 +218,7 @@ def combine_rows(
     else:
         target = torch.empty(D, dtype=torch.float32, device=device)
         accumulate = False
-    with _device_context(device):
+    with device_context(device):
         _combine_kernel[(triton.cdiv(D, cfg.block_d),)](
             access.base,
             access.table,

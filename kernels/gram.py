@@ -41,8 +41,6 @@ replace :func:`gram_config` without touching the kernels.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -52,12 +50,11 @@ from torch import Tensor
 
 from mtl_fast._backend import triton_interpret
 from mtl_fast._validation import TaskRows
+from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
 from mtl_fast.kernels._pointers import row_access
 
 #: Tile of G computed by the reduction kernel.
 REDUCE_BLOCK = 32
-#: Programs to aim for on a GPU, per streaming multiprocessor.
-PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -180,7 +177,7 @@ def _gram_reduce_kernel(ws_ptr, g_ptr, T, splits, BLOCK: tl.constexpr):
 
 
 @dataclass(frozen=True)
-class GramConfig:
+class GramConfig(TilePairs):
     """Launch parameters of the Gram kernel (see :func:`gram_config`)."""
 
     block_t: int
@@ -190,21 +187,6 @@ class GramConfig:
     blocks_per_split: int
     num_warps: int
     num_stages: int
-
-    @property
-    def num_pairs(self) -> int:
-        """Upper-triangle tile pairs: the size of the grid's first axis."""
-        return self.t_tiles * (self.t_tiles + 1) // 2
-
-    @property
-    def single_tile(self) -> bool:
-        """One tile covers every task: load each slab once, no pair decoding."""
-        return self.t_tiles == 1
-
-
-@functools.cache
-def _multiprocessors(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def gram_config(
@@ -247,8 +229,7 @@ def gram_config(
         if interpret:
             target, min_blocks = 4, 1
         else:
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            target, min_blocks = PROGRAMS_PER_SM * _multiprocessors(index), 4
+            target, min_blocks = gpu_program_target(device), 4
         splits = min(triton.cdiv(target, pairs), n_blocks // min_blocks)
     splits = max(1, min(splits, n_blocks, 65535))
     blocks_per_split = triton.cdiv(n_blocks, splits)
@@ -262,13 +243,6 @@ def gram_config(
         num_warps=num_warps if num_warps is not None else 4,
         num_stages=num_stages if num_stages is not None else 3,
     )
-
-
-def _device_context(device: torch.device):
-    """Launch on the rows' device (Triton launches on the *current* CUDA device)."""
-    if device.type == "cuda":
-        return torch.cuda.device(device)
-    return contextlib.nullcontext()
 
 
 def gram_rows(
@@ -304,7 +278,7 @@ def gram_rows(
     upcast = rows.dtype == torch.bfloat16 and triton_interpret()
     workspace = torch.empty((cfg.splits, T, T), dtype=torch.float32, device=device)
     G = torch.empty((T, T), dtype=torch.float32, device=device)
-    with _device_context(device):
+    with device_context(device):
         _gram_partial_kernel[(cfg.num_pairs, cfg.splits)](
             access.base,
             access.table,

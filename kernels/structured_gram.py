@@ -53,8 +53,6 @@ autotuning: autotuning synchronises, which is forbidden during CUDA-graph captur
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -63,11 +61,9 @@ import triton.language as tl
 from torch import Tensor
 
 from mtl_fast._backend import triton_interpret
+from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
 from mtl_fast.kernels.gram import REDUCE_BLOCK, _gram_reduce_kernel
 
-#: Tile of G computed by the reduction kernel.
-#: Programs to aim for on a GPU, per streaming multiprocessor.
-PROGRAMS_PER_SM = 4
 #: dtypes the kernel reads (Δ and W must share one).
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -179,7 +175,7 @@ def _structured_gram_kernel(
 
 
 @dataclass(frozen=True)
-class StructuredGramConfig:
+class StructuredGramConfig(TilePairs):
     """Launch parameters of the structured Gram kernel (see :func:`structured_gram_config`)."""
 
     block_t: int
@@ -190,20 +186,6 @@ class StructuredGramConfig:
     rows_per_split: int
     num_warps: int
     num_stages: int
-
-    @property
-    def num_pairs(self) -> int:
-        """Upper-triangle tile pairs: the size of the grid's first axis."""
-        return self.t_tiles * (self.t_tiles + 1) // 2
-
-    @property
-    def single_tile(self) -> bool:
-        return self.t_tiles == 1
-
-
-@functools.cache
-def _multiprocessors(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def structured_gram_config(
@@ -247,7 +229,7 @@ def structured_gram_config(
         if interpret:
             splits = 1
         else:
-            target = PROGRAMS_PER_SM * _multiprocessors(device.index or 0)
+            target = gpu_program_target(device)
             splits = min(triton.cdiv(target, pairs), N // max(C, 4 * block_n))
     splits = max(1, min(splits, triton.cdiv(max(N, 1), block_n)))
     rows_per_split = triton.cdiv(triton.cdiv(max(N, 1), splits), block_n) * block_n
@@ -262,13 +244,6 @@ def structured_gram_config(
         num_warps=num_warps if num_warps is not None else 4,
         num_stages=num_stages if num_stages is not None else 2,
     )
-
-
-def _device_context(device: torch.device):
-    """Launch on the tensors' device (Triton launches on the *current* CUDA device)."""
-    if device.type == "cuda":
-        return torch.cuda.device(device)
-    return contextlib.nullcontext()
 
 
 def structured_gram(
@@ -337,7 +312,7 @@ def structured_gram(
     upcast = delta.dtype == torch.bfloat16 and triton_interpret()
     G = torch.empty((T, T), dtype=torch.float32, device=device)
     ws = torch.empty((cfg.splits, T, T), dtype=torch.float32, device=device)
-    with _device_context(device):
+    with device_context(device):
         _structured_gram_kernel[(cfg.num_pairs, cfg.splits)](
             delta,
             weight,

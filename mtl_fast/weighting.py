@@ -353,6 +353,31 @@ class Weighting(nn.Module):
     def _set_weights(self, weights: Tensor) -> None:
         self._state["weights"] = weights.detach()
 
+    def _init_generator(self, seed: int | None) -> None:
+        """Give the method its own random stream (PCGrad, GradVac, RLW): ``seed``, or one drawn
+        from PyTorch's global RNG now (so ``torch.manual_seed`` makes runs reproducible). The
+        seed and the generator live in the state, so a resumed run draws what an unbroken run
+        would."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        self._state["seed"] = int(seed)
+        self._state["generator"] = None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The method's generator on ``device``, created at first use. Under
+        ``torch.distributed`` every process takes process 0's seed then (one collective and one
+        host read, at the first step only), so all processes draw the same numbers."""
+        gen = self._state["generator"]
+        if gen is None:
+            if self._sync_active():
+                self._state["seed"] = distributed.seed_from_rank0(
+                    self._state["seed"], device, self.process_group
+                )
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self._state["seed"])
+            self._state["generator"] = gen
+        return gen
+
     def _sync_active(self) -> bool:
         return distributed.is_active(self.sync, self.process_group)
 

@@ -23,7 +23,6 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from mtl_fast import distributed
 from mtl_fast.weighting import Weighting
 
 __all__ = [
@@ -228,22 +227,7 @@ class RLW(Weighting):
 
     def __init__(self, num_tasks: int, *, seed: int | None = None, **kwargs) -> None:
         super().__init__(num_tasks, **kwargs)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, ()).item())
-        self._state["seed"] = int(seed)
-        self._state["generator"] = None
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._state["generator"]
-        if gen is None:
-            if self._sync_active():
-                self._state["seed"] = distributed.seed_from_rank0(
-                    self._state["seed"], device, self.process_group
-                )
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self._state["seed"])
-            self._state["generator"] = gen
-        return gen
+        self._init_generator(seed)
 
     def _total(self, losses: Tensor, present: Tensor) -> Tensor:
         T = losses.shape[0]

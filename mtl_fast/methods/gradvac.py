@@ -36,7 +36,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_fast import distributed
 from mtl_fast.methods.pcgrad import random_orders
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
@@ -180,10 +179,7 @@ class GradVac(Weighting):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1]; got {beta!r}")
         self.beta = float(beta)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        self._state["seed"] = int(seed)
-        self._state["generator"] = None
+        self._init_generator(seed)
         self._state["targets"] = None
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
@@ -198,20 +194,6 @@ class GradVac(Weighting):
                 raise RuntimeError("GradVac has no goals yet: pass num_tasks or run one step")
             return torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
         return phi
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._state["generator"]
-        if gen is None:
-            if self._sync_active():
-                # Every process must draw the same orders: take process 0's seed (one
-                # collective and one host read, at the first step only).
-                self._state["seed"] = distributed.seed_from_rank0(
-                    self._state["seed"], device, self.process_group
-                )
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self._state["seed"])
-            self._state["generator"] = gen
-        return gen
 
     def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         T = G.shape[0]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_fast import distributed
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
 
@@ -96,27 +95,10 @@ class PCGrad(Weighting):
 
     def __init__(self, num_tasks: int | None = None, *, seed: int | None = None, **kwargs) -> None:
         super().__init__(num_tasks, **kwargs)
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        self._state["seed"] = int(seed)
-        self._state["generator"] = None
+        self._init_generator(seed)
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return torch.ones(num_tasks, device=device)
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = self._state["generator"]
-        if gen is None:
-            if self._sync_active():
-                # Every process must draw the same orders: take process 0's seed (one
-                # collective and one host read, at the first step only).
-                self._state["seed"] = distributed.seed_from_rank0(
-                    self._state["seed"], device, self.process_group
-                )
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self._state["seed"])
-            self._state["generator"] = gen
-        return gen
 
     def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         T = G.shape[0]

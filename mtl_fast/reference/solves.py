@@ -319,7 +319,7 @@ def _wolfe_min_norm(
         obj = lam @ w
         cand = torch.where(active & ~support, w, big)
         j = torch.argmin(cand)
-        optimal = cand[j] >= obj - tol * gmax
+        optimal = cand.min() >= obj - tol * gmax
         add = ~done & ~in_minor & ~optimal
         done = done | (~in_minor & optimal)
         support = support | (add & (torch.arange(T, device=G.device) == j))
@@ -364,22 +364,21 @@ def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int, tol: float) 
     cost = gamma**2 * d[:, None] + (1 - gamma) ** 2 * d[None, :] + 2 * gamma * (1 - gamma) * G
     pair_ok = active[:, None] & active[None, :]
     cost = torch.where(pair_ok, cost, big)
+    # Tensor indices only (gather / one-hot masks): a 0-d tensor index would read the host.
     flat = torch.argmin(cost)
-    i, j = flat // T, flat % T
-    lam = torch.zeros(T, dtype=G.dtype, device=G.device)
-    lam[j] = 1 - gamma[i, j]
-    lam[i] = lam[i] + gamma[i, j]
-    lam = torch.where(active, lam, 0.0)
+    ar = torch.arange(T, device=G.device)
+    e_i, e_j = (ar == flat // T).to(G.dtype), (ar == flat % T).to(G.dtype)
+    g_ij = gamma.reshape(-1).gather(0, flat.view(1))
+    lam = torch.where(active, g_ij * e_i + (1 - g_ij) * e_j, 0.0)
     stop_early = G.device.type == "cpu"
     done = torch.zeros((), dtype=torch.bool, device=G.device)
     for _ in range(max_iter):
         w = G @ lam
-        t = torch.argmin(torch.where(active, w, big))
-        v11, v12, v22 = lam @ w, w[t], d[t]
+        t = torch.argmin(torch.where(active, w, big)).view(1)
+        v11, v12, v22 = lam @ w, w.gather(0, t)[0], d.gather(0, t)[0]
         den = v11 + v22 - 2 * v12
         g = torch.where(den > 0, (v22 - v12) / den.clamp_min(1e-300), 1.0).clamp(0, 1)
-        new = g * lam
-        new[t] = new[t] + (1 - g)
+        new = g * lam + (1 - g) * (ar == t).to(G.dtype)
         change = (new - lam).abs().sum()
         lam = torch.where(done, lam, new)
         done = done | (change < tol)
