@@ -181,16 +181,14 @@ def mgda_unconstrained_weights(G: Tensor) -> Tensor:
     """Minimum-norm point of the affine hull of the gradients (paper 004 §4, eq. 7; App. C.2).
 
     min_α αᵀGα s.t. Σα = 1 (no α ≥ 0): g ⊥ (g_1 − g_t) for all t, i.e. G α ∝ 1, so
-    α = G⁺1 / (1ᵀG⁺1). Computed on G scaled to unit trace (the solution is scale-free).
+    α = G⁺1 / (1ᵀG⁺1). Solved in the unit-gradient basis like IMTL-G, so the pseudo-inverse's
+    noise cutoff applies to the angles between gradients and not to their norms: with
+    G = N C N, G α ∝ 1 ⇔ C γ ∝ n⁻¹ with γ = N α, hence α_t ∝ (C⁺ n⁻¹)_t / n_t.
     """
     check_gram(G)
-    G64 = G.to(torch.float64)
-    active = active_tasks(G64)
-    M = _masked(G64, active)
-    scale = torch.where(active, M.diagonal(), 0.0).sum().clamp_min(torch.finfo(M.dtype).tiny)
-    M = torch.where(active[:, None] & active[None, :], M / scale, M)
-    alpha = psd_pinv_solve(M, active.to(M.dtype), pinv_rel_eps(G.dtype))
-    return _normalise_sum(torch.where(active, alpha, 0.0)).to(_out_dtype(G))
+    C, n, active = unit_gram(G)
+    gamma = psd_pinv_solve(C, torch.where(active, 1.0 / n, 0.0), pinv_rel_eps(G.dtype))
+    return _normalise_sum(torch.where(active, gamma / n, 0.0)).to(_out_dtype(G))
 
 
 # --------------------------------------------------------------------------------------------
