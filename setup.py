@@ -26,7 +26,14 @@ ext_modules = [
 ]
 
 setup(
-    packages=["mtl_fast", "mtl_fast.reference", "mtl_fast.methods", "mtl_fast.kernels"],
+    packages=[
+        "mtl_fast",
+        "mtl_fast.reference",
+        "mtl_fast.methods",
+        "mtl_fast.kernels",
+        "mtl_fast.bench",
+        "mtl_fast.compare",
+    ],
     package_dir={"mtl_fast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},

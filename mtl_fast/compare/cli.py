@@ -1,0 +1,225 @@
+"""``mtl-fast compare``: train one small model per weighting method and compare them.
+
+Examples::
+
+    mtl-fast compare --quick --out compare-quick            # all four problems, < 3 min on a CPU
+    mtl-fast compare --problem digits --methods equal,IMTLG,LSB --epochs 20 --out out/
+    mtl-fast compare --problem synthetic --tasks 100 --out out/
+    mtl-fast compare --list-methods
+
+Prints, per problem, the table of per-task test metrics, Δ_MTL, Acc_MTL, average rank and time
+per step, and writes ``report.md``, ``results.json`` and the figures to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from typing import Any
+
+__all__ = ["register", "run"]
+
+PROBLEM_ORDER = ("digits", "denoise", "synthetic", "scale")
+
+#: ``--quick``: T for synthetic unless --tasks is given.
+QUICK_TASKS = 5
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compare`` subcommand to the ``mtl-fast`` parser."""
+    p = subparsers.add_parser(
+        "compare",
+        help="compare weighting methods on small problems (metrics, figures, report)",
+        description=(
+            "Train one small model per weighting method on a problem (digits, denoise, "
+            "synthetic, scale), print per-task test metrics, Δ_MTL, Acc_MTL, average rank and "
+            "time per step, and write a Markdown report with figures to --out. Runs are "
+            "seeded and deterministic."
+        ),
+    )
+    p.add_argument(
+        "--problem",
+        default="all",
+        help="digits, denoise, synthetic, scale or all; several comma-separated (default all)",
+    )
+    p.add_argument(
+        "--methods",
+        default="all",
+        help=(
+            "comma-separated method names or aliases; 'all' = the 17 methods of the papers "
+            "(default), 'extra' = the other methods in mtl_fast.methods (see --list-methods)"
+        ),
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default per problem)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds, averaged (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="T for synthetic, or several comma-separated, e.g. 10,100 (default 10; --quick 5)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default per problem")
+    p.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default per problem)"
+    )
+    p.add_argument(
+        "--method-lr",
+        type=float,
+        default=0.05,
+        help="Adam learning rate of the methods' own parameters (default 0.05)",
+    )
+    p.add_argument("--out", default="compare-out", help="output directory (default compare-out)")
+    p.add_argument("--dpi", type=int, default=60, help="figure resolution (default 60)")
+    p.add_argument(
+        "--all-figures", action="store_true", help="draw the weights of every method, not 6"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="all four problems on a reduced budget (< 3 min)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list-methods", action="store_true", help="list methods and availability")
+    # Hidden, for tests: a tiny data set and model, and a cap on steps per epoch.
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _problems(spec: str, quick: bool) -> list[str]:
+    names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    if "all" in names:
+        names = list(PROBLEM_ORDER)
+    for n in names:
+        if n not in PROBLEM_ORDER:
+            raise SystemExit(
+                f"mtl-fast compare: unknown problem {n!r}; choose from {PROBLEM_ORDER}"
+            )
+    if "scale" in names and "digits" not in names:
+        names.insert(0, "digits")  # the scale test compares against the unscaled run
+    return sorted(dict.fromkeys(names), key=PROBLEM_ORDER.index)
+
+
+def _list_methods() -> int:
+    from mtl_fast.compare import registry
+
+    for name in list(registry.METHODS) + registry.extra_methods():
+        cls, where = registry.resolve(name)
+        state = "available: " + where if cls is not None else "UNAVAILABLE: " + where
+        tag = "" if name in registry.METHODS else " (extra)"
+        print(f"{name + tag:<22} {state}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the comparison described by the parsed ``args``; return the exit status."""
+    if args.list_methods:
+        return _list_methods()
+    from mtl_fast.compare import registry, report
+    from mtl_fast.compare.problems import get_problem
+    from mtl_fast.compare.train import CompareConfig, ProblemResult, compare_problem
+
+    start = time.perf_counter()
+    names = _problems(args.problem, args.quick)
+    try:
+        methods = registry.expand(args.methods.split(","))
+    except ValueError as exc:
+        raise SystemExit(f"mtl-fast compare: {exc}") from None
+    _, missing = registry.resolve_all(methods)
+    if missing:
+        print("Unavailable methods (skipped):", file=sys.stderr)
+        for n, why in missing.items():
+            print(f"  {n}: {why}", file=sys.stderr)
+    if args.seeds < 1:
+        raise SystemExit("mtl-fast compare: --seeds must be >= 1")
+    if args.tasks is not None:
+        try:
+            task_counts = [int(t) for t in str(args.tasks).split(",") if t.strip()]
+        except ValueError:
+            raise SystemExit(
+                f"mtl-fast compare: --tasks must be integers; got {args.tasks!r}"
+            ) from None
+    else:
+        task_counts = [QUICK_TASKS if args.quick else 10]
+    results: list[ProblemResult] = []
+    reference: ProblemResult | None = None
+    for name in names:
+        for T in task_counts if name == "synthetic" else [None]:
+            problem = get_problem(name, tiny=args.tiny, num_tasks=T)
+            epochs = (
+                args.epochs
+                if args.epochs is not None
+                else (problem.quick_epochs if args.quick else None)
+            )
+            config = CompareConfig(
+                epochs=epochs,
+                seeds=tuple(range(args.seed, args.seed + args.seeds)),
+                batch_size=args.batch_size,
+                lr=args.lr,
+                max_steps=args.steps,
+                method_lr=args.method_lr,
+                progress=not args.no_progress,
+                timing_rounds=6 if args.quick else 20,
+            )
+            result = compare_problem(
+                problem, methods, config, reference=reference if name == "scale" else None
+            )
+            if name == "digits":
+                reference = result
+            results.append(result)
+            _print_result(result)
+    seconds = time.perf_counter() - start
+    command = "mtl-fast compare " + " ".join(shlex.quote(a) for a in _argv_for_report(args))
+    path = report.write_report(
+        results,
+        args.out,
+        command=command,
+        seconds=seconds,
+        dpi=args.dpi,
+        all_figures=args.all_figures,
+    )
+    print(f"\nReport: {path}  ({seconds:.1f} s in total)")
+    return 0
+
+
+def _print_result(result: Any) -> None:
+    from mtl_fast.compare import report
+
+    p = result.problem
+    print(f"\n== {p.title} [{p.key}] ({result.seconds:.1f} s)")
+    print(f"Δ_MTL baseline: {p.baseline_label()}")
+    if result.reference is not None:
+        print("\nChange from the unscaled run:")
+        print(report.scale_table(result))
+    print()
+    print(report.problem_table(result))
+    if result.unavailable:
+        print("Unavailable: " + "; ".join(f"{n} ({w})" for n, w in result.unavailable.items()))
+    sys.stdout.flush()
+
+
+def _argv_for_report(args: argparse.Namespace) -> list[str]:
+    out = ["--problem", args.problem, "--methods", args.methods]
+    if args.quick:
+        out.append("--quick")
+    for flag, value in (
+        ("--epochs", args.epochs),
+        ("--tasks", args.tasks),
+        ("--batch-size", args.batch_size),
+        ("--lr", args.lr),
+        ("--steps", args.steps),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    if args.seeds != 1:
+        out += ["--seeds", str(args.seeds)]
+    if args.seed != 0:
+        out += ["--seed", str(args.seed)]
+    if args.method_lr != 0.05:
+        out += ["--method-lr", str(args.method_lr)]
+    if args.tiny:
+        out.append("--tiny")
+    if args.all_figures:
+        out.append("--all-figures")
+    out += ["--out", args.out]
+    return out

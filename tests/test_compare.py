@@ -1,0 +1,284 @@
+"""Tests of ``mtl_fast.compare``: the problems, the registry, deterministic training, the report
+and the ``mtl-fast compare`` command (tiny budgets: the whole file runs in seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+import mtl_fast
+from mtl_fast.compare import problems, registry, report, train
+from mtl_fast.compare.problems import get_problem
+from mtl_fast.compare.train import CompareConfig, TrainConfig, compare_problem, train_run
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+METHODS = ["EqualWeighting", "IMTLG"]  # one loss-based, one gradient-based (both always exist)
+TINY = CompareConfig(epochs=2, max_steps=2, progress=False, timing_rounds=1, timing_steps=2)
+
+
+def _finite(tree: dict) -> bool:
+    return all(math.isfinite(v) for ms in tree.values() for v in ms.values())
+
+
+@pytest.fixture(scope="module")
+def digits_result() -> train.ProblemResult:
+    return compare_problem(get_problem("digits", tiny=True), METHODS, TINY)
+
+
+@pytest.mark.parametrize("name", ["digits", "denoise", "synthetic"])
+def test_problem_builds_and_trains(name: str) -> None:
+    problem = get_problem(name, tiny=True, num_tasks=3)
+    result = compare_problem(problem, METHODS, TINY)
+    assert [o.name for o in result.ran] == METHODS
+    assert set(result.baseline) == set(problem.higher_is_better)
+    for o in result.ran:
+        assert o.metrics is not None and _finite(o.metrics)
+        assert set(o.metrics) == set(problem.higher_is_better)
+        assert math.isfinite(o.delta_mtl) and math.isfinite(o.rank)
+        assert o.ms_per_step > 0
+        assert o.runs[0].steps == 4  # 2 epochs x 2 steps
+        assert all(0.0 <= k <= 1.0 for k in o.runs[0].val.kpi)
+    assert result.history.methods == METHODS
+    arrays = result.history.to_arrays("IMTLG")
+    assert arrays["weights"].shape == (4, problem.num_tasks)
+    # recorded weights are normalised to sum to 1
+    assert arrays["weights"].sum(axis=1) == pytest.approx(1.0)
+
+
+def test_scale_problem_reuses_baseline_and_reports_changes(digits_result) -> None:
+    scale = get_problem("scale", tiny=True)
+    result = compare_problem(scale, METHODS, TINY, reference=digits_result)
+    assert result.baseline == digits_result.baseline  # the same single-task baseline
+    changes = report.scale_changes(result)
+    assert set(changes) == set(METHODS)
+    for v in changes.values():
+        assert set(v["changes"]) == set(scale.display_higher_is_better())
+        assert math.isfinite(v["mean_abs_rel_change"])
+    assert "change" in report.scale_table(result)
+
+
+def test_scale_problem_multiplies_one_loss() -> None:
+    digits, scale = get_problem("digits", tiny=True), get_problem("scale", tiny=True)
+    batch = digits.data().train.take(slice(0, 16))
+    torch.manual_seed(0)
+    model = digits.build_model(range(5))
+    with torch.no_grad():
+        out = model(batch.inputs)
+        plain = digits.scaled_losses(out, batch, range(5))
+        scaled = scale.scaled_losses(out, batch, range(5))
+    assert float(scaled[0]) == pytest.approx(10 * float(plain[0]))
+    assert [float(x) for x in scaled[1:]] == [float(x) for x in plain[1:]]
+
+
+def test_digits_losses_have_different_scales() -> None:
+    problem = get_problem("digits")
+    torch.manual_seed(0)
+    model = problem.build_model(range(5))
+    batch = problem.data().train
+    with torch.no_grad():
+        losses = [float(v) for v in problem.losses(model(batch.inputs), batch, range(5))]
+    assert losses[4] > 50 * losses[1]  # ink (squared error) vs parity (BCE)
+    d = problem.data()
+    assert len(d.train) + len(d.val) + len(d.test) == 1797
+
+
+def test_synthetic_targets_follow_gradnorm() -> None:
+    problem = problems.SyntheticProblem(tiny=True, num_tasks=4)
+    y = problem.data().train.targets["y"]
+    assert y.shape == (200, 4, problem.out_dim)
+    for t, sigma in enumerate(problem.sigmas):
+        assert float(y[:, t].abs().max()) <= sigma + 1e-4
+    assert problem.sigmas[0] == pytest.approx(1.0) and problem.sigmas[-1] == pytest.approx(100.0)
+
+
+def test_training_is_deterministic() -> None:
+    problem = get_problem("denoise", tiny=True)  # includes random per-batch noise
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-3, seed=3, max_steps=3)
+
+    def run(seed: int) -> train.RunResult:
+        c = TrainConfig(**{**cfg.__dict__, "seed": seed})
+        return train_run(problem, [0, 1, 2], lambda: mtl_fast.IMTLG(num_tasks=3), c, label="IMTLG")
+
+    a, b, c = run(3), run(3), run(4)
+    assert a.test.metrics == b.test.metrics
+    assert a.final_weights == b.final_weights
+    assert a.test.metrics != c.test.metrics
+    # the global RNG and the deterministic flag are restored
+    state = torch.get_rng_state()
+    run(3)
+    assert torch.equal(state, torch.get_rng_state())
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_compare_is_deterministic() -> None:
+    problem = get_problem("digits", tiny=True)
+    r1 = compare_problem(problem, ["EqualWeighting", "RLW"], TINY)
+    r2 = compare_problem(problem, ["EqualWeighting", "RLW"], TINY)
+    for name in r1.methods:
+        assert r1.methods[name].metrics == r2.methods[name].metrics
+        assert r1.methods[name].delta_mtl == r2.methods[name].delta_mtl
+
+
+class _HookedWeighting(mtl_fast.EqualWeighting):
+    """Equal weighting that counts the comparison's hook calls."""
+
+    extra_pass = True
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.periods = 0
+        self.epochs = 0
+        self.accuracies: list[list[float]] = []
+        self.updates: list[Tensor] = []
+
+    def end_period(self) -> None:
+        self.periods += 1
+
+    def end_epoch(self) -> None:
+        self.epochs += 1
+
+    def update_accuracy(self, acc: list[float]) -> None:
+        self.accuracies.append(list(acc))
+
+    def update(self, losses: Tensor) -> None:
+        assert not losses.requires_grad
+        self.updates.append(losses)
+
+
+def test_hooks_are_called_each_epoch() -> None:
+    problem = get_problem("digits", tiny=True)
+    holder: list[_HookedWeighting] = []
+
+    def make() -> _HookedWeighting:
+        holder.append(_HookedWeighting(5))
+        return holder[-1]
+
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-3, max_steps=1)
+    train_run(problem, range(5), make, cfg, label="hooked")
+    m = holder[0]
+    assert m.periods == 3 and m.epochs == 3
+    assert len(m.updates) == 3 and all(u.shape == (5,) for u in m.updates)
+    assert len(m.accuracies) == 3
+    assert all(len(a) == 5 and all(0.0 <= x <= 1.0 for x in a) for a in m.accuracies)
+
+
+def test_registry_resolves_and_builds_every_available_method() -> None:
+    available, missing = registry.resolve_all()
+    assert "EqualWeighting" in available and "IMTLG" in available
+    assert set(available) | set(missing) == set(registry.METHODS)
+    ctx = registry.MethodContext(
+        num_tasks=3,
+        epochs=2,
+        potentials=[0.9, 0.8, 0.7],
+        static_weights=[1.0, 2.0, 3.0],
+        task_types=["classification", "regression", "regression"],
+    )
+    for name in available:
+        method = registry.build_method(name, ctx)
+        assert isinstance(method, mtl_fast.Weighting), name
+
+
+def test_registry_expands_all_and_extra() -> None:
+    assert registry.expand(["all"]) == list(registry.METHODS)
+    extra = registry.extra_methods()
+    assert not set(extra) & set(registry.METHODS)
+    assert registry.expand(["equal", "extra", "EqualWeighting"]) == ["EqualWeighting", *extra]
+
+
+def test_registry_names_and_errors() -> None:
+    assert registry.canonical_name("equal") == "EqualWeighting"
+    assert registry.canonical_name("imtl-g") == "IMTLG"
+    assert registry.canonical_name("Uw") == "UncertaintyWeighting"
+    with pytest.raises(ValueError, match="unknown method"):
+        registry.canonical_name("NoSuchMethod")
+
+    class NeedsMore(mtl_fast.Weighting):
+        def __init__(self, num_tasks: int, mystery: float) -> None:
+            super().__init__(num_tasks)
+
+    kwargs, missing = registry._constructor_kwargs(NeedsMore, {"num_tasks": 2, "seed": 1})
+    assert kwargs == {"num_tasks": 2} and missing == ["mystery"]
+
+
+def test_unavailable_method_is_listed_not_fatal(monkeypatch) -> None:
+    real = registry.resolve
+
+    def fake(name: str):
+        if registry.canonical_name(name) == "IMTLG":
+            return None, "not implemented yet"
+        return real(name)
+
+    monkeypatch.setattr(registry, "resolve", fake)
+    result = compare_problem(get_problem("digits", tiny=True), METHODS, TINY)
+    assert [o.name for o in result.ran] == ["EqualWeighting"]
+    assert result.unavailable == {"IMTLG": "not implemented yet"}
+    assert "IMTLG" in report.problem_table(result) or result.unavailable
+
+
+def test_report_and_figures_are_written(tmp_path, digits_result) -> None:
+    path = report.write_report([digits_result], tmp_path, command="test", seconds=1.0)
+    text = path.read_text()
+    for needle in ("Δ_MTL", "Acc_MTL", "avg rank", "ms/step", "EqualWeighting", "IMTLG"):
+        assert needle in text
+    assert (tmp_path / "digits_weights.png").stat().st_size > 1000
+    assert (tmp_path / "summary.png").exists()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["problems"]["digits"]["methods"]) == set(METHODS)
+
+
+def test_cli_quick_runs(tmp_path, capsys) -> None:
+    from mtl_fast.cli import main
+
+    out = tmp_path / "quick"
+    argv = ["compare", "--quick", "--tiny", "--steps", "1", "--epochs", "1"]
+    argv += ["--methods", "equal,IMTLG", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for key in ("digits", "denoise", "synthetic-T5", "scale"):
+        assert f"[{key}]" in printed
+    assert "Δ_MTL" in printed
+    text = (out / "report.md").read_text()
+    assert "`scale`" in text and "mean abs. rel. change" in text
+    assert "## Overview" in text and "digits Δ_MTL" in text
+    assert (out / "scale_changes.png").exists()
+
+
+def test_cli_parses_and_lists(capsys) -> None:
+    from mtl_fast.cli import build_parser, main
+
+    args = build_parser().parse_args(["compare", "--problem", "digits,scale", "--seeds", "2"])
+    assert args.problem == "digits,scale" and args.seeds == 2 and not args.quick
+    assert main(["compare", "--list-methods"]) == 0
+    assert "EqualWeighting" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compare", "--problem", "nope", "--tiny"])
+
+
+def test_interleaved_step_times() -> None:
+    problem = get_problem("synthetic", tiny=True, num_tasks=3)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3)
+    factories = {
+        "EqualWeighting": lambda: mtl_fast.EqualWeighting(num_tasks=3),
+        "IMTLG": lambda: mtl_fast.IMTLG(num_tasks=3),
+    }
+    times = train.interleaved_step_times(problem, factories, cfg, rounds=2, steps=2)
+    assert set(times) == set(factories)
+    assert all(math.isfinite(t) and t > 0 for t in times.values())
+
+
+def test_multitasknet_split_is_used_by_gradient_methods() -> None:
+    problem = get_problem("digits", tiny=True)
+    torch.manual_seed(0)
+    model = problem.build_model(range(5))
+    method = mtl_fast.IMTLG(num_tasks=5)
+    batch = problem.data().train.take(slice(0, 8))
+    losses: list[Tensor] = problem.losses(model(batch.inputs, method), batch, range(5))
+    method.loss(torch.stack(losses)).backward()
+    w = method.weights
+    assert w.shape == (5,) and float(w.sum()) == pytest.approx(1.0, abs=1e-5)
