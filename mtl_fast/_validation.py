@@ -24,33 +24,43 @@ class TaskRows:
     """T task gradients seen as rows of a virtual T×D matrix J (never materialised).
 
     Attributes:
-        rows: T tensors of D elements each. Each is a 1-D view of the caller's tensor when its
-            memory is contiguous, otherwise a contiguous copy of that one task (documented in
-            :func:`gram`).
         shape: the shape of one task gradient (what ``combine`` returns).
-        stacked: the caller's [T, ...] tensor when one was given (lets the reference run one GEMM
-            over it without copying), else ``None``.
+        stacked: the caller's [T, ...] tensor as [T, D] when one was given (lets the reference
+            run one GEMM over it without copying), else ``None``.
+        rows: T tensors of D elements each (:attr:`rows`). Each is a 1-D view of the caller's
+            tensor when its memory is contiguous, otherwise a contiguous copy of that one task.
+            For a stacked input they are made on first use (most reference paths never need
+            them).
     """
 
-    rows: tuple[Tensor, ...]
     shape: torch.Size
     stacked: Tensor | None
+    given_rows: tuple[Tensor, ...] | None = None
+
+    @property
+    def rows(self) -> tuple[Tensor, ...]:
+        if self.given_rows is None:
+            object.__setattr__(self, "given_rows", tuple(self.stacked.unbind(0)))
+        return self.given_rows
+
+    def _first(self) -> Tensor:
+        return self.stacked if self.stacked is not None else self.given_rows[0]
 
     @property
     def num_tasks(self) -> int:
-        return len(self.rows)
+        return self.stacked.shape[0] if self.stacked is not None else len(self.given_rows)
 
     @property
     def numel(self) -> int:
-        return self.rows[0].numel()
+        return self.stacked.shape[1] if self.stacked is not None else self.given_rows[0].numel()
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.rows[0].dtype
+        return self._first().dtype
 
     @property
     def device(self) -> torch.device:
-        return self.rows[0].device
+        return self._first().device
 
 
 def _check_float(t: Tensor, what: str) -> None:
@@ -82,8 +92,7 @@ def as_task_rows(grads: GradsLike, *, name: str = "grads") -> TaskRows:
             raise ValueError(f"{name} has no elements per task (shape {tuple(grads.shape)})")
         if flat.stride(1) != 1:
             flat = flat.contiguous()
-        rows = tuple(flat.unbind(0))
-        return TaskRows(rows=rows, shape=grads.shape[1:], stacked=flat)
+        return TaskRows(shape=grads.shape[1:], stacked=flat)
 
     if not isinstance(grads, (list, tuple)):
         try:
@@ -118,7 +127,7 @@ def as_task_rows(grads: GradsLike, *, name: str = "grads") -> TaskRows:
     if first.numel() == 0:
         raise ValueError(f"{name} has no elements per task (shape {tuple(first.shape)})")
     rows = tuple(g.reshape(-1) if g.is_contiguous() else g.contiguous().view(-1) for g in grads)
-    return TaskRows(rows=rows, shape=first.shape, stacked=None)
+    return TaskRows(shape=first.shape, stacked=None, given_rows=rows)
 
 
 def check_gram(G: Tensor, *, name: str = "G") -> Tensor:

@@ -150,9 +150,9 @@ def _rel(a, b) -> float:
 def _gram_bound(J: torch.Tensor) -> np.ndarray:
     """Entrywise bound on |G − J Jᵀ| of the reference Gram, with B = |J||J|ᵀ.
 
-    Products are summed in the accumulation dtype over ``block`` columns at most (FINE_BLOCK
-    for T ≤ FINE_MAX_T, else one chunk), in float64 across blocks, then rounded once to the output
-    dtype: |error| ≤ (block + 2)·u·B.
+    Products are summed in the accumulation dtype over ``block`` columns at most
+    (``fine_block(T)`` for T ≤ FINE_MAX_T, else one chunk), in float64 across blocks, then rounded
+    once to the output dtype: |error| ≤ (block + 2)·u·B.
     """
     T, D = J.shape[0], J[0].numel()
     Jd = J.reshape(T, -1).double().numpy()
@@ -160,7 +160,7 @@ def _gram_bound(J: torch.Tensor) -> np.ndarray:
     if J.dtype == torch.float64:
         return (D + 2) * U64 * B
     widen = max(1, 32 // torch.finfo(J.dtype).bits)
-    block = P.FINE_BLOCK if T <= P.FINE_MAX_T else P._chunk_size(D, widen)
+    block = P.fine_block(T) if T <= P.FINE_MAX_T else P._chunk_size(D, widen, P.FINE_BLOCK)
     return (min(block, D) + 2) * U32 * B
 
 
@@ -168,7 +168,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("T", [1, 3, 40, 70])
+@pytest.mark.parametrize("T", [1, 3, 40, 70, 130])
 def test_gram_matches_float64_oracle(T: int, dtype: torch.dtype) -> None:
     J = torch.tensor(_jacobian(T, 3001, seed=T), dtype=torch.float32).to(dtype)
     G = ref.gram(J)
@@ -177,7 +177,7 @@ def test_gram_matches_float64_oracle(T: int, dtype: torch.dtype) -> None:
     G64 = _np_gram(J.double().numpy())
     err = np.abs(G.double().numpy() - G64)
     assert np.all(err <= _gram_bound(J)), (err / _gram_bound(J)).max()
-    # Exactly symmetric (the upper triangle is mirrored), for every code path (T ≤ 32, ≤ 64, > 64).
+    # Exactly symmetric (the upper triangle is mirrored), on both paths (fine blocks, T > 128).
     assert torch.equal(G, G.T)
 
 
@@ -213,20 +213,22 @@ def test_gram_deterministic_and_layout_independent(
 
 
 def _chunk_dims() -> list[int]:
-    C = P._chunk_size(10**5, 1)
+    C = P._chunk_size(10**5, 1, P.FINE_BLOCK)
     assert C == P.MIN_CHUNK and C % P.FINE_BLOCK == 0
     return [C - 1, C, C + 1, C + P.FINE_BLOCK // 2 + 3, 2 * C + 1]
 
 
 @pytest.mark.parametrize("D", _chunk_dims())
-@pytest.mark.parametrize("T", [3, 40, 70])
+@pytest.mark.parametrize("T", [3, 40, 130])
 def test_gram_and_combine_at_chunk_boundaries(T: int, D: int) -> None:
     """D around the chunk size (MIN_CHUNK columns), and not a multiple of FINE_BLOCK: every
-    column is counted once, through each path (fine blocks, one GEMM, symmetric blocks)."""
+    column is counted once, through each path (fine blocks, symmetric blocks), for stacked and
+    listed rows."""
     J = torch.tensor(_jacobian(T, D, seed=D), dtype=torch.float32)
     Jd = J.double().numpy()
-    err = np.abs(ref.gram(J).double().numpy() - _np_gram(Jd))
-    assert np.all(err <= _gram_bound(J))
+    for grads in (J, list(J)):
+        err = np.abs(ref.gram(grads).double().numpy() - _np_gram(Jd))
+        assert np.all(err <= _gram_bound(J))
     w = torch.linspace(-1.0, 2.0, T)
     c = ref.combine(J, w).double().numpy()
     exact = w.double().numpy() @ Jd
@@ -242,7 +244,7 @@ def test_many_chunks(monkeypatch, dtype: torch.dtype) -> None:
     w = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0, 3.0])
     G_default, c_default = ref.gram(J), ref.combine(J, w)
     monkeypatch.setattr(P, "MIN_CHUNK", 2048)
-    assert P._chunk_size(J.shape[1], 1) == 2048
+    assert P._chunk_size(J.shape[1], 1, P.FINE_BLOCK) == 2048
     for grads in (J, list(J)):
         G = ref.gram(grads)
         assert np.all(np.abs(G.double().numpy() - _np_gram(J.double().numpy())) <= _gram_bound(J))
