@@ -166,7 +166,35 @@ def _state_arrays(
     return checker.get_state()
 
 
-class RunningStats:
+class _DerivedStats:
+    """Statistics derived from ``var`` and ``sample_var``, shared by both accumulators (NumPy
+    arrays for :class:`RunningStats`, tensors for :class:`TorchRunningStats`)."""
+
+    @staticmethod
+    def _sqrt(x):
+        return np.sqrt(x) if isinstance(x, np.ndarray) else torch.sqrt(x)
+
+    @property
+    def std(self):
+        """Population standard deviation √var (paper 000 eq. 8)."""
+        return self._sqrt(self.var)
+
+    @property
+    def sample_std(self):
+        """√sample_var."""
+        return self._sqrt(self.sample_var)
+
+    def get_var(self, ddof: int = 0):
+        """``var`` for ``ddof=0``, ``sample_var`` for ``ddof=1``."""
+        _check_ddof(ddof)
+        return self.var if ddof == 0 else self.sample_var
+
+    def get_std(self, ddof: int = 0):
+        """``std`` for ``ddof=0``, ``sample_std`` for ``ddof=1``."""
+        return self._sqrt(self.get_var(ddof))
+
+
+class RunningStats(_DerivedStats):
     r"""Running mean / variance of K float64 streams, computed by the C++ core ``mtl_fast._C``.
 
     See the module docstring for the exact update rules (paper 000 eq. 7–8, the decayed
@@ -242,25 +270,6 @@ class RunningStats:
     def sample_var(self) -> np.ndarray:
         """Unbiased variance m2/(n − 1) (EW: var/(1 − Σw²)); 0 where undefined (n ≤ 1)."""
         return self._impl.sample_var()
-
-    @property
-    def std(self) -> np.ndarray:
-        """Population standard deviation √var (paper 000 eq. 8)."""
-        return np.sqrt(self.var)
-
-    @property
-    def sample_std(self) -> np.ndarray:
-        """√sample_var."""
-        return np.sqrt(self.sample_var)
-
-    def get_var(self, ddof: int = 0) -> np.ndarray:
-        """``var`` for ``ddof=0``, ``sample_var`` for ``ddof=1``."""
-        _check_ddof(ddof)
-        return self.var if ddof == 0 else self.sample_var
-
-    def get_std(self, ddof: int = 0) -> np.ndarray:
-        """``std`` for ``ddof=0``, ``sample_std`` for ``ddof=1``."""
-        return np.sqrt(self.get_var(ddof))
 
     @property
     def last_nonfinite(self) -> np.ndarray:
@@ -349,7 +358,7 @@ class RunningStats:
         )
 
 
-class TorchRunningStats:
+class TorchRunningStats(_DerivedStats):
     r"""Device-resident twin of :class:`RunningStats`: float64 tensors, torch ops, no host sync.
 
     Same update rules, conventions and numbers as :class:`RunningStats` (see the module
@@ -468,25 +477,6 @@ class TorchRunningStats:
         p = -torch.expm1((2 * (n - 1)).to(torch.float64) * math.log(d))
         p = torch.where(two, p, 1.0)
         return torch.where(two, self._m2 * (1.0 + d) / ((2.0 * d) * p), 0.0)
-
-    @property
-    def std(self) -> torch.Tensor:
-        """Population standard deviation √var (paper 000 eq. 8)."""
-        return torch.sqrt(self.var)
-
-    @property
-    def sample_std(self) -> torch.Tensor:
-        """√sample_var."""
-        return torch.sqrt(self.sample_var)
-
-    def get_var(self, ddof: int = 0) -> torch.Tensor:
-        """``var`` for ``ddof=0``, ``sample_var`` for ``ddof=1``."""
-        _check_ddof(ddof)
-        return self.var if ddof == 0 else self.sample_var
-
-    def get_std(self, ddof: int = 0) -> torch.Tensor:
-        """``std`` for ``ddof=0``, ``sample_std`` for ``ddof=1``."""
-        return torch.sqrt(self.get_var(ddof))
 
     @property
     def last_nonfinite(self) -> torch.Tensor:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from mtl_fast._validation import check_gram
 from mtl_fast.methods._eigh import EIGENSOLVERS, sym_eigh
-from mtl_fast.methods.upgrad import PrefLike, _check_pref, preference
+from mtl_fast.methods.upgrad import PreferenceVector, PrefLike, preference
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
 
@@ -127,7 +127,7 @@ def aligned_mtl_weights(
     return torch.where(active, B @ w, 0.0)
 
 
-class AlignedMTL(Weighting):
+class AlignedMTL(PreferenceVector, Weighting):
     """Aligned-MTL: align the task gradients to an orthogonal, equal-norm system, then combine.
 
     Senushkin et al. (2023), Algorithm 1 (see :mod:`mtl_fast.methods.aligned_mtl`):
@@ -177,27 +177,11 @@ class AlignedMTL(Weighting):
             raise ValueError(f"rank_eps must be non-negative; got {rank_eps!r}")
         if jacobi_sweeps is not None and (not isinstance(jacobi_sweeps, int) or jacobi_sweeps < 1):
             raise ValueError(f"jacobi_sweeps must be a positive int; got {jacobi_sweeps!r}")
-        self.pref_vector = _check_pref(pref_vector, num_tasks)
+        self._init_pref(pref_vector, num_tasks)
         self.scale_mode = scale_mode
         self.rank_eps = rank_eps
         self.eigensolver = eigensolver
         self.jacobi_sweeps = jacobi_sweeps
-        self._pref_on: dict[torch.device, Tensor] = {}
-
-    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
-        if self.pref_vector is None:
-            return super().initial_weights(num_tasks, device)
-        return self.pref_vector.to(device=device, dtype=torch.float32)
-
-    def _pref(self, T: int, device: torch.device) -> Tensor | None:
-        p = self.pref_vector
-        if p is None:
-            return None
-        if p.numel() != T:
-            raise ValueError(f"pref_vector has {p.numel()} entries for {T} tasks")
-        if device not in self._pref_on:  # one host-to-device copy, on the first step
-            self._pref_on[device] = p.to(device)
-        return self._pref_on[device]
 
     def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)

@@ -305,7 +305,33 @@ def _check_pref(pref: PrefLike, num_tasks: int | None) -> Tensor | None:
     return p
 
 
-class _DualConeMethod(Weighting):
+class PreferenceVector:
+    """Mixin of the methods weighted by a user preference vector (UPGrad, DualProj, AlignedMTL):
+    validation, one host-to-device copy per device, and the preference as initial weights."""
+
+    pref_vector: Tensor | None
+
+    def _init_pref(self, pref_vector: PrefLike, num_tasks: int | None) -> None:
+        self.pref_vector = _check_pref(pref_vector, num_tasks)
+        self._pref_on: dict[torch.device, Tensor] = {}
+
+    def _pref(self, T: int, device: torch.device) -> Tensor | None:
+        p = self.pref_vector
+        if p is None:
+            return None
+        if p.numel() != T:
+            raise ValueError(f"pref_vector has {p.numel()} entries for {T} tasks")
+        if device not in self._pref_on:  # one host-to-device copy, on the first step
+            self._pref_on[device] = p.to(device)
+        return self._pref_on[device]
+
+    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
+        if self.pref_vector is None:
+            return super().initial_weights(num_tasks, device)  # type: ignore[misc]
+        return self.pref_vector.to(device=device, dtype=torch.float32)
+
+
+class _DualConeMethod(PreferenceVector, Weighting):
     """Shared parameters and plumbing of :class:`UPGrad` and :class:`DualProj`."""
 
     gradient_based = True
@@ -324,25 +350,9 @@ class _DualConeMethod(Weighting):
             raise ValueError(f"reg_eps must be non-negative; got {reg_eps!r}")
         if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
             raise ValueError(f"max_iter must be a positive int; got {max_iter!r}")
-        self.pref_vector = _check_pref(pref_vector, num_tasks)
+        self._init_pref(pref_vector, num_tasks)
         self.reg_eps = float(reg_eps)
         self.max_iter = max_iter
-        self._pref_on: dict[torch.device, Tensor] = {}
-
-    def _pref(self, T: int, device: torch.device) -> Tensor | None:
-        p = self.pref_vector
-        if p is None:
-            return None
-        if p.numel() != T:
-            raise ValueError(f"pref_vector has {p.numel()} entries for {T} tasks")
-        if device not in self._pref_on:  # one host-to-device copy, on the first step
-            self._pref_on[device] = p.to(device)
-        return self._pref_on[device]
-
-    def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
-        if self.pref_vector is None:
-            return super().initial_weights(num_tasks, device)
-        return self.pref_vector.to(device=device, dtype=torch.float32)
 
     def extra_repr(self) -> str:
         pref = None if self.pref_vector is None else self.pref_vector.tolist()
