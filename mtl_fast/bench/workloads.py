@@ -588,6 +588,15 @@ METHOD_NAMES = (
     "GradNorm",
     "PCGrad",
     "CAGrad",
+    # The rest of the field (Gram-space implementations of widely used methods).
+    "NashMTL",
+    "UPGrad",
+    "DualProj",
+    "AlignedMTL",
+    "GradVac",
+    "DBMTL",
+    "FAMO",
+    "STCH",
 )
 #: LibMTL-style training steps measured next to the methods.
 LIBMTL_METHODS = {"LibMTL-style IMTL": "imtl", "LibMTL-style MGDA": "mgda"}
@@ -635,7 +644,13 @@ def _argument_pool(T: int) -> dict[str, Any]:
     T, AMTL's potentials, and the task types of the benchmark's tasks (even: regression, odd:
     classification) for uncertainty weighting."""
     types = ["regression" if t % 2 == 0 else "classification" for t in range(T)]
-    return {"num_tasks": T, "potentials": _potentials(T), "task_types": types}
+    # FAMO is timed without its optional extra forward pass (its per-step cost proper).
+    return {
+        "num_tasks": T,
+        "potentials": _potentials(T),
+        "task_types": types,
+        "extra_pass": False,
+    }
 
 
 def build_method(name: str, T: int) -> nn.Module:
@@ -680,7 +695,9 @@ def _prepare(method: nn.Module, setup: TrainSetup) -> None:
       the achievement-based ones (a training loop calls it after each evaluation, not per step);
     * period-based methods (``end_period``: LSB, DWA): three periods of synthetic losses, so
       the timed steps run the full formula (LSB's eq. 10 from period 3 on) rather than the
-      first period's constant weights.
+      first period's constant weights;
+    * epoch-based methods (``end_epoch``: STCH): past the warm-up and reference epochs, so the
+      timed steps run the Tchebycheff scalarisation.
     """
     T = setup.T
     update = getattr(method, "update_accuracy", None)
@@ -695,6 +712,14 @@ def _prepare(method: nn.Module, setup: TrainSetup) -> None:
                 losses = (scale * (0.5 + torch.rand(T, generator=gen))).to(setup.device)
                 method.loss(losses)
             end_period()
+    end_epoch = getattr(method, "end_epoch", None)
+    if callable(end_epoch):
+        gen = torch.Generator(device="cpu").manual_seed(8)
+        scale = torch.tensor(setup.scales)
+        while getattr(method, "warming_up", False) or getattr(method, "reference", None) is None:
+            for _ in range(2):
+                method.loss((scale * (0.5 + torch.rand(T, generator=gen))).to(setup.device))
+            end_epoch()
 
 
 @dataclass
