@@ -308,8 +308,13 @@ def test_combine_out_accumulates() -> None:
     torch.testing.assert_close(out64, ref.combine(J, w).double())
 
 
-def test_combine_skips_zero_weight_nonfinite_rows() -> None:
-    J = torch.tensor(_jacobian(4, 300, seed=4), dtype=torch.float32)
+@pytest.mark.parametrize("D", [300, 2 * P.MIN_CHUNK + 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_combine_skips_zero_weight_nonfinite_rows(dtype: torch.dtype, D: int) -> None:
+    """Zero-weight rows are never read on the CPU (only the kept rows are gathered, chunk by
+    chunk): their NaN/Inf cannot leak, for stacked and listed rows, fp32 and widened bf16; all
+    weights zero gives a zero vector."""
+    J = torch.tensor(_jacobian(4, D, seed=4), dtype=torch.float32).to(dtype)
     w = torch.tensor([0.25, 0.0, 0.5, 0.0])
     bad = J.clone()
     bad[1] = float("nan")
@@ -319,6 +324,8 @@ def test_combine_skips_zero_weight_nonfinite_rows() -> None:
         c = ref.combine(grads, w)
         assert torch.isfinite(c).all()
         torch.testing.assert_close(c, expected, rtol=1e-6, atol=1e-6)
+        zero = ref.combine(grads, torch.zeros(4))
+        assert zero.dtype == dtype and not zero.any()
 
 
 # ------------------------------------------------------------------------- IMTL-G oracles
@@ -712,3 +719,20 @@ def test_solves_run_on_meta_without_host_sync(T: int, dtype: torch.dtype) -> Non
     for solve in calls:
         w = solve(G)
         assert w.device.type == "meta" and w.shape == (T,) and w.dtype == dtype
+
+
+def test_psd_pinv_solve_leaves_a_unless_overwrite() -> None:
+    """The public solve does not touch A by default; ``overwrite_a=True`` (what IMTL-G uses to
+    keep one T×T matrix besides the factor) gives the same solution."""
+    from mtl_fast.reference import psd_pinv_solve
+
+    X = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    A = X @ X.T  # rank 4: the pseudo-inverse path
+    b = torch.ones(6, dtype=torch.float64)
+    A_copy = A.clone()
+    x = psd_pinv_solve(A, b, 1e-10)
+    assert torch.equal(A, A_copy)
+    assert torch.equal(psd_pinv_solve(A.clone(), b, 1e-10, overwrite_a=True), x)
+    # x is the minimum-norm least-squares solution A⁺b, up to the filter's small bias.
+    exact = torch.linalg.pinv(A_copy, hermitian=True) @ b
+    torch.testing.assert_close(x, exact, rtol=1e-4, atol=1e-8)

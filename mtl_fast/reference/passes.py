@@ -69,35 +69,54 @@ def _chunk_size(numel: int, widen: int, align: int) -> int:
     return min(numel, step)
 
 
-def _column_chunks(rows: TaskRows, *, align: int = FINE_BLOCK, whole: bool = False):
+def _column_chunks(
+    rows: TaskRows,
+    *,
+    align: int = FINE_BLOCK,
+    whole: bool = False,
+    select: Tensor | None = None,
+):
     """Yield (start, stop, X) with X the [T, stop-start] block of J in the accumulation dtype.
 
     X is a view of the caller's stacked tensor when it already has the accumulation dtype (the
     whole of J in one piece when ``whole``); otherwise the rows' slices are written into one
-    reusable buffer (T × chunk elements).
+    reusable buffer (T × chunk elements). ``select`` (int64 row indices on the rows' device)
+    restricts X to those rows, in that order: the other rows are never read.
     """
     acc = accumulation_dtype(rows.dtype)
-    T, D = rows.num_tasks, rows.numel
-    direct = rows.stacked is not None and rows.stacked.dtype == acc
+    T = rows.num_tasks if select is None else select.numel()
+    D = rows.numel
+    stacked = rows.stacked
+    direct = stacked is not None and stacked.dtype == acc and select is None
     if direct and whole:
-        yield 0, D, rows.stacked
+        yield 0, D, stacked
         return
     widen = max(1, torch.finfo(acc).bits // torch.finfo(rows.dtype).bits)
     step = _chunk_size(D, widen, align)
     buf = None if direct else torch.empty((T, step), dtype=acc, device=rows.device)
+    sources = None
+    if stacked is None:
+        sources = rows.rows if select is None else [rows.rows[i] for i in select.tolist()]
     for start in range(0, D, step):
         stop = min(start + step, D)
         if direct:
-            yield start, stop, rows.stacked[:, start:stop]
+            yield start, stop, stacked[:, start:stop]
+            continue
+        block = buf[:, : stop - start]
+        if stacked is not None:
+            part = stacked[:, start:stop]
+            if select is None:
+                block.copy_(part)  # one widening copy
+            elif part.dtype == acc:
+                torch.index_select(part, 0, select, out=block)
+            else:
+                block.copy_(part.index_select(0, select))
         elif rows.dtype == acc:
-            block = buf[:, : stop - start]
-            torch.stack([row[start:stop] for row in rows.rows], out=block)
-            yield start, stop, block
+            torch.stack([row[start:stop] for row in sources], out=block)
         else:
-            block = buf[:, : stop - start]
-            for t, row in enumerate(rows.rows):
+            for t, row in enumerate(sources):
                 block[t].copy_(row[start:stop])
-            yield start, stop, block
+        yield start, stop, block
 
 
 def _fine_gram(X: Tensor, block: int) -> Tensor:
@@ -190,13 +209,23 @@ def _combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor
     # (absent or flagged) task must not turn the sum into NaN. On the CPU the test is free and
     # the common case (no zero weight) is one plain GEMV per chunk; elsewhere it is a mask.
     zero = w == 0
-    masked = rows.device.type != "cpu" or bool(zero.any())
     total = torch.empty(rows.numel, dtype=acc, device=rows.device)
-    # Unmasked, a stacked J is read by one GEMV; masking works chunk by chunk (no T×D copy).
-    for start, stop, X in _column_chunks(rows, whole=not masked):
-        if masked:
+    if rows.device.type == "cpu":
+        # On the CPU the test is free: with no zero weight, a stacked J is read by one GEMV;
+        # otherwise only the rows of the kept tasks are read (MGDA's weights are often sparse).
+        select = (~zero).nonzero().flatten() if bool(zero.any()) else None
+        if select is not None and select.numel() == 0:
+            total.zero_()
+        else:
+            if select is not None:
+                w = w.index_select(0, select)
+            for start, stop, X in _column_chunks(rows, whole=select is None, select=select):
+                torch.mv(X.T, w, out=total[start:stop])
+    else:
+        # On a device, a mask (no host sync), chunk by chunk (no T×D copy).
+        for start, stop, X in _column_chunks(rows):
             X = torch.where(zero[:, None], 0.0, X)
-        torch.mv(X.T, w, out=total[start:stop])
+            torch.mv(X.T, w, out=total[start:stop])
     total = total.view(rows.shape)
     if out is None:
         return total.to(rows.dtype)

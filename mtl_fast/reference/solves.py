@@ -90,15 +90,23 @@ def unit_gram(G: Tensor, active: Tensor | None = None) -> tuple[Tensor, Tensor, 
 
     Returns (C, n, active): inactive tasks get n_t = 1 and an identity row/column in C.
     """
-    G64 = G.to(torch.float64)
+    C = G.to(torch.float64)
+    if C.data_ptr() == G.data_ptr():
+        C = C.clone()
     if active is None:
-        active = active_tasks(G64)
-    n = torch.where(active, torch.nan_to_num(G64.diagonal()).clamp_min(0).sqrt(), 1.0)
-    C = _masked(G64, active) / (n[:, None] * n[None, :])
+        active = active_tasks(C)
+    n = torch.where(active, torch.nan_to_num(C.diagonal()).clamp_min(0).sqrt(), 1.0)
+    # In place on the one float64 copy (at large T the T×T temporaries are the memory cost):
+    # inactive rows and columns zeroed (masked_fill, so a NaN/Inf there never meets a
+    # multiplication), scaled by 1/n on both sides, and 1 on the inactive diagonal.
+    inactive = ~active
+    C.masked_fill_(inactive[:, None], 0.0).masked_fill_(inactive[None, :], 0.0)
+    C.div_(n[:, None]).div_(n[None, :])
+    C.diagonal().add_(inactive.to(C.dtype))
     return C, n, active
 
 
-def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float) -> Tensor:
+def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float, *, overwrite_a: bool = False) -> Tensor:
     """x ≈ A⁺ b for a symmetric positive semi-definite A (float64), without a host sync.
 
     A spectral filter of the pseudo-inverse computed with one Cholesky factorisation of A + εI,
@@ -115,21 +123,26 @@ def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float) -> Tensor:
     factorisation fails (A indefinite beyond ε through noise) ε is multiplied by
     PINV_FALLBACK_FACTOR; off the CPU both factorisations are computed and the choice is made on
     the device with ``torch.where``.
+
+    With ``overwrite_a=True`` the shift is added to A's diagonal in place (A is then garbage):
+    the solve needs one T×T matrix besides the Cholesky factor instead of three.
     """
     T = A.shape[-1]
-    eye = torch.eye(T, dtype=A.dtype, device=A.device)
     eps = torch.full((), rel_eps * T**0.5, dtype=A.dtype, device=A.device)
-    L, info = torch.linalg.cholesky_ex(A + eps * eye)
+    shifted = A if overwrite_a else A.clone()
+    shifted.diagonal().add_(eps)
+    L, info = torch.linalg.cholesky_ex(shifted)
     ok = info == 0
     if A.device.type != "cpu" or not bool(ok):  # on the CPU the flag is free to read
         eps_fb = eps * PINV_FALLBACK_FACTOR
-        L_fb, _ = torch.linalg.cholesky_ex(A + eps_fb * eye)
+        shifted.diagonal().add_(eps_fb - eps)
+        L_fb, _ = torch.linalg.cholesky_ex(shifted)
         L = torch.where(ok, L, L_fb)
         eps = torch.where(ok, eps, eps_fb)
+    del shifted
 
     def shrink(y: Tensor) -> Tensor:  # R y = ε (A + εI)⁻¹ y = ε L⁻ᵀ L⁻¹ y
-        z = torch.linalg.solve_triangular(L, y[:, None], upper=False)
-        return eps * torch.linalg.solve_triangular(L.mT, z, upper=True)[:, 0]
+        return eps * torch.cholesky_solve(y[:, None], L)[:, 0]
 
     x = torch.zeros_like(b)
     y = b
@@ -172,7 +185,7 @@ def imtl_g_weights(G: Tensor) -> Tensor:
     """
     check_gram(G)
     C, n, active = unit_gram(G)
-    beta = psd_pinv_solve(C, active.to(C.dtype), pinv_rel_eps(G.dtype))
+    beta = psd_pinv_solve(C, active.to(C.dtype), pinv_rel_eps(G.dtype), overwrite_a=True)
     alpha = torch.where(active, beta / n, 0.0)
     return _normalise_sum(alpha).to(_out_dtype(G))
 
@@ -187,7 +200,9 @@ def mgda_unconstrained_weights(G: Tensor) -> Tensor:
     """
     check_gram(G)
     C, n, active = unit_gram(G)
-    gamma = psd_pinv_solve(C, torch.where(active, 1.0 / n, 0.0), pinv_rel_eps(G.dtype))
+    gamma = psd_pinv_solve(
+        C, torch.where(active, 1.0 / n, 0.0), pinv_rel_eps(G.dtype), overwrite_a=True
+    )
     return _normalise_sum(torch.where(active, gamma / n, 0.0)).to(_out_dtype(G))
 
 
