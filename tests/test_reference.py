@@ -736,3 +736,26 @@ def test_psd_pinv_solve_leaves_a_unless_overwrite() -> None:
     # x is the minimum-norm least-squares solution A⁺b, up to the filter's small bias.
     exact = torch.linalg.pinv(A_copy, hermitian=True) @ b
     torch.testing.assert_close(x, exact, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_combine_out_layouts_and_dtypes(dtype, layout: str, out_dtype) -> None:
+    """``out=`` of any floating dtype and layout receives the fp32 chunk sums (several chunks,
+    a zero weight): the same as adding the fp32 total computed separately."""
+    T, rows, cols = 5, 130, 2 * P.MIN_CHUNK // 128
+    J = torch.tensor(_jacobian(T, rows * cols, seed=9), dtype=torch.float32).to(dtype)
+    J = J.reshape(T, rows, cols)
+    w = torch.tensor([0.5, 0.0, -1.0, 2.0, 0.25])
+    start = torch.linspace(-1, 1, rows * cols).reshape(rows, cols)
+    out = start.to(out_dtype)
+    if layout == "transposed":
+        out = out.T.contiguous().T
+        assert not out.is_contiguous()
+    total = (w.double() @ J.reshape(T, -1).double()).reshape(rows, cols)
+    expected = (out.double() + total.float().double()).to(out_dtype)
+    res = ref.combine(J, w, out=out)
+    assert res is out
+    tol = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 1e-2}[out_dtype]
+    torch.testing.assert_close(out.double(), expected.double(), rtol=tol, atol=tol)

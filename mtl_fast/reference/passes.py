@@ -202,32 +202,56 @@ def combine(grads: GradsLike, weights: Tensor, *, out: Tensor | None = None) -> 
 
 
 def _combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
-    """Σ α_t g_t over validated rows (see :func:`combine`)."""
+    """Σ α_t g_t over validated rows (see :func:`combine`).
+
+    Each chunk's GEMV writes straight into the result when it has the accumulation dtype;
+    otherwise (16-bit gradients, or ``out=``) through a chunk-sized fp32 buffer, so no
+    D-element temporary is made besides the result itself.
+    """
     acc = accumulation_dtype(rows.dtype)
     w = weights.to(acc)
+    if out is not None and out.is_contiguous():
+        flat, accumulate = out.view(-1), True
+    else:  # a non-contiguous out receives the fp32 sum at the end
+        dtype = rows.dtype if out is None else acc
+        flat, accumulate = torch.empty(rows.numel, dtype=dtype, device=rows.device), False
+    direct = not accumulate and flat.dtype == acc
+    buf: list[Tensor] = []
+
+    def emit(start: int, stop: int, X: Tensor, w: Tensor) -> None:
+        if direct:
+            torch.mv(X.T, w, out=flat[start:stop])
+            return
+        if not buf:
+            buf.append(torch.empty(stop - start, dtype=acc, device=rows.device))
+        part = torch.mv(X.T, w, out=buf[0][: stop - start])
+        if accumulate:
+            flat[start:stop].add_(part)
+        else:
+            flat[start:stop].copy_(part)
+
     # Tasks with weight 0 are skipped, not multiplied: a non-finite gradient of an inactive
-    # (absent or flagged) task must not turn the sum into NaN. On the CPU the test is free and
-    # the common case (no zero weight) is one plain GEMV per chunk; elsewhere it is a mask.
+    # (absent or flagged) task must not turn the sum into NaN.
     zero = w == 0
-    total = torch.empty(rows.numel, dtype=acc, device=rows.device)
     if rows.device.type == "cpu":
         # On the CPU the test is free: with no zero weight, a stacked J is read by one GEMV;
         # otherwise only the rows of the kept tasks are read (MGDA's weights are often sparse).
         select = (~zero).nonzero().flatten() if bool(zero.any()) else None
         if select is not None and select.numel() == 0:
-            total.zero_()
+            if not accumulate:
+                flat.zero_()
         else:
             if select is not None:
                 w = w.index_select(0, select)
-            for start, stop, X in _column_chunks(rows, whole=select is None, select=select):
-                torch.mv(X.T, w, out=total[start:stop])
+            whole = select is None and direct
+            for start, stop, X in _column_chunks(rows, whole=whole, select=select):
+                emit(start, stop, X, w)
     else:
         # On a device, a mask (no host sync), chunk by chunk (no T×D copy).
         for start, stop, X in _column_chunks(rows):
-            X = torch.where(zero[:, None], 0.0, X)
-            torch.mv(X.T, w, out=total[start:stop])
-    total = total.view(rows.shape)
+            emit(start, stop, torch.where(zero[:, None], 0.0, X), w)
     if out is None:
-        return total.to(rows.dtype)
-    out.add_(total)
+        return flat.view(rows.shape)
+    if not accumulate:
+        out.add_(flat.view(rows.shape))
     return out
