@@ -759,3 +759,17 @@ def test_combine_out_layouts_and_dtypes(dtype, layout: str, out_dtype) -> None:
     assert res is out
     tol = {torch.float32: 1e-5, torch.float64: 1e-5, torch.bfloat16: 1e-2}[out_dtype]
     torch.testing.assert_close(out.double(), expected.double(), rtol=tol, atol=tol)
+
+
+def test_fine_gram_groups_match_one_batched_gemm(monkeypatch) -> None:
+    """Grouping the fine blocks (bounded fp32 partial products) changes only the float64
+    reduction order: the same Gram to float64 rounding as one batched GEMM over all blocks."""
+    J = torch.tensor(_jacobian(5, 40 * P.FINE_BLOCK + 77, seed=11), dtype=torch.float32)
+    grouped = ref.gram(J)
+    monkeypatch.setattr(P, "FINE_GROUP_ELEMS", 1 << 40)  # one group
+    whole = ref.gram(J)
+    monkeypatch.setattr(P, "FINE_GROUP_ELEMS", 3 * 25)  # three blocks per group
+    small = ref.gram(J)
+    torch.testing.assert_close(grouped, whole, rtol=1e-7, atol=0)
+    torch.testing.assert_close(small, whole, rtol=1e-7, atol=0)
+    assert np.all(np.abs(small.double().numpy() - _np_gram(J.double().numpy())) <= _gram_bound(J))

@@ -40,6 +40,10 @@ FINE_MAX_T = 128
 #: Smallest column block of the fine Gram; it grows with T so that the fp32 partial products
 #: (D / block · T² numbers) stay within 1/16 of the elements of J.
 FINE_BLOCK = 1024
+#: The fp32 partial products of one batched GEMM of the fine Gram hold at most this many
+#: numbers (4 MiB): a bounded temporary, and measured no slower than one batched GEMM over all
+#: of J (which made D / block · T² numbers: 0.19·T·D at T = 128).
+FINE_GROUP_ELEMS = 1 << 20
 #: Beyond FINE_MAX_T the work is compute-bound and only the upper-triangle blocks of G are
 #: computed (rows of T / SYM_SPLIT, at least SYM_MIN_ROWS): measured 1.3–1.6× faster than a full
 #: GEMM at T = 256–512, but slower below T ≈ 128, where MKL's single GEMM is more efficient.
@@ -120,12 +124,15 @@ def _column_chunks(
 
 
 def _fine_gram(X: Tensor, block: int) -> Tensor:
-    """X Xᵀ in float64 from fp32 partial products over ``block`` columns (one batched GEMM)."""
+    """X Xᵀ in float64 from fp32 partial products over ``block`` columns (batched GEMMs over
+    groups of blocks whose partial products hold at most FINE_GROUP_ELEMS numbers)."""
     T, n = X.shape
     nb = n // block
     G = torch.zeros((T, T), dtype=torch.float64, device=X.device)
-    if nb:
-        blocks = X[:, : nb * block].reshape(T, nb, block).transpose(0, 1)
+    group = max(1, FINE_GROUP_ELEMS // (T * T))
+    for b0 in range(0, nb, group):
+        b1 = min(nb, b0 + group)
+        blocks = X[:, b0 * block : b1 * block].reshape(T, b1 - b0, block).transpose(0, 1)
         G += torch.bmm(blocks, blocks.transpose(1, 2)).sum(0, dtype=torch.float64)
     if n > nb * block:
         rest = X[:, nb * block :]
