@@ -58,6 +58,17 @@ REDUCE_BLOCK = 32
 
 
 @triton.jit
+def upper_tile(pair):
+    """The tile ``(ti, tj)``, 0 ≤ ti ≤ tj, of upper-triangle program ``pair`` (row-major over
+    tj): pair = tj (tj + 1) / 2 + ti. The float estimate of tj is corrected by one step either
+    way, so it is exact for any realistic number of tiles."""
+    tj = ((tl.sqrt((8 * pair + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    tj = tl.where((tj + 1) * (tj + 2) // 2 <= pair, tj + 1, tj)
+    tj = tl.where(tj * (tj + 1) // 2 > pair, tj - 1, tj)
+    return pair - tj * (tj + 1) // 2, tj
+
+
+@triton.jit
 def _row_pointers(
     base_ptr,
     table_ptr,
@@ -118,12 +129,7 @@ def _gram_partial_kernel(
         ti = 0
         tj = 0
     else:
-        # pair = tj (tj + 1) / 2 + ti with 0 ≤ ti ≤ tj; the float estimate of tj is corrected
-        # by one step either way, so it is exact for any realistic number of tiles.
-        tj = ((tl.sqrt((8 * pair + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
-        tj = tl.where((tj + 1) * (tj + 2) // 2 <= pair, tj + 1, tj)
-        tj = tl.where(tj * (tj + 1) // 2 > pair, tj - 1, tj)
-        ti = pair - tj * (tj + 1) // 2
+        ti, tj = upper_tile(pair)
     rows_i = ti * BLOCK_T + tl.arange(0, BLOCK_T)
     rows_j = tj * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_i = rows_i < T

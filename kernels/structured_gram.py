@@ -62,7 +62,7 @@ from torch import Tensor
 
 from mtl_fast._backend import triton_interpret
 from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
-from mtl_fast.kernels.gram import REDUCE_BLOCK, _gram_reduce_kernel
+from mtl_fast.kernels.gram import REDUCE_BLOCK, _gram_reduce_kernel, upper_tile
 
 #: dtypes the kernel reads (Δ and W must share one).
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -98,11 +98,7 @@ def _structured_gram_kernel(
         ti = 0
         tj = 0
     else:
-        # pair = tj (tj + 1) / 2 + ti, 0 ≤ ti ≤ tj: float estimate of tj, corrected by one step.
-        tj = ((tl.sqrt((8 * pair + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
-        tj = tl.where((tj + 1) * (tj + 2) // 2 <= pair, tj + 1, tj)
-        tj = tl.where(tj * (tj + 1) // 2 > pair, tj - 1, tj)
-        ti = pair - tj * (tj + 1) // 2
+        ti, tj = upper_tile(pair)
     tasks_i = ti * BLOCK_T + tl.arange(0, BLOCK_T)
     tasks_j = tj * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_i = tasks_i < T
