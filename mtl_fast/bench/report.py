@@ -639,6 +639,18 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             ys.append(r["median_s"] * 1e3)
         return out
 
+    def impl_lines(ax: Any, rows: list[Record], title: str) -> None:
+        """Median time against T, one line per implementation, log-log."""
+        for impl, (xs, ys) in by_impl(rows).items():
+            ax.plot(xs, ys, label=impl, **styles.get(impl, {}))
+        ax.set_title(title)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("T (tasks)")
+        ax.set_ylabel("ms (median)")
+        ax.legend()
+        ax.grid(True, which="both", alpha=0.3)
+
     # (a) full IMTL-G step vs T at the largest D ≤ 1e6, fp32.
     ax = axes[0, 0]
     steps = [r for r in recs if r.get("section") == "ops" and r.get("op") == "step_imtlg"]
@@ -646,15 +658,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     Ds = sorted({r["D"] for r in steps if r["D"] <= 10**6}) or sorted({r["D"] for r in steps})
     if Ds:
         D = Ds[-1]
-        for impl, (xs, ys) in by_impl([r for r in steps if r["D"] == D]).items():
-            ax.plot(xs, ys, label=impl, **styles.get(impl, {}))
-        ax.set_title(f"Full IMTL-G step, D = {_num(D)}, fp32 ({results['machine']['device']})")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("T (tasks)")
-        ax.set_ylabel("ms (median)")
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
+        title = f"Full IMTL-G step, D = {_num(D)}, fp32 ({results['machine']['device']})"
+        impl_lines(ax, [r for r in steps if r["D"] == D], title)
     else:
         ax.set_axis_off()
 
@@ -682,15 +687,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax = axes[1, 0]
     scal = [r for r in recs if r.get("section") == "scaling"]
     if scal:
-        for impl, (xs, ys) in by_impl(scal).items():
-            ax.plot(xs, ys, label=impl, **styles.get(impl, {}))
-        ax.set_title(f"Scaling in T: full IMTL-G step, D = {_num(scal[0]['D'])}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("T (tasks)")
-        ax.set_ylabel("ms (median)")
-        ax.legend()
-        ax.grid(True, which="both", alpha=0.3)
+        impl_lines(ax, scal, f"Scaling in T: full IMTL-G step, D = {_num(scal[0]['D'])}")
     else:
         ax.set_axis_off()
 

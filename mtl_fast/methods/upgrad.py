@@ -253,6 +253,16 @@ def preference(pref: Tensor | None, active: Tensor) -> Tensor:
     return torch.where(active, pref.to(device=active.device, dtype=torch.float64), 0.0)
 
 
+def _active_preference(
+    G: Tensor, pref: Tensor | None, active: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Validate G; the active tasks (from G unless given) and the preference over them."""
+    check_gram(G)
+    if active is None:
+        active = active_tasks(G.to(torch.float64))
+    return active, preference(pref, active)
+
+
 def upgrad_weights(
     G: Tensor,
     pref: Tensor | None = None,
@@ -265,10 +275,7 @@ def upgrad_weights(
 
     ``pref``: p [T] (default the mean over the active tasks). See :func:`dual_cone_weights`.
     """
-    check_gram(G)
-    if active is None:
-        active = active_tasks(G.to(torch.float64))
-    p = preference(pref, active)
+    active, p = _active_preference(G, pref, active)
     W = dual_cone_weights(G, torch.diag(p), reg_eps=reg_eps, active=active, max_iter=max_iter)
     return W.sum(dim=0)
 
@@ -285,10 +292,7 @@ def dualproj_weights(
 
     ``pref``: p [T] (default the mean over the active tasks). See :func:`dual_cone_weights`.
     """
-    check_gram(G)
-    if active is None:
-        active = active_tasks(G.to(torch.float64))
-    p = preference(pref, active)
+    active, p = _active_preference(G, pref, active)
     return dual_cone_weights(G, p, reg_eps=reg_eps, active=active, max_iter=max_iter)
 
 
