@@ -138,6 +138,20 @@ def _clipped_r2(pred: Tensor, target: Tensor) -> float:
     return max(0.0, 1.0 - sse / sst)
 
 
+def _noisy_digits(tiny: bool, sigma: float, seed: int):
+    """The digits (300 with ``tiny``): pixels (0..16), labels, clean images on [0, 1], a fixed
+    Gaussian-noise copy (σ, seeded, clamped to [0, 1]) and the stratified train / validation /
+    test indices."""
+    pixels, digit = _load_digits()
+    if tiny:
+        pixels, digit = pixels[:300], digit[:300]
+    splits = _split_indices(len(digit), (0.15, 0.25), 0, digit)
+    clean = torch.from_numpy(pixels / 16.0)
+    gen = torch.Generator().manual_seed(seed)
+    noisy = (clean + sigma * torch.randn(clean.shape, generator=gen)).clamp(0.0, 1.0)
+    return pixels, digit, clean, noisy, splits
+
+
 def _split_indices(
     n: int, fractions: tuple[float, float], seed: int, stratify: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,13 +377,7 @@ class DigitsProblem(Problem):
         )
 
     def _load(self) -> ProblemData:
-        pixels, digit = _load_digits()
-        if self.tiny:
-            pixels, digit = pixels[:300], digit[:300]
-        train, val, test = _split_indices(len(digit), (0.15, 0.25), 0, digit)
-        clean = torch.from_numpy(pixels / 16.0)
-        gen = torch.Generator().manual_seed(4321)
-        x = (clean + self.input_noise * torch.randn(clean.shape, generator=gen)).clamp(0.0, 1.0)
+        pixels, digit, _, x, (train, val, test) = _noisy_digits(self.tiny, self.input_noise, 4321)
         targets = {
             "class": torch.from_numpy(digit),
             "parity": torch.from_numpy((digit % 2).astype(np.float32)),
@@ -535,13 +543,7 @@ class DenoiseProblem(Problem):
         )
 
     def _load(self) -> ProblemData:
-        pixels, digit = _load_digits()
-        if self.tiny:
-            pixels, digit = pixels[:300], digit[:300]
-        train, val, test = _split_indices(len(digit), (0.15, 0.25), 0, digit)
-        clean = torch.from_numpy(pixels / 16.0)
-        gen = torch.Generator().manual_seed(1234)
-        noisy = (clean + self.noise * torch.randn(clean.shape, generator=gen)).clamp(0.0, 1.0)
+        _, _, clean, noisy, (train, val, test) = _noisy_digits(self.tiny, self.noise, 1234)
         # Training inputs are re-noised per batch (train_batch); keep the clean images there.
         train_t = torch.from_numpy(train)
         tr = Split(clean[train_t], {"clean": clean[train_t]})
