@@ -44,14 +44,6 @@ U32 = 2.0**-24
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture
-def dev(device: torch.device) -> torch.device:
-    """The conftest ``device``, skipped where Triton cannot run (CPU without the interpreter)."""
-    if not _backend.triton_can_run(device):
-        pytest.skip(f"Triton kernels cannot run on {device} here (no TRITON_INTERPRET)")
-    return device
-
-
 # --------------------------------------------------------------------------------- helpers
 
 

@@ -42,14 +42,6 @@ from mtl_fast.kernels.solve import _launch_imtl_g, _launch_mgda, imtl_g_solve, m
 TASK_COUNTS = [1, 2, 3, 5, 16, 17, 40, 64]
 
 
-@pytest.fixture
-def dev(device: torch.device) -> torch.device:
-    """The conftest ``device``, skipped where Triton cannot run (CPU without the interpreter)."""
-    if not _backend.triton_can_run(device):
-        pytest.skip(f"Triton kernels cannot run on {device} here (no TRITON_INTERPRET)")
-    return device
-
-
 # --------------------------------------------------------------------------------- helpers
 
 

@@ -36,13 +36,6 @@ U32 = 2.0**-24
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture
-def dev(device: torch.device) -> torch.device:
-    if not _backend.triton_can_run(device):
-        pytest.skip(f"Triton kernels cannot run on {device} here (no TRITON_INTERPRET)")
-    return device
-
-
 def _inputs(N: int, T: int, k: int, C: int, dtype, device, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Δ [N, T·k] with task scales over e^±2 and W [T·k, C] with a shared direction."""
     g = torch.Generator().manual_seed(seed)
