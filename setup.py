@@ -10,8 +10,11 @@ libtorch: buffers cross the boundary through the buffer protocol (NumPy arrays, 
 
 from glob import glob
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
+
+# Compile the C++ sources in parallel (one job per core unless $MTL_FAST_BUILD_JOBS says).
+ParallelCompile("MTL_FAST_BUILD_JOBS", default=0).install()
 
 ext_modules = [
     Pybind11Extension(

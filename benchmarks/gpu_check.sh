@@ -1,52 +1,136 @@
 #!/usr/bin/env bash
-# Everything the GPU issue asks for, in one command on a bare GPU machine (no network):
-#   build, the test suite with CUDA tensors and compiled Triton kernels (the whole-step
-#   CUDA-graph captures in tests/test_cuda_graph_step.py included), the full `mtl-fast bench`
-#   on the GPU and the structured-head benchmark. Results land in benchmarks/results/ (and are
-#   copied to $OUT when that is set, as on the lent device machine).
+# The GPU checks in two bounded tiers, each one command on a bare GPU machine (no network):
 #
-#   benchmarks/gpu_check.sh              # all of it
-#   STEPS="test" benchmarks/gpu_check.sh # a subset: any of build test bench structured
+#   benchmarks/gpu_check.sh quick   # ≤ 6 min: build, kernel tuning sweep (its table is used by
+#                                   # everything after it in the run), the CUDA test subset
+#                                   # (kernels, split, ops, backward, MultiTaskLinear, whole-step
+#                                   # CUDA-graph captures), `mtl-fast bench --quick` ops on CUDA
+#   benchmarks/gpu_check.sh full    # ≤ 8 min: build, the rest of the test suite on CUDA, the GPU
+#                                   # benchmark tier, the MultiTaskLinear benchmark (T ≤ 4096)
 #
+#   DEVICE=cpu benchmarks/gpu_check.sh quick   # dry run on a machine without a GPU: the same
+#                                              # steps at smoke sizes, kernels in the interpreter
+#
+# Each step runs under its own time limit, so a tier ends in bounded time whatever happens; a
+# failing step is reported and the next one still runs. Results go to benchmarks/results/ and,
+# when $OUT is set (the lent device machine), at most 8 files are copied there: the log, the
+# test report (JUnit XML), the tuning JSON and table, the benchmark JSON/Markdown/PNG.
+#
+# Environment: KERNEL_TABLE (a tuned table JSON to use instead of tuning: `full` reads the one
+# the quick tier wrote when it is carried along), TESTS (override the test selection), PYTHON,
+# JOBS (pytest-xdist workers when xdist is installed, default 8).
 # Peers absent from the machine (torchjd==0.18.0, qpsolvers, quadprog) are installed from
-# wheels in .whl/ when that folder exists (see /work/.library/device/README.md); without them
-# the torchjd columns read n/a.
+# wheels in .whl/ when that folder exists; without them the torchjd columns read n/a.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-"build test bench structured"}
+TIER=${1:-quick}
+DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
-LOG=${OUT:-benchmarks/results}/gpu_check.log
-mkdir -p "$(dirname "$LOG")"
+JOBS=${JOBS:-8}
+RESULTS=benchmarks/results
+LOG=${OUT:-$RESULTS}/gpu_check-$TIER.log
+mkdir -p "$(dirname "$LOG")" "$RESULTS"
 export PYTHONUNBUFFERED=1
-status=0
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+# Carried from an earlier tier (ignored by git): .gpu/triton-cache.tgz (compiled kernels of the
+# same machine image) and .gpu/kernel-table.json (the tuning sweep's table).
+CARRY=.gpu
 stamp=$(mktemp)
+failed=()
 
-has() { [[ " $STEPS " == *" $1 "* ]]; }
+# run NAME SECONDS CMD...: one step under a time limit; a failure is recorded, not fatal.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s): $*"
+  timeout --signal=INT --kill-after=15 "$limit" "$@"
+  local rc=$?
+  echo "=== $name: rc=$rc in $((SECONDS - t0))s"
+  [ $rc -eq 0 ] || failed+=("$name(rc=$rc)")
+  return $rc
+}
+
+case $TIER in
+  quick)
+    TESTS=${TESTS:-"tests/kernels tests/test_split.py tests/test_ops.py tests/test_backward.py tests/test_multitask_linear.py tests/test_cuda_graph_step.py"}
+    ;;
+  full)
+    TESTS=${TESTS:-"tests --ignore=tests/kernels --ignore=tests/test_split.py --ignore=tests/test_ops.py --ignore=tests/test_backward.py --ignore=tests/test_multitask_linear.py --ignore=tests/test_cuda_graph_step.py"}
+    ;;
+  *)
+    echo "usage: $0 quick|full" >&2
+    exit 2
+    ;;
+esac
 
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
-  if [ -d .whl ]; then
+  echo "gpu_check $TIER on $(hostname) at $(date -u +%FT%TZ), commit ${MTL_FAST_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}"
+  if [ "$DEVICE" = cpu ]; then
+    export TRITON_INTERPRET=1
+    BENCH_TIER=smoke
+    QUICK_BENCH=(--tier smoke)
+    TUNE_ARGS=(--device cpu --workers 2)
+    STRUCT_TIER=smoke
+  else
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv || true
+    BENCH_TIER=gpu
+    QUICK_BENCH=(--quick)
+    TUNE_ARGS=()
+    STRUCT_TIER=gpu
+  fi
+  "$PY" -c "import sys, torch, triton, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+  if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  if has build; then
-    "$PY" -m pip install -q --no-build-isolation --no-deps -e . || exit 1
+  if [ -f "$CARRY/triton-cache.tgz" ] && [ "$DEVICE" != cpu ]; then
+    mkdir -p "$TRITON_CACHE_DIR" && tar xzf "$CARRY/triton-cache.tgz" -C "$TRITON_CACHE_DIR" \
+      && echo "Triton cache: $(find "$TRITON_CACHE_DIR" -name '*.json' | wc -l) entries restored"
   fi
-  if has test; then
-    "$PY" -m pytest -q -p no:cacheprovider tests --maxfail=20 || status=1
+  if [ -z "${KERNEL_TABLE:-}" ] && [ -f "$CARRY/kernel-table.json" ]; then
+    KERNEL_TABLE=$CARRY/kernel-table.json
   fi
-  if has bench; then
-    "$PY" -m mtl_fast.cli bench --device cuda --out benchmarks/results || status=1
+  run build 180 "$PY" -m pip install -q --no-build-isolation --no-deps -e . || exit 1
+  XDIST=()
+  if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "$JOBS"); fi
+
+  if [ "$TIER" = quick ]; then
+    if [ -z "${KERNEL_TABLE:-}" ]; then
+      run tune 150 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --out "$RESULTS" \
+        --table "$RESULTS/kernel-table.json" && KERNEL_TABLE=$RESULTS/kernel-table.json
+    fi
+    [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ] && export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
+    # shellcheck disable=SC2086
+    run tests 170 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 160 \
+      --junitxml="$RESULTS/junit-$TIER.xml" -o junit_logging=no $TESTS
+    run bench 60 "$PY" -m mtl_fast.cli bench "${QUICK_BENCH[@]}" --device "$DEVICE" --only ops \
+      --out "$RESULTS" --no-plot
+    if [ "$DEVICE" != cpu ] && [ -d "$TRITON_CACHE_DIR" ]; then
+      # The compiled kernels, for the next tier on a fresh machine (kept only when ≤ 15 MiB).
+      tar czf "$RESULTS/triton-cache.tgz" -C "$TRITON_CACHE_DIR" . \
+        && size=$(stat -c %s "$RESULTS/triton-cache.tgz") && echo "Triton cache: $size bytes" \
+        && [ "$size" -le 15728640 ] || rm -f "$RESULTS/triton-cache.tgz"
+    fi
+  else
+    if [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ]; then
+      export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
+    fi
+    # shellcheck disable=SC2086
+    run tests 150 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 140 \
+      --junitxml="$RESULTS/junit-$TIER.xml" -o junit_logging=no $TESTS
+    run bench 200 "$PY" -m mtl_fast.cli bench --tier "$BENCH_TIER" --device "$DEVICE" \
+      --out "$RESULTS"
+    run structured 90 "$PY" benchmarks/bench_structured.py --tier "$STRUCT_TIER" \
+      --device "$DEVICE" --out "$RESULTS"
   fi
-  if has structured; then
-    "$PY" benchmarks/bench_structured.py --tier full --device cuda --out benchmarks/results || status=1
-  fi
+
   if [ -n "${OUT:-}" ]; then
-    # only what this run wrote (the device tool returns at most 8 files)
-    find benchmarks/results -maxdepth 1 -type f -newer "$stamp" ! -name gpu_check.log \
-      -exec cp {} "$OUT"/ \;
+    # Only what this run wrote (the device tool returns at most 8 files, the log included).
+    find "$RESULTS" -maxdepth 1 -type f -newer "$stamp" ! -name "gpu_check-*.log" \
+      | head -n 7 | xargs -r -I{} cp {} "$OUT"/
   fi
-  exit $status
+  echo "gpu_check $TIER done in ${SECONDS}s; failed steps: ${failed[*]:-none}"
+  [ ${#failed[@]} -eq 0 ]
 } 2>&1 | tee "$LOG"
 exit "${PIPESTATUS[0]}"

@@ -17,10 +17,12 @@ def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def gpu_program_target(device: torch.device) -> int:
-    """PROGRAMS_PER_SM × the number of SMs of this CUDA device (the current one when unindexed)."""
+def gpu_program_target(device: torch.device, programs_per_sm: int | None = None) -> int:
+    """``programs_per_sm`` (default :data:`PROGRAMS_PER_SM`) × the number of SMs of this CUDA
+    device (the current one when unindexed)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return PROGRAMS_PER_SM * _multiprocessors(index)
+    per_sm = programs_per_sm if programs_per_sm is not None else PROGRAMS_PER_SM
+    return per_sm * _multiprocessors(index)
 
 
 def device_context(device: torch.device):

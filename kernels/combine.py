@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from mtl_fast._validation import TaskRows
+from mtl_fast.kernels import tuned
 from mtl_fast.kernels._launch import device_context
 from mtl_fast.kernels._pointers import row_access
 
@@ -167,13 +168,19 @@ def combine_config(
     dtype: torch.dtype,
     device: torch.device,
     *,
+    num_tasks: int = 1,
     block_d: int | None = None,
     num_warps: int | None = None,
 ) -> CombineConfig:
-    """Heuristic launch parameters: 1024 columns per program for fp32 rows, 2048 for 16-bit ones
-    (4 KiB read per task per program, 4 warps); 4096 in the interpreter (fewer, larger numpy
-    steps). No autotuning (see :mod:`mtl_fast.kernels.gram` for why)."""
-    del numel
+    """Launch parameters: the measured row of :mod:`mtl_fast.kernels.tuned` for this
+    architecture when there is one, else 1024 columns per program for fp32 rows, 2048 for 16-bit
+    ones (4 KiB read per task per program, 4 warps); 4096 in the interpreter (fewer, larger numpy
+    steps). The keyword arguments override both. No autotuning (see
+    :mod:`mtl_fast.kernels.gram` for why)."""
+    entry = tuned.combine_entry(num_tasks, numel, dtype, device)
+    if entry is not None:
+        block_d = block_d if block_d is not None else entry.block_d
+        num_warps = num_warps if num_warps is not None else entry.num_warps
     if block_d is None:
         if device.type != "cuda":
             block_d = 4096
@@ -206,7 +213,7 @@ def combine_rows(
             f"the Triton combine kernel takes fp32, bf16 or fp16 rows; got {rows.dtype}"
         )
     T, D, device = rows.num_tasks, rows.numel, rows.device
-    cfg = combine_config(D, rows.dtype, device, block_d=block_d, num_warps=num_warps)
+    cfg = combine_config(D, rows.dtype, device, num_tasks=T, block_d=block_d, num_warps=num_warps)
     access = row_access(rows)
     weights = weights if weights.is_contiguous() else weights.contiguous()
     if out is None:

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from mtl_fast._backend import triton_interpret
 from mtl_fast._validation import TaskRows
+from mtl_fast.kernels import tuned
 from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
 from mtl_fast.kernels._pointers import row_access
 
@@ -106,6 +107,22 @@ def _load_slab(ptrs, row_mask, cols, D, MASK_COLS: tl.constexpr, UPCAST: tl.cons
 
 
 @triton.jit
+def _block_product(xi, xj, PRECISION: tl.constexpr, BROADCAST: tl.constexpr):
+    """``xi xjᵀ`` of two [BLOCK_T, BLOCK_D] slabs, fp32.
+
+    ``BROADCAST``: elementwise products summed over the columns (fp32 FMAs on
+    ``BLOCK_T² × BLOCK_D`` values, no ``tl.dot``), the small-T path, where ``BLOCK_T`` is T rounded
+    up to a power of two instead of the 16 rows ``tl.dot`` needs: at T = 2 a padded dot does 64×
+    the arithmetic, which makes a pass over J compute-bound on fp32. Otherwise ``tl.dot`` with fp32
+    accumulation.
+    """
+    if BROADCAST:
+        prod = xi.to(tl.float32)[:, None, :] * xj.to(tl.float32)[None, :, :]
+        return tl.sum(prod, axis=2)
+    return tl.dot(xi, tl.trans(xj), input_precision=PRECISION)
+
+
+@triton.jit
 def _gram_partial_kernel(
     base_ptr,
     table_ptr,
@@ -121,6 +138,7 @@ def _gram_partial_kernel(
     ROW_ALIGN: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    BROADCAST: tl.constexpr,
 ):
     """Partial Gram tile ``(i, j)`` of D-split ``program_id(1)`` into ``ws[split]``."""
     pair = tl.program_id(0)
@@ -149,7 +167,7 @@ def _gram_partial_kernel(
             xj = xi
         else:
             xj = _load_slab(ptrs_j, mask_j, cols, D, False, UPCAST)
-        acc += tl.dot(xi, tl.trans(xj), input_precision=PRECISION).to(tl.float64)
+        acc += _block_product(xi, xj, PRECISION, BROADCAST).to(tl.float64)
     # The partial last block, owned by the split whose range contains it.
     if (D % BLOCK_D != 0) & (n_full >= first) & (n_full < first + blocks_per_split):
         cols = n_full * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -158,7 +176,7 @@ def _gram_partial_kernel(
             xj = xi
         else:
             xj = _load_slab(ptrs_j, mask_j, cols, D, True, UPCAST)
-        acc += tl.dot(xi, tl.trans(xj), input_precision=PRECISION).to(tl.float64)
+        acc += _block_product(xi, xj, PRECISION, BROADCAST).to(tl.float64)
 
     offs = split.to(tl.int64) * T * T + rows_i.to(tl.int64)[:, None] * T + rows_j[None, :]
     tl.store(ws_ptr + offs, acc.to(tl.float32), mask=mask_i[:, None] & mask_j[None, :])
@@ -182,6 +200,10 @@ def _gram_reduce_kernel(ws_ptr, g_ptr, T, splits, BLOCK: tl.constexpr):
     tl.store(g_ptr + dst, acc.to(tl.float32), mask=mask)
 
 
+#: Largest T served by the broadcast path (no ``tl.dot``) when no measured table row applies.
+BROADCAST_MAX_T = 8
+
+
 @dataclass(frozen=True)
 class GramConfig(TilePairs):
     """Launch parameters of the Gram kernel (see :func:`gram_config`)."""
@@ -193,6 +215,7 @@ class GramConfig(TilePairs):
     blocks_per_split: int
     num_warps: int
     num_stages: int
+    broadcast: bool = False
 
 
 def gram_config(
@@ -205,27 +228,50 @@ def gram_config(
     splits: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    broadcast: bool | None = None,
+    programs_per_sm: int | None = None,
 ) -> GramConfig:
-    """Heuristic launch parameters for T = ``num_tasks`` rows of D = ``numel`` elements.
+    """Launch parameters for T = ``num_tasks`` rows of D = ``numel`` elements.
 
-    * ``BLOCK_T``: 16 for T ≤ 16 (one tile), 32 for T ≤ 32 (one tile), else 64.
+    On a GPU whose architecture has a measured table (:mod:`mtl_fast.kernels.tuned`) the matching
+    row gives the path, ``BLOCK_D``, warps, stages and the split target; otherwise this heuristic:
+
+    * path: broadcast (elementwise products, ``BLOCK_T`` = T rounded up to a power of two) for
+      T ≤ :data:`BROADCAST_MAX_T`, else ``tl.dot`` tiles;
+    * ``BLOCK_T`` of the dot path: 16 for T ≤ 16 (one tile), 32 for T ≤ 32 (one tile), else 64;
     * ``BLOCK_D`` (GPU): 256 / 128 / 64 columns for ``BLOCK_T`` 16 / 32 / 64, twice that for 16-bit
-      inputs, so a pipeline stage holds ~16–32 KiB per slab. In the interpreter 1024 / 1024 / 512
-      (fewer, larger numpy steps).
+      inputs, so a pipeline stage holds ~16–32 KiB per slab; 128 on the broadcast path. In the
+      interpreter 1024 / 1024 / 512 (fewer, larger numpy steps);
     * D-splits: enough programs to fill the GPU (``4 × SMs`` over all tile pairs), while keeping
       ≥ 4 column blocks per program (at most 65535 splits: the grid's second axis); in the
       interpreter about 4 programs in all.
 
-    The keyword arguments override the table (tests and benchmarks).
+    The keyword arguments override both (tests, benchmarks, ``benchmarks/tune_kernels.py``).
     """
     T, D = num_tasks, numel
-    block_t = 16 if T <= 16 else 32 if T <= 32 else 64
+    interpret = device.type != "cuda"
+    entry = None if interpret else tuned.gram_entry(T, D, dtype, device)
+    if broadcast is None:
+        broadcast = entry.broadcast if entry is not None else T <= BROADCAST_MAX_T
+    if broadcast and T > 16:
+        raise ValueError(f"the broadcast Gram path serves T ≤ 16 (got T={T})")
+    if broadcast:
+        block_t = max(2, triton.next_power_of_2(T))
+    else:
+        block_t = 16 if T <= 16 else 32 if T <= 32 else 64
     tiles = triton.cdiv(T, block_t)
     pairs = tiles * (tiles + 1) // 2
-    interpret = device.type != "cuda"
+    if entry is not None:
+        block_d = block_d if block_d is not None else entry.block_d
+        num_warps = num_warps if num_warps is not None else entry.num_warps
+        num_stages = num_stages if num_stages is not None else entry.num_stages
+        if programs_per_sm is None:
+            programs_per_sm = entry.programs_per_sm
     if block_d is None:
         if interpret:
             block_d = 512 if block_t == 64 else 1024
+        elif broadcast:
+            block_d = 128
         else:
             block_d = {16: 256, 32: 128, 64: 64}[block_t]
             if torch.finfo(dtype).bits == 16:
@@ -235,7 +281,7 @@ def gram_config(
         if interpret:
             target, min_blocks = 4, 1
         else:
-            target, min_blocks = gpu_program_target(device), 4
+            target, min_blocks = gpu_program_target(device, programs_per_sm), 4
         splits = min(triton.cdiv(target, pairs), n_blocks // min_blocks)
     splits = max(1, min(splits, n_blocks, 65535))
     blocks_per_split = triton.cdiv(n_blocks, splits)
@@ -248,6 +294,7 @@ def gram_config(
         blocks_per_split=blocks_per_split,
         num_warps=num_warps if num_warps is not None else 4,
         num_stages=num_stages if num_stages is not None else 3,
+        broadcast=broadcast,
     )
 
 
@@ -258,6 +305,8 @@ def gram_rows(
     splits: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    broadcast: bool | None = None,
+    programs_per_sm: int | None = None,
 ) -> Tensor:
     """G = J Jᵀ of validated fp32/bf16/fp16 rows: float32 [T, T] on their device.
 
@@ -277,6 +326,8 @@ def gram_rows(
         splits=splits,
         num_warps=num_warps,
         num_stages=num_stages,
+        broadcast=broadcast,
+        programs_per_sm=programs_per_sm,
     )
     access = row_access(rows)
     # The interpreter's tl.dot cannot multiply bf16 (stored as uint16): widen first there. The
@@ -300,6 +351,7 @@ def gram_rows(
             ROW_ALIGN=access.row_align,
             UPCAST=upcast,
             PRECISION="ieee",
+            BROADCAST=cfg.broadcast,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
