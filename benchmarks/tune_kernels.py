@@ -94,7 +94,7 @@ def _make_inputs(case: dict[str, Any], D: int, device: Any) -> list[Any]:
     T = case["T"]
     gen = torch.Generator(device=device).manual_seed(T * 7919 + D)
     nbytes = T * D * torch.finfo(dtype).bits // 8
-    copies = max(1, min(8, math.ceil(ROTATE_BYTES / nbytes))) if device.type == "cuda" else 1
+    copies = max(1, min(32, math.ceil(ROTATE_BYTES / nbytes))) if device.type == "cuda" else 1
     out = []
     for _ in range(copies):
         scale = torch.exp(torch.linspace(-3, 3, T, device=device))[:, None]
@@ -114,13 +114,20 @@ def _runner(case: dict[str, Any], cand: dict[str, Any], J: Any, alpha: Any) -> A
     return lambda: C.combine_rows(rows, alpha, **cand)
 
 
-def _check(case: dict[str, Any], fn: Any, J: Any, alpha: Any) -> float:
-    """Relative error of one call against float64."""
+#: Columns of the accuracy check input (a multiple of 16: the same compiled variants as the
+#: timed sizes).
+CHECK_D = 1 << 18
 
-    out = fn().double()
+
+def _reference(case: dict[str, Any], J: Any, alpha: Any) -> Any:
+    """The float64 result of the case's op on J (computed once per case)."""
     J64 = J.double()
-    ref = J64 @ J64.T if case["op"] == "gram" else alpha.double() @ J64
-    return float((out - ref).norm() / ref.norm())
+    return J64 @ J64.T if case["op"] == "gram" else alpha.double() @ J64
+
+
+def _check(fn: Any, ref: Any) -> float:
+    """Relative error of one call against the float64 reference."""
+    return float((fn().double() - ref).norm() / ref.norm())
 
 
 def _time(fns: list[Any], device: Any, reps: int) -> float:
@@ -148,24 +155,26 @@ def _time(fns: list[Any], device: Any, reps: int) -> float:
 
 
 def _prepare(case: dict[str, Any], device: Any, quick: bool) -> dict[str, Any]:
-    """Phase 1: inputs, every candidate compiled and checked (on the large D)."""
+    """Phase 1: inputs, every candidate compiled and checked against float64 (on ``CHECK_D``
+    columns; the timed sizes reuse the same compiled variants)."""
     import torch
 
     T = case["T"]
     state: dict[str, Any] = {"inputs": {}, "ok": [], "rejected": []}
+    alpha = torch.rand(T, device=device) + 0.1
     for D in (case["D"], case["D_small"]):
-        Js = _make_inputs(case, D, device)
-        alpha = torch.rand(T, device=device, generator=None) + 0.1
-        state["inputs"][D] = (Js, alpha)
-    Js, alpha = state["inputs"][case["D"]]
+        state["inputs"][D] = (_make_inputs(case, D, device), alpha)
+    J_check = _make_inputs(case, min(CHECK_D, case["D_small"]), device)[0]
+    ref = _reference(case, J_check, alpha)
+    limit = MAX_REL_ERROR[case["dtype"]] if case["op"] == "gram" else 1e-2
     for cand in candidates(case, quick):
         try:
-            fn = _runner(case, cand, Js[0], alpha)
-            err = _check(case, fn, Js[0], alpha)
+            err = _check(_runner(case, cand, J_check, alpha), ref)
+            big = state["inputs"][case["D"]][0][0]
+            _runner(case, cand, big, alpha)()  # compiles the timed size's variant too
         except Exception as exc:
             state["rejected"].append({**cand, "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
-        limit = MAX_REL_ERROR[case["dtype"]] if case["op"] == "gram" else 1e-2
         if not err < limit:
             state["rejected"].append({**cand, "error": f"rel error {err:.2e}"})
             continue
@@ -173,7 +182,9 @@ def _prepare(case: dict[str, Any], device: Any, quick: bool) -> dict[str, Any]:
     return state
 
 
-def _measure(case: dict[str, Any], state: dict[str, Any], device: Any, reps: int) -> dict:
+def _measure(
+    case: dict[str, Any], state: dict[str, Any], device: Any, reps: int, deadline: float
+) -> dict:
     """Phase 2: time every accepted candidate at the large D; the 3 best again at the small D,
     and the D-split target (Gram) for the best at both."""
     D, D_small = case["D"], case["D_small"]
@@ -193,7 +204,7 @@ def _measure(case: dict[str, Any], state: dict[str, Any], device: Any, reps: int
         small.append({**cand, "D": D_small, "s": timed(cand, D_small)})
     default_small = timed({}, D_small)
     splits = []
-    if case["op"] == "gram" and best and device.type == "cuda":
+    if case["op"] == "gram" and best and device.type == "cuda" and time.time() < deadline:
         for d in (D, D_small):
             for per_sm in (1, 2, 4, 8, 16):
                 cand = {**best[0], "programs_per_sm": per_sm}
@@ -214,6 +225,7 @@ def _worker(
     device_name: str,
     quick: bool,
     reps: int,
+    deadline: float,
     barrier: Any,
     lock: Any,
     queue: Any,
@@ -232,8 +244,11 @@ def _worker(
     barrier.wait()
     for case, state in states:
         with lock:
+            if time.time() > deadline:
+                queue.put({**case, "failed": "not measured: over the time budget"})
+                continue
             try:
-                queue.put(_measure(case, state, device, reps))
+                queue.put(_measure(case, state, device, reps, deadline))
             except Exception:
                 queue.put({**case, "failed": traceback.format_exc()[-2000:]})
         del state
@@ -346,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None, help="directory for tune-<gpu>-<date>.json")
     p.add_argument("--workers", type=int, default=min(14, os.cpu_count() or 1))
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument(
+        "--budget", type=float, default=120.0, help="seconds after which no case is measured"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, two candidates (dry run)")
     p.add_argument("--only", choices=("gram", "combine"), default=None)
     p.add_argument("--table", default=None, help="write the proposed table rows to this JSON")
@@ -364,12 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     # Largest cases first, spread round-robin so each worker gets a mix.
     todo.sort(key=lambda c: -c["T"] * c["D"])
     n = max(1, min(args.workers, len(todo)))
+    deadline = started + args.budget
     ctx = mp.get_context("spawn")
     barrier, lock, queue = ctx.Barrier(n), ctx.Lock(), ctx.Queue()
     procs = [
         ctx.Process(
             target=_worker,
-            args=(todo[i::n], args.device, quick, args.reps, barrier, lock, queue),
+            args=(todo[i::n], args.device, quick, args.reps, deadline, barrier, lock, queue),
         )
         for i in range(n)
     ]
@@ -378,7 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     done = 0
     while done < n:
-        item = queue.get()
+        try:
+            item = queue.get(timeout=5)
+        except Exception:  # queue.Empty: check that the workers are still alive
+            if not any(pr.is_alive() for pr in procs):
+                print("tune: every worker exited early", file=sys.stderr)
+                break
+            continue
         if item is None:
             done += 1
         else:
