@@ -89,7 +89,7 @@ esac
       && echo "Triton cache: $(find "$TRITON_CACHE_DIR" -name '*.json' | wc -l) entries restored"
   fi
   if [ -z "${KERNEL_TABLE:-}" ] && [ -f "$CARRY/kernel-table.json" ]; then
-    KERNEL_TABLE=$CARRY/kernel-table.json
+    KERNEL_TABLE=$PWD/$CARRY/kernel-table.json
   fi
   run build 180 "$PY" -m pip install -q --no-build-isolation --no-deps -e . || exit 1
   XDIST=()
@@ -98,7 +98,7 @@ esac
   if [ "$TIER" = quick ]; then
     if [ -z "${KERNEL_TABLE:-}" ]; then
       run tune 150 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --out "$RESULTS" \
-        --table "$RESULTS/kernel-table.json" && KERNEL_TABLE=$RESULTS/kernel-table.json
+        --table "$RESULTS/kernel-table.json" && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
     fi
     [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ] && export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
     # shellcheck disable=SC2086

@@ -62,25 +62,39 @@ def cases(quick: bool) -> list[dict[str, Any]]:
 
 
 def candidates(case: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
-    """Compile-time configurations to try for one case (the D-split target is tuned after)."""
+    """Compile-time configurations to try for one case (the D-split target is tuned after).
+
+    Gram, broadcast path (T ≤ 16): ``BLOCK_D`` around the register budget of the fp32 partial
+    sums (``BLOCK_T² · BLOCK_D / threads`` ≈ 64 values per thread). Dot path (T > 4): three
+    ``BLOCK_D`` per tile size, fp32 also with ``tf32x3`` products. Warps 4/8, stages 2–4.
+    """
     T, wide = case["T"], case["dtype"] != "fp32"
-    scale = 2 if wide else 1
     if case["op"] == "combine":
         blocks = (1024, 4096) if quick else (512, 1024, 2048, 4096)
         warps = (4,) if quick else (2, 4, 8)
         return [{"block_d": b, "num_warps": w} for b, w in itertools.product(blocks, warps)]
     out: list[dict[str, Any]] = []
-    stages = (3,) if quick else (3, 4)
-    warps = (4,) if quick else (4, 8)
     if T <= 16:
-        blocks = (256,) if quick else tuple(b * scale for b in (64, 128, 256))
-        for b, w, s in itertools.product(blocks, warps, stages):
-            out.append({"broadcast": True, "block_d": b, "num_warps": w, "num_stages": s})
-    block_t = 16 if T <= 16 else 32 if T <= 32 else 64
-    base = {16: (128, 256, 512), 32: (64, 128, 256), 64: (32, 64, 128)}[block_t]
-    blocks = (base[1] * scale,) if quick else tuple(b * scale for b in base)
-    for b, w, s in itertools.product(blocks, warps, stages):
-        out.append({"broadcast": False, "block_d": b, "num_warps": w, "num_stages": s})
+        block_t = max(2, 1 << (T - 1).bit_length())
+        for w in (4,) if quick else (4, 8):
+            limit = max(16, 64 * 32 * w // (block_t * block_t))
+            blocks = (limit,) if quick else (limit // 2, limit, 2 * limit)
+            for b, st in itertools.product(blocks, (3,) if quick else (2, 3)):
+                if b >= 16:
+                    out.append({"broadcast": True, "block_d": b, "num_warps": w, "num_stages": st})
+    if T > 4:
+        scale = 2 if wide else 1
+        block_t = 16 if T <= 16 else 32 if T <= 32 else 64
+        base = {16: (128, 256, 512), 32: (64, 128, 256), 64: (32, 64, 128)}[block_t]
+        blocks = (base[1] * scale,) if quick else tuple(b * scale for b in base)
+        precisions = ("ieee",) if wide or quick else ("ieee", "tf32x3")
+        for b, w, st, pr in itertools.product(
+            blocks, (4,) if quick else (4, 8), (3,) if quick else (3, 4), precisions
+        ):
+            cand = {"broadcast": False, "block_d": b, "num_warps": w, "num_stages": st}
+            if pr != "ieee":
+                cand["precision"] = pr
+            out.append(cand)
     return out
 
 
@@ -179,6 +193,14 @@ def _prepare(case: dict[str, Any], device: Any, quick: bool) -> dict[str, Any]:
             state["rejected"].append({**cand, "error": f"rel error {err:.2e}"})
             continue
         state["ok"].append((cand, err))
+    # TF32 products must not cost accuracy: within 2× the worst fp32-product candidate.
+    ieee = [e for c, e in state["ok"] if c.get("precision", "ieee") == "ieee"]
+    if ieee:
+        gate = 2 * max(ieee)
+        for c, e in [x for x in state["ok"] if x[0].get("precision", "ieee") != "ieee"]:
+            if e > gate:
+                state["ok"].remove((c, e))
+                state["rejected"].append({**c, "error": f"rel error {e:.2e} > 2× fp32's"})
     return state
 
 
@@ -331,6 +353,7 @@ def propose(results: list[dict[str, Any]], capability: list[int] | None) -> dict
             row: dict[str, Any] = {"t_max": r["T"], "d_max": d_max, "dtype": dclass}
             if r["op"] == "gram":
                 row.update(
+                    precision=cfg.get("precision", "ieee"),
                     broadcast=cfg["broadcast"],
                     block_d=cfg["block_d"],
                     num_warps=cfg["num_warps"],
@@ -363,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(14, os.cpu_count() or 1))
     p.add_argument("--reps", type=int, default=15)
     p.add_argument(
-        "--budget", type=float, default=120.0, help="seconds after which no case is measured"
+        "--budget", type=float, default=90.0, help="seconds after which no case is measured"
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, two candidates (dry run)")
     p.add_argument("--only", choices=("gram", "combine"), default=None)

@@ -107,19 +107,43 @@ def _load_slab(ptrs, row_mask, cols, D, MASK_COLS: tl.constexpr, UPCAST: tl.cons
 
 
 @triton.jit
-def _block_product(xi, xj, PRECISION: tl.constexpr, BROADCAST: tl.constexpr):
-    """``xi xjᵀ`` of two [BLOCK_T, BLOCK_D] slabs, fp32.
+def _zero_partial(BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BROADCAST: tl.constexpr):
+    """The fp32 partial sum of a chunk of blocks: [BLOCK_T, BLOCK_T, BLOCK_D] elementwise
+    products on the broadcast path (reduced over the columns only when flushed), else the
+    [BLOCK_T, BLOCK_T] ``tl.dot`` accumulator."""
+    if BROADCAST:
+        part = tl.zeros((BLOCK_T, BLOCK_T, BLOCK_D), dtype=tl.float32)
+    else:
+        part = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
+    return part
 
-    ``BROADCAST``: elementwise products summed over the columns (fp32 FMAs on
-    ``BLOCK_T² × BLOCK_D`` values, no ``tl.dot``), the small-T path, where ``BLOCK_T`` is T rounded
-    up to a power of two instead of the 16 rows ``tl.dot`` needs: at T = 2 a padded dot does 64×
-    the arithmetic, which makes a pass over J compute-bound on fp32. Otherwise ``tl.dot`` with fp32
-    accumulation.
+
+@triton.jit
+def _accumulate(part, xi, xj, PRECISION: tl.constexpr, BROADCAST: tl.constexpr):
+    """``part + xi xjᵀ`` for two [BLOCK_T, BLOCK_D] slabs, in fp32.
+
+    ``BROADCAST``: elementwise products kept per column (fp32 FMAs on ``BLOCK_T² × BLOCK_D``
+    values, no ``tl.dot`` and no reduction inside the loop), the small-T path, where ``BLOCK_T``
+    is T rounded up to a power of two instead of the 16 rows ``tl.dot`` needs: at T = 2 a padded
+    dot does 64× the arithmetic, which makes a pass over J compute-bound on fp32. Otherwise
+    ``tl.dot`` accumulating into ``part``.
     """
     if BROADCAST:
-        prod = xi.to(tl.float32)[:, None, :] * xj.to(tl.float32)[None, :, :]
-        return tl.sum(prod, axis=2)
-    return tl.dot(xi, tl.trans(xj), input_precision=PRECISION)
+        part = part + xi.to(tl.float32)[:, None, :] * xj.to(tl.float32)[None, :, :]
+    else:
+        part = tl.dot(xi, tl.trans(xj), part, input_precision=PRECISION)
+    return part
+
+
+@triton.jit
+def _flush(acc, part, BROADCAST: tl.constexpr):
+    """``acc + Σ part`` in float64 (the chunk's fp32 sum, reduced over the columns first on the
+    broadcast path)."""
+    if BROADCAST:
+        acc = acc + tl.sum(part, axis=2).to(tl.float64)
+    else:
+        acc = acc + part.to(tl.float64)
+    return acc
 
 
 @triton.jit
@@ -139,6 +163,7 @@ def _gram_partial_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     BROADCAST: tl.constexpr,
+    FLUSH: tl.constexpr,
 ):
     """Partial Gram tile ``(i, j)`` of D-split ``program_id(1)`` into ``ws[split]``."""
     pair = tl.program_id(0)
@@ -157,6 +182,7 @@ def _gram_partial_kernel(
         ptrs_j = _row_pointers(base_ptr, table_ptr, row_stride, rows_j, T, USE_TABLE, ROW_ALIGN)
 
     acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float64)
+    part = _zero_partial(BLOCK_T, BLOCK_D, BROADCAST)
     first = split.to(tl.int64) * blocks_per_split
     n_full = D // BLOCK_D
     last = tl.minimum(first + blocks_per_split, n_full)
@@ -167,7 +193,11 @@ def _gram_partial_kernel(
             xj = xi
         else:
             xj = _load_slab(ptrs_j, mask_j, cols, D, False, UPCAST)
-        acc += _block_product(xi, xj, PRECISION, BROADCAST).to(tl.float64)
+        part = _accumulate(part, xi, xj, PRECISION, BROADCAST)
+        if (blk - first) % FLUSH == FLUSH - 1:
+            # fp32 sums span at most FLUSH · BLOCK_D columns; float64 beyond.
+            acc = _flush(acc, part, BROADCAST)
+            part = _zero_partial(BLOCK_T, BLOCK_D, BROADCAST)
     # The partial last block, owned by the split whose range contains it.
     if (D % BLOCK_D != 0) & (n_full >= first) & (n_full < first + blocks_per_split):
         cols = n_full * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -176,7 +206,12 @@ def _gram_partial_kernel(
             xj = xi
         else:
             xj = _load_slab(ptrs_j, mask_j, cols, D, True, UPCAST)
-        acc += _block_product(xi, xj, PRECISION, BROADCAST).to(tl.float64)
+        acc = _flush(
+            acc,
+            _accumulate(_zero_partial(BLOCK_T, BLOCK_D, BROADCAST), xi, xj, PRECISION, BROADCAST),
+            BROADCAST,
+        )
+    acc = _flush(acc, part, BROADCAST)
 
     offs = split.to(tl.int64) * T * T + rows_i.to(tl.int64)[:, None] * T + rows_j[None, :]
     tl.store(ws_ptr + offs, acc.to(tl.float32), mask=mask_i[:, None] & mask_j[None, :])
@@ -202,6 +237,9 @@ def _gram_reduce_kernel(ws_ptr, g_ptr, T, splits, BLOCK: tl.constexpr):
 
 #: Largest T served by the broadcast path (no ``tl.dot``) when no measured table row applies.
 BROADCAST_MAX_T = 8
+#: Columns over which a partial sum stays in fp32 before it is added into the float64 total
+#: (the kernel flushes every ``FP32_SPAN // BLOCK_D`` blocks, at least every block).
+FP32_SPAN = 2048
 
 
 @dataclass(frozen=True)
@@ -216,6 +254,17 @@ class GramConfig(TilePairs):
     num_warps: int
     num_stages: int
     broadcast: bool = False
+    precision: str = "ieee"
+
+    @property
+    def flush_blocks(self) -> int:
+        """Column blocks summed in fp32 before each float64 flush."""
+        return max(1, FP32_SPAN // self.block_d)
+
+    @property
+    def fp32_span(self) -> int:
+        """Columns per fp32 partial sum: the ``n`` of the error bound ``2 (n + 2) u |J||J|ᵀ``."""
+        return self.flush_blocks * self.block_d
 
 
 def gram_config(
@@ -230,6 +279,7 @@ def gram_config(
     num_stages: int | None = None,
     broadcast: bool | None = None,
     programs_per_sm: int | None = None,
+    precision: str | None = None,
 ) -> GramConfig:
     """Launch parameters for T = ``num_tasks`` rows of D = ``numel`` elements.
 
@@ -267,6 +317,8 @@ def gram_config(
         num_stages = num_stages if num_stages is not None else entry.num_stages
         if programs_per_sm is None:
             programs_per_sm = entry.programs_per_sm
+        if precision is None and not broadcast:
+            precision = entry.precision
     if block_d is None:
         if interpret:
             block_d = 512 if block_t == 64 else 1024
@@ -295,6 +347,8 @@ def gram_config(
         num_warps=num_warps if num_warps is not None else 4,
         num_stages=num_stages if num_stages is not None else 3,
         broadcast=broadcast,
+        # TF32 products only ever replace fp32 ones (16-bit products are exact in fp32 anyway).
+        precision=precision if precision is not None and dtype == torch.float32 else "ieee",
     )
 
 
@@ -307,6 +361,7 @@ def gram_rows(
     num_stages: int | None = None,
     broadcast: bool | None = None,
     programs_per_sm: int | None = None,
+    precision: str | None = None,
 ) -> Tensor:
     """G = J Jᵀ of validated fp32/bf16/fp16 rows: float32 [T, T] on their device.
 
@@ -328,6 +383,7 @@ def gram_rows(
         num_stages=num_stages,
         broadcast=broadcast,
         programs_per_sm=programs_per_sm,
+        precision=precision,
     )
     access = row_access(rows)
     # The interpreter's tl.dot cannot multiply bf16 (stored as uint16): widen first there. The
@@ -350,8 +406,9 @@ def gram_rows(
             USE_TABLE=access.use_table,
             ROW_ALIGN=access.row_align,
             UPCAST=upcast,
-            PRECISION="ieee",
             BROADCAST=cfg.broadcast,
+            FLUSH=cfg.flush_blocks,
+            PRECISION=cfg.precision,
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )

@@ -158,7 +158,8 @@ def _shrink(w, eps, y):
     return eps * tl.sum(w * v[:, None], axis=0)
 
 
-@triton.jit
+# T is never specialised (T = 1 would become a Python int inside the kernel).
+@triton.jit(do_not_specialize=["T"])
 def _imtl_g_kernel(
     g_ptr,
     out_ptr,
@@ -271,7 +272,8 @@ def _affine_min_norm(m, support, idx, ridge, T):
     return u / tl.sum(u, axis=0)
 
 
-@triton.jit
+# T is never specialised (T = 1 would become a Python int inside the kernel).
+@triton.jit(do_not_specialize=["T"])
 def _mgda_kernel(
     g_ptr,
     out_ptr,

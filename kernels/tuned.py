@@ -42,6 +42,9 @@ class GramEntry:
         broadcast: the small-T path (elementwise products, no ``tl.dot``).
         block_d, num_warps, num_stages: kernel parameters.
         programs_per_sm: grid size target of the D split (programs per multiprocessor).
+        precision: ``tl.dot`` input precision on the dot path: ``"ieee"`` (fp32 FMAs), or
+            ``"tf32x3"`` (three TF32 tensor-core products per fp32 product, error close to
+            fp32's) where measured faster and within the accuracy gate.
     """
 
     t_max: int
@@ -52,6 +55,7 @@ class GramEntry:
     num_warps: int
     num_stages: int
     programs_per_sm: int
+    precision: str = "ieee"
 
 
 @dataclass(frozen=True)

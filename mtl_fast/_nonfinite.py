@@ -36,6 +36,11 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def _any_capture() -> bool:
+    """A CUDA-graph capture is under way on the current stream (where CUDA is initialised)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 class NonFiniteMonitor:
     """Records per-task non-finite flags and raises ``ValueError`` (at once on the CPU, lazily
     on accelerators)."""
@@ -62,7 +67,11 @@ class NonFiniteMonitor:
         self._pending.append(_PendingFlag(host, event, what, step, problem))
 
     def poll(self) -> None:
-        """Raise for a recorded flag whose copy has landed; never blocks."""
+        """Raise for a recorded flag whose copy has landed; never blocks. Does nothing while a
+        CUDA graph is being captured (querying an event is not permitted then); the flags are
+        polled by the next call outside the capture."""
+        if self._pending and _any_capture():
+            return
         still = []
         for flag in self._pending:
             if flag.event is not None and not flag.event.query():

@@ -256,12 +256,17 @@ def graph_leaves(output: Tensor) -> list[Tensor]:
         return [output] if output.requires_grad else []
     leaves: list[Tensor] = []
     seen: set[int] = set()
+    # The Python wrappers of autograd nodes can be created on access and freed afterwards (torch
+    # 2.11 does), so a freed wrapper's id may be reused by another node's: keep every visited
+    # wrapper alive for the walk, so that ids stay unique.
+    visited: list[object] = []
     stack = [root]
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
+        visited.append(node)
         var = getattr(node, "variable", None)
         if var is not None and isinstance(var, Tensor):
             leaves.append(var)

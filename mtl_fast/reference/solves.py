@@ -242,7 +242,7 @@ def _affine_min_norm(G: Tensor, support: Tensor) -> Tensor:
     K[:T, T] = ones
     K[T, :T] = ones
     rhs = torch.zeros(T + 1, dtype=G.dtype, device=G.device)
-    rhs[T] = 1.0
+    rhs[T:].fill_(1.0)  # not `rhs[T] = 1.0`: a Python scalar stored into a device tensor syncs
     sol, _ = torch.linalg.solve_ex(K, rhs)
     return torch.where(support, sol[:T], 0.0)
 

@@ -50,19 +50,21 @@ SCRIPT = textwrap.dedent(
     ptr = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
     gram_sig = {"T": "i32", "D": "i32", "row_stride": "i32", "blocks_per_split": "i32",
                 "ws_ptr": "*fp32"}
-    for dtype, T, table, bcast in [(torch.bfloat16, 8, True, False),
-                                   (torch.float32, 40, True, False),
-                                   (torch.float16, 24, False, False),
-                                   (torch.float32, 3, True, True),
-                                   (torch.bfloat16, 16, False, True)]:
+    for dtype, T, table, bcast, prec in [(torch.bfloat16, 8, True, False, "ieee"),
+                                         (torch.float32, 40, True, False, "ieee"),
+                                         (torch.float16, 24, False, False, "ieee"),
+                                         (torch.float32, 3, True, True, "ieee"),
+                                         (torch.bfloat16, 16, False, True, "ieee"),
+                                         (torch.float32, 128, False, False, "tf32x3")]:
         cfg = G.gram_config(T, 10**6, dtype, cuda, splits=132, broadcast=bcast)
         kind = "bcast" if bcast else ("table" if table else "stride")
+        kind += "_tf32x3" if prec != "ieee" else ""
         build(f"gram_{str(dtype)[6:]}_T{T}_{kind}",
               G._gram_partial_kernel,
               {"base_ptr": ptr[dtype], "table_ptr": "*i64" if table else ptr[dtype], **gram_sig},
               dict(BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, SINGLE_TILE=cfg.single_tile,
                    USE_TABLE=table, ROW_ALIGN=16 if table else 1, UPCAST=False,
-                   PRECISION="ieee", BROADCAST=cfg.broadcast),
+                   PRECISION=prec, BROADCAST=cfg.broadcast, FLUSH=cfg.flush_blocks),
               cfg.num_warps, cfg.num_stages)
     build("gram_reduce", G._gram_reduce_kernel,
           {"ws_ptr": "*fp32", "g_ptr": "*fp32", "T": "i32", "splits": "i32"},
@@ -133,6 +135,7 @@ def test_kernels_compile_for_sm90():
         "gram_float16_T24_stride",
         "gram_float32_T3_bcast",
         "gram_bfloat16_T16_bcast",
+        "gram_float32_T128_stride_tf32x3",
         "gram_reduce",
         "combine_float32_table",
         "combine_bfloat16_stride",

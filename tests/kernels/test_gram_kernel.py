@@ -7,10 +7,11 @@ interpreter on CPU tensors (tests/conftest.py sets TRITON_INTERPRET); with one, 
 also run on CUDA tensors through the ``device`` fixture.
 
 Tolerance (vs the float64 oracle), entrywise, with ``B = |J| |J|ᵀ`` and ``u = 2⁻²⁴``:
-    ``|G − J Jᵀ| ≤ 2 (BLOCK_D + 2) u B``. Every product of two fp32 (or bf16/fp16) values is
-    exact in float64, and bf16/fp16 products are exact in fp32. The kernel sums at most
-    ``BLOCK_D`` products in fp32 per ``tl.dot`` (error ≤ BLOCK_D·u·B for that block), adds the
-    blocks in float64 (negligible), rounds each split's partial once to fp32 (≤ u·B) and the
+    ``|G − J Jᵀ| ≤ 2 (n + 2) u B`` with ``n`` the config's ``fp32_span`` (columns per fp32 partial
+    sum, ``FLUSH · BLOCK_D``). Every product of two fp32 (or bf16/fp16) values is exact in
+    float64, and bf16/fp16 products are exact in fp32. The kernel sums at most ``n`` products in
+    fp32 (error ≤ n·u·B for that chunk), adds the chunks in float64 (negligible), rounds each
+    split's partial once to fp32 (≤ u·B) and the
     float64 total once to fp32 (≤ u·B). The factor 2 covers tensor-core accumulators that
     truncate instead of rounding. The bound does not depend on D — that is the point of the
     float64 reduction, checked directly by ``test_error_does_not_grow_with_d``.
@@ -80,7 +81,7 @@ def test_fp32_shapes(dev: torch.device, T: int, D: int) -> None:
     J = _jacobian(T, D, torch.float32, dev, seed=T * 7 + D)
     rows = as_task_rows(list(J))
     G = gram_rows(rows)
-    _check_gram(G, J, gram_config(T, D, J.dtype, dev).block_d)
+    _check_gram(G, J, gram_config(T, D, J.dtype, dev).fp32_span)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -88,7 +89,7 @@ def test_fp32_shapes(dev: torch.device, T: int, D: int) -> None:
 def test_half_dtypes(dev: torch.device, dtype: torch.dtype, T: int, D: int) -> None:
     J = _jacobian(T, D, dtype, dev, seed=T + D)
     G = gram_rows(as_task_rows(list(J)))
-    _check_gram(G, J, gram_config(T, D, dtype, dev).block_d)
+    _check_gram(G, J, gram_config(T, D, dtype, dev).fp32_span)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,7 @@ def test_long_rows(dev: torch.device, T: int, dtype: torch.dtype) -> None:
     J = _jacobian(T, D, dtype, dev, seed=T)
     cfg = gram_config(T, D, dtype, dev)
     G = gram_rows(as_task_rows(list(J)))
-    _check_gram(G, J, cfg.block_d)
+    _check_gram(G, J, cfg.fp32_span)
 
 
 @pytest.mark.parametrize(
@@ -117,8 +118,8 @@ def test_long_rows(dev: torch.device, T: int, dtype: torch.dtype) -> None:
 def test_forced_configs(dev: torch.device, T: int, D: int, block_d: int, splits: int) -> None:
     J = _jacobian(T, D, torch.float32, dev, seed=D)
     G = gram_rows(as_task_rows(list(J)), block_d=block_d, splits=splits)
-    _check_gram(G, J, block_d)
     cfg = gram_config(T, D, J.dtype, dev, block_d=block_d, splits=splits)
+    _check_gram(G, J, cfg.fp32_span)
     n_blocks = -(-D // block_d)
     assert cfg.splits <= n_blocks and (cfg.splits - 1) * cfg.blocks_per_split < n_blocks
 
@@ -138,13 +139,14 @@ def test_non_contiguous_inputs(dev: torch.device) -> None:
     base = _jacobian(1001, 9, torch.float32, dev, seed=2)  # [D, T]
     Jt = base.T  # [T, D], stride (1, T)
     G = gram_rows(as_task_rows(Jt))
-    _check_gram(G, Jt, gram_config(9, 1001, Jt.dtype, dev).block_d)
+    _check_gram(G, Jt, gram_config(9, 1001, Jt.dtype, dev).fp32_span)
     cols = [base[:, t] for t in range(9)]  # strided rows
     assert torch.equal(gram_rows(as_task_rows(cols)), G)
     # 2-D task gradients (e.g. a weight matrix's gradient), transposed views
     mats = [_jacobian(13, 11, torch.float32, dev, seed=t).T for t in range(4)]
     G2 = gram_rows(as_task_rows(mats))
-    _check_gram(G2, [m.contiguous() for m in mats], gram_config(4, 143, torch.float32, dev).block_d)
+    span = gram_config(4, 143, torch.float32, dev).fp32_span
+    _check_gram(G2, [m.contiguous() for m in mats], span)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -158,7 +160,7 @@ def test_odd_storage_offsets(dev: torch.device, dtype: torch.dtype, T: int) -> N
     access = _pointers.row_access(as_task_rows(rows))
     assert access.use_table and access.row_align < 16
     G = gram_rows(as_task_rows(rows))
-    _check_gram(G, rows, gram_config(T, D, dtype, dev).block_d)
+    _check_gram(G, rows, gram_config(T, D, dtype, dev).fp32_span)
     # the same values, aligned and stacked: identical bits (same blocks, same order)
     assert torch.equal(G, gram_rows(as_task_rows(torch.stack(rows))))
 
@@ -168,7 +170,7 @@ def test_overlapping_and_repeated_rows(dev: torch.device) -> None:
     flat = _jacobian(1, 600, torch.float32, dev, seed=3)[0]
     rows = [flat[0:500], flat[0:500], flat[7:507], flat[100:600]]
     G = gram_rows(as_task_rows(rows))
-    _check_gram(G, rows, gram_config(4, 500, torch.float32, dev).block_d)
+    _check_gram(G, rows, gram_config(4, 500, torch.float32, dev).fp32_span)
     assert G[0, 0] == G[0, 1] == G[1, 1]
 
 
@@ -192,7 +194,7 @@ def test_error_does_not_grow_with_d(dev: torch.device) -> None:
     x, y = (np.float64(np.float32(v)) for v in (0.1, -0.3))
     exact = D * np.array([[x * x, x * y], [x * y, y * y]])
     rel = np.abs(_as_f64(G) - exact) / np.abs(exact)
-    bound = 2 * (gram_config(2, D, J.dtype, dev).block_d + 2) * U32
+    bound = 2 * (gram_config(2, D, J.dtype, dev).fp32_span + 2) * U32
     assert np.all(rel <= bound), rel / U32
     naive = np.cumsum(np.full(D, np.float32(x * x), dtype=np.float32))[-1]
     assert abs(naive - exact[0, 0]) / exact[0, 0] > 10 * bound  # a running fp32 sum does drift
@@ -214,7 +216,7 @@ def test_non_finite_propagates(dev: torch.device, T: int, bad: float) -> None:
     keep = [t for t in range(T) if t != 1]
     sub = G[keep][:, keep]
     assert torch.isfinite(sub).all()
-    _check_gram(sub, J[keep], gram_config(T, D, J.dtype, dev).block_d)
+    _check_gram(sub, J[keep], gram_config(T, D, J.dtype, dev).fp32_span)
     assert torch.equal(G.isnan(), G.isnan().T)
 
 
@@ -239,7 +241,7 @@ def test_public_api_matches_reference(dev: torch.device, dtype: torch.dtype) -> 
     # Both are within 2 (K + 2) u B of the exact value: K = BLOCK_D for the kernel, K = D for
     # the reference (one fp32 GEMM over its single chunk of 2000 columns).
     B = torch.from_numpy(np.abs(_as_f64(J)) @ np.abs(_as_f64(J)).T)
-    K_kernel, K_ref = gram_config(17, 2000, dtype, dev).block_d, 2000
+    K_kernel, K_ref = gram_config(17, 2000, dtype, dev).fp32_span, 2000
     tol = 2 * (K_kernel + 2) * U32 * B + 2 * (K_ref + 2) * U32 * B
     assert torch.all((G.cpu().double() - G_ref.cpu().double()).abs() <= tol)
     assert torch.equal(ops.gram(J, backend="triton"), G)  # stacked input, same bits
@@ -338,4 +340,4 @@ def test_property_random_shapes(T: int, D: int, dtype: torch.dtype, offset: int,
     flat = _jacobian(1, offset + T * D, dtype, device, seed=seed)[0]
     rows = [flat[offset + t * D : offset + (t + 1) * D] for t in range(T)]
     G = gram_rows(as_task_rows(rows))
-    _check_gram(G, rows, gram_config(T, D, dtype, device).block_d)
+    _check_gram(G, rows, gram_config(T, D, dtype, device).fp32_span)
