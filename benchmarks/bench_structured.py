@@ -13,10 +13,17 @@ with T outputs on z (multi-label: T binary tasks, BCE). One training step is for
 * ``equal`` — the same head with :class:`mtl_fast.EqualWeighting` (a plain linear layer).
 
 Sizes by tier (``--bench-tier`` / ``$MTL_FAST_BENCH_TIER``): smoke T = 8, B = 16, C = 32;
-quick T ∈ {40, 256}; full T ∈ {40, 256, 1024, 4096} — B = 256, C = 512 for quick and full.
+quick T ∈ {40, 256}; full T ∈ {40, 256, 1024, 4096}; gpu T ∈ {256, 1024, 4096} (for a CUDA
+device) — B = 256, C = 512 for quick, full and gpu.
 Cases that cannot run in reasonable time or memory are skipped with the reason (on the CPU: the
-Jacobian route beyond T = 1024 — its Gram alone is 2·T²·B·C flops, 4.4 TFLOP at T = 4096).
-MGDA runs at every T: on the CPU its solve is the native exact Wolfe solver of ``mtl_fast._C``.
+Jacobian route beyond T = 1024 — its Gram alone is 2·T²·B·C flops, 4.4 TFLOP at T = 4096; on
+any device: a Jacobian over the tier's memory budget). MGDA runs at every T: on the CPU its
+solve is the native exact Wolfe solver of ``mtl_fast._C``.
+
+Timing: on the CPU a host clock around each call (wall and process CPU time); on CUDA
+:func:`mtl_fast.bench.runner.time_interleaved` (CUDA events, one synchronisation per round).
+A time limit (``--time-limit``; by default 75 s on the gpu tier, none elsewhere) bounds the
+run: (T, method) cells not started within it are listed as skipped.
 
 pytest-benchmark (as the other suites)::
 
@@ -58,7 +65,10 @@ SIZES: dict[str, tuple[tuple[int, ...], int, int]] = {
     "smoke": ((8,), 16, 32),
     "quick": ((40, 256), 256, 512),
     "full": ((40, 256, 1024, 4096), 256, 512),
+    "gpu": ((256, 1024, 4096), 256, 512),
 }
+#: Default time limit (seconds) of a tier's table run (``None``: no limit).
+TIME_LIMIT_S: dict[str, float | None] = {"gpu": 75.0}
 ROUTES = ("structured", "jacobian", "equal")
 METHODS = ("IMTLG", "MGDA")
 #: Input width of the encoder.
@@ -83,13 +93,18 @@ def _method(name: str, T: int) -> mf.Weighting:
     return cls(T)
 
 
-def skip_reason(case: Case, device: torch.device) -> str | None:
-    """Why ``case`` is not run here (``None``: it runs)."""
+def skip_reason(case: Case, device: torch.device, budget: int | None = None) -> str | None:
+    """Why ``case`` is not run here (``None``: it runs); ``budget``: bytes a case may use
+    (default: :func:`mtl_fast.bench.workloads.memory_budget` of the device)."""
     T, B, C = case.T, case.B, case.C
     if case.route == "jacobian":
         need = 2 * T * B * C * 4  # the T feature gradients, and as much again for the split's views
-        if need > wl.memory_budget(device):
-            return f"memory: the Jacobian needs ~{need / 2**30:.1f} GiB"
+        budget = wl.memory_budget(device) if budget is None else budget
+        if need > budget:
+            return (
+                f"memory: the Jacobian needs ~{need / 2**30:.1f} GiB "
+                f"(budget {budget / 2**30:.1f} GiB)"
+            )
         if device.type == "cpu" and T > CPU_MAX_T_JACOBIAN:
             flops = 2 * T * T * B * C
             return f"time: the Jacobian route's Gram alone is {flops / 1e12:.1f} TFLOP per step"
@@ -176,12 +191,31 @@ def time_routes(
     min_repeats: int,
     max_repeats: int,
     budget_s: float,
+    max_s: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Interleaved rounds (one call of each route per round) after ``warmup`` calls each, until
     ``min_repeats`` rounds and the budget (``budget_s`` per route) are spent, at most
     ``max_repeats`` (3 rounds when a call takes over 2 s). Per route the median wall time and,
     on the CPU, the median process CPU time — robust to a loaded machine when torch runs one
-    thread (``--threads 1``): time spent preempted is not counted."""
+    thread (``--threads 1``): time spent preempted is not counted.
+
+    On CUDA the rounds are :func:`mtl_fast.bench.runner.time_interleaved`'s (CUDA events, one
+    synchronisation per round; ``max_s`` bounds a measurement's planned rounds); the wall time
+    is the device time between the events."""
+    if runner.uses_events(device):
+        timings = runner.time_interleaved(
+            steps,
+            device,
+            warmup=warmup,
+            min_repeats=min_repeats,
+            max_repeats=max_repeats,
+            budget_s=budget_s,
+            max_s=max_s,
+        )
+        return {
+            n: {"wall_s": tm.median_s, "cpu_s": None, "repeats": tm.repeats}
+            for n, tm in timings.items()
+        }
     first: dict[str, float] = {}
     for name, fn in steps.items():
         for _ in range(max(1, warmup)):
@@ -215,18 +249,36 @@ def time_routes(
     }
 
 
-def run(tier_name: str, device: torch.device, progress: Callable[[str], None] = print) -> dict:
-    """Every case of the tier, timed in interleaved rounds per (T, method); the records."""
+def run(
+    tier_name: str,
+    device: torch.device,
+    progress: Callable[[str], None] = print,
+    time_limit_s: float | None = None,
+    sizes: tuple[tuple[int, ...], int, int] | None = None,
+) -> dict:
+    """Every case of the tier, timed in interleaved rounds per (T, method); the records.
+
+    ``time_limit_s``: (T, method) cells not started within it are skipped (default:
+    :data:`TIME_LIMIT_S` of the tier). ``sizes``: (T values, B, C) instead of the tier's."""
     tier = wl.get_tier(tier_name)
-    Ts, B, C = SIZES[tier_name]
+    Ts, B, C = sizes or SIZES[tier_name]
+    limit = TIME_LIMIT_S.get(tier_name) if time_limit_s is None else time_limit_s
+    deadline = None if limit is None else time.perf_counter() + limit
+    budget = wl.memory_budget(device, tier.memory_cap_bytes)
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for T in Ts:
         for name in METHODS:
+            if deadline is not None and time.perf_counter() > deadline:
+                for route in ROUTES:
+                    skipped.append(
+                        {**asdict(Case(name, route, T, B, C)), "reason": "time limit of the run"}
+                    )
+                continue
             steps: dict[str, Callable[[], Tensor]] = {}
             for route in ROUTES:
                 case = Case(name, route, T, B, C)
-                reason = skip_reason(case, device)
+                reason = skip_reason(case, device, budget)
                 if reason:
                     skipped.append({**asdict(case), "reason": reason})
                     continue
@@ -241,6 +293,7 @@ def run(tier_name: str, device: torch.device, progress: Callable[[str], None] = 
                 min_repeats=tier.min_repeats,
                 max_repeats=tier.max_repeats,
                 budget_s=tier.budget_s,
+                max_s=tier.cell_time_s,
             )
             peaks = {r: runner.peak_extra_bytes(steps[r], device) for r in steps}
             for route, tm in timings.items():
@@ -259,6 +312,8 @@ def run(tier_name: str, device: torch.device, progress: Callable[[str], None] = 
         "tier": tier_name,
         "date": datetime.date.today().isoformat(),
         "machine": runner.machine_info(device),
+        "time_limit_s": limit,
+        "memory_budget_bytes": budget,
         "records": records,
         "skipped": skipped,
     }
@@ -342,11 +397,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="skip the cells not started within this time (default: 75 s on the gpu tier)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    results = run(args.tier, device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("device 'cuda' requested but torch.cuda.is_available() is False")
+    results = run(args.tier, device, time_limit_s=args.time_limit)
     md = markdown(results)
     print(md)
     out = Path(args.out)

@@ -5,8 +5,9 @@
 #                                   # everything after it in the run), the CUDA test subset
 #                                   # (kernels, split, ops, backward, MultiTaskLinear, whole-step
 #                                   # CUDA-graph captures), `mtl-fast bench --quick` ops on CUDA
-#   benchmarks/gpu_check.sh full    # ≤ 8 min: build, the rest of the test suite on CUDA, the GPU
-#                                   # benchmark tier, the MultiTaskLinear benchmark (T ≤ 4096)
+#   benchmarks/gpu_check.sh full    # ≤ 8 min: build, the Gram tuning sweep (unless a table is
+#                                   # carried), the whole test suite on CUDA, the GPU benchmark
+#                                   # tier, the MultiTaskLinear benchmark (T up to 4096)
 #
 #   DEVICE=cpu benchmarks/gpu_check.sh quick   # dry run on a machine without a GPU: the same
 #                                              # steps at smoke sizes, kernels in the interpreter
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 TIER=${1:-quick}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
-JOBS=${JOBS:-8}
+JOBS=${JOBS:-12}
 RESULTS=benchmarks/results
 LOG=${OUT:-$RESULTS}/gpu_check-$TIER.log
 mkdir -p "$(dirname "$LOG")" "$RESULTS"
@@ -56,7 +57,7 @@ case $TIER in
     TESTS=${TESTS:-"tests/kernels tests/test_split.py tests/test_ops.py tests/test_backward.py tests/test_multitask_linear.py tests/test_cuda_graph_step.py"}
     ;;
   full)
-    TESTS=${TESTS:-"tests --ignore=tests/kernels --ignore=tests/test_split.py --ignore=tests/test_ops.py --ignore=tests/test_backward.py --ignore=tests/test_multitask_linear.py --ignore=tests/test_cuda_graph_step.py"}
+    TESTS=${TESTS:-tests}
     ;;
   *)
     echo "usage: $0 quick|full" >&2
@@ -113,21 +114,26 @@ esac
         && [ "$size" -le 15728640 ] || rm -f "$RESULTS/triton-cache.tgz"
     fi
   else
+    if [ -z "${KERNEL_TABLE:-}" ]; then
+      run tune 85 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --only gram --budget 65 \
+        --out "$RESULTS" --table "$RESULTS/kernel-table.json" \
+        && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
+    fi
     if [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ]; then
       export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
     fi
     # shellcheck disable=SC2086
-    run tests 150 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 140 \
+    run tests 160 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 120 \
       --junitxml="$RESULTS/junit-$TIER.xml" -o junit_logging=no $TESTS
-    run bench 200 "$PY" -m mtl_fast.cli bench --tier "$BENCH_TIER" --device "$DEVICE" \
-      --out "$RESULTS"
-    run structured 90 "$PY" benchmarks/bench_structured.py --tier "$STRUCT_TIER" \
-      --device "$DEVICE" --out "$RESULTS"
+    run bench 165 "$PY" -m mtl_fast.cli bench --tier "$BENCH_TIER" --device "$DEVICE" \
+      --time-limit 140 --out "$RESULTS"
+    run structured 55 "$PY" benchmarks/bench_structured.py --tier "$STRUCT_TIER" \
+      --device "$DEVICE" --time-limit 40 --out "$RESULTS"
   fi
 
   if [ -n "${OUT:-}" ]; then
-    # Only what this run wrote (the device tool returns at most 8 files, the log included).
-    find "$RESULTS" -maxdepth 1 -type f -newer "$stamp" ! -name "gpu_check-*.log" \
+    # Only what this run wrote, PNGs left out (re-rendered from the JSON): at most 8 files
+    find "$RESULTS" -maxdepth 1 -type f -newer "$stamp" ! -name "gpu_check-*.log" ! -name "*.png" \
       | head -n 7 | xargs -r -I{} cp {} "$OUT"/
   fi
   echo "gpu_check $TIER done in ${SECONDS}s; failed steps: ${failed[*]:-none}"

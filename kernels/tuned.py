@@ -73,7 +73,19 @@ class CombineEntry:
 GRAM_TABLES: dict[tuple[int, int], tuple[GramEntry, ...]] = {}
 
 #: Combine rows by compute capability.
-COMBINE_TABLES: dict[tuple[int, int], tuple[CombineEntry, ...]] = {}
+#: sm_90 (H200, 2026-12-04, ``benchmarks/results/tune-nvidia-h200-2026-12-04-run1.json``): time
+#: at D = 1.6·10⁷; at T ≥ 8 every candidate is within 5% of the copy-bandwidth floor, at T = 2
+#: the rows are too short for the launch to fill the GPU (~2× the floor, 93–95 µs).
+COMBINE_TABLES: dict[tuple[int, int], tuple[CombineEntry, ...]] = {
+    (9, 0): (
+        CombineEntry(t_max=2, d_max=ANY, dtype="fp32", block_d=2048, num_warps=8),
+        CombineEntry(t_max=8, d_max=ANY, dtype="fp32", block_d=512, num_warps=8),
+        CombineEntry(t_max=ANY, d_max=ANY, dtype="fp32", block_d=4096, num_warps=8),
+        CombineEntry(t_max=2, d_max=ANY, dtype="16bit", block_d=4096, num_warps=8),
+        CombineEntry(t_max=8, d_max=ANY, dtype="16bit", block_d=4096, num_warps=2),
+        CombineEntry(t_max=ANY, d_max=ANY, dtype="16bit", block_d=2048, num_warps=8),
+    ),
+}
 
 
 #: Environment variable naming a JSON table that replaces the built-in rows of its capability.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import time
 
 import pytest
 import torch
@@ -261,3 +263,427 @@ def test_cli_quick_only_ops(tmp_path, monkeypatch, capsys) -> None:
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert data["tier"] == "quick" and data["sections"] == ["ops"]
     assert {r["section"] for r in data["records"]} == {"ops"}
+
+
+# --------------------------------------------------------------------------- gpu tier
+
+
+class HostEvent:
+    """A stand-in for ``torch.cuda.Event`` on the host clock: runs the event-timed path of
+    :func:`runner.time_interleaved` on the CPU."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: HostEvent) -> float:
+        return (end.t - self.t) * 1e3
+
+
+@pytest.fixture
+def host_events(monkeypatch) -> None:
+    """Time with (host-clock) events, as on CUDA: k calls per block, input rotation."""
+    monkeypatch.setattr(runner, "uses_events", lambda device: True)
+    monkeypatch.setattr(runner, "new_event", lambda device: HostEvent())
+
+
+#: The gpu tier with every size shrunk, its flags kept (no precision, no stats, time limits,
+#: extra D up to T = 16, memory cap).
+GPU_TINY = dataclasses.replace(
+    wl.TIERS["gpu"],
+    ops_T=(2, 24),
+    ops_D=(512,),
+    gpu_extra_D=(4096,),
+    train_T=(2,),
+    train_width=2,
+    train_image=16,
+    train_batch=2,
+    train_methods=("EqualWeighting", "IMTLG", "MGDA", "LibMTL-style IMTL"),
+    train_warmup=1,
+    train_min_repeats=1,
+    scaling_T=(2, 4),
+    scaling_D=512,
+    scaling_train_T=(2,),
+    warmup=1,
+    min_repeats=2,
+    max_repeats=2,
+    budget_s=0.0,
+    copy_bytes=1 << 16,
+    memory_cap_bytes=1 << 30,
+)
+
+
+def test_gpu_tier_is_well_formed() -> None:
+    from mtl_fast.bench import cli
+
+    gpu = wl.TIERS["gpu"]
+    assert cli.TIERS == tuple(wl.TIERS)
+    assert gpu.ops_T == (2, 3, 8, 16, 40, 64, 128, 256)
+    assert gpu.ops_D == (1_000_000, 16_000_000) and gpu.ops_dtypes == ("fp32", "bf16")
+    assert gpu.ops_Ds(16, "cuda") == (1_000_000, 16_000_000, 64_000_000)
+    assert gpu.ops_Ds(40, "cuda") == gpu.ops_D == gpu.ops_Ds(2, "cpu")
+    assert not gpu.precision and "stats" not in gpu.default_sections
+    assert set(gpu.default_sections) <= set(runner.SECTIONS)
+    assert (gpu.train_T, gpu.train_width, gpu.train_image, gpu.train_batch) == (
+        (3, 10, 40, 128),
+        32,
+        128,
+        64,
+    )
+    assert max(gpu.scaling_T) == 4096 and gpu.scaling_D == 1_000_000
+    assert gpu.scaling_train_T == (3, 10, 40, 128)
+    assert (gpu.warmup, gpu.min_repeats, gpu.max_repeats, gpu.budget_s) == (3, 10, 50, 0.2)
+    assert gpu.copy_bytes == 2 * wl.GiB and gpu.memory_cap_bytes == 100 * wl.GiB
+    limits = dict(gpu.section_time_s)
+    assert set(limits) == set(gpu.default_sections) and 100 <= sum(limits.values()) <= 240
+    # The other tiers keep their behaviour.
+    for name in ("smoke", "quick", "full"):
+        t = wl.TIERS[name]
+        assert t.precision and t.default_sections is None and t.section_time_s == ()
+        assert t.memory_cap_bytes == wl.MEMORY_BUDGET and t.cell_time_s is None
+    assert wl.TIERS["full"].ops_Ds(256, "cuda") == (100_000, 1_000_000, 4_000_000, 16_000_000)
+
+
+def test_section_limits_rescale() -> None:
+    gpu = wl.TIERS["gpu"]
+    own = dict(gpu.section_time_s)
+    assert runner.section_limits(gpu, ("ops", "train")) == {
+        "ops": own["ops"],
+        "train": own["train"],
+    }
+    scaled = runner.section_limits(gpu, ("ops", "train", "scaling"), 110.0)
+    share = own["ops"] / sum(own.values())
+    assert sum(scaled.values()) == pytest.approx(110.0)
+    assert scaled["ops"] == pytest.approx(110.0 * share)
+    assert runner.section_limits(wl.TIERS["full"], ("ops",)) == {}
+    assert runner.section_limits(wl.TIERS["full"], ("ops", "train"), 10.0) == {
+        "ops": 5.0,
+        "train": 5.0,
+    }
+
+
+def test_memory_budget_cap(monkeypatch) -> None:
+    """CUDA: min(cap, 85% of the free device memory); the cap is the tier's."""
+    free = 140 * wl.GiB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 141 * wl.GiB))
+    cuda = torch.device("cuda")
+    assert wl.memory_budget(cuda) == wl.MEMORY_BUDGET
+    assert wl.memory_budget(cuda, wl.TIERS["gpu"].memory_cap_bytes) == 100 * wl.GiB
+    free = 50 * wl.GiB
+    assert wl.memory_budget(cuda, 100 * wl.GiB) == int(0.85 * free)
+    assert wl.memory_budget("cpu", 1 << 20) <= 1 << 20
+
+
+#: make_jacobian's CPU values, recorded before the CUDA path was added (J[:, :3] and the row
+#: norms of T=3, D=1000, seed 0): the CPU inputs of the committed results must not change.
+JACOBIAN_CPU_HEAD = [
+    [-4.1614335775e-01, -6.9656187296e-01, -4.9988713861e-01],
+    [-5.6922773365e-04, 6.1421567807e-04, -3.4530260018e-04],
+    [-3.7254001945e-02, -5.3095620126e-02, 1.6053995118e-02],
+]
+JACOBIAN_CPU_NORMS = [20.2961604538, 0.0508674798, 1.0065979302]
+JACOBIAN_CPU_BF16_HEAD = [-3.1054687500e-01, 2.9296875000e-03, 9.2285156250e-02]
+
+
+def test_make_jacobian_cpu_values_unchanged() -> None:
+    J = wl.make_jacobian(3, 1000, seed=0)
+    torch.testing.assert_close(J[:, :3], torch.tensor(JACOBIAN_CPU_HEAD), rtol=1e-6, atol=1e-9)
+    norms = J.double().norm(dim=1)
+    torch.testing.assert_close(norms, torch.tensor(JACOBIAN_CPU_NORMS, dtype=torch.float64))
+    assert float(J.double().sum()) == pytest.approx(27.25946037543872, rel=1e-6)
+    Jb = wl.make_jacobian(4, 64, torch.bfloat16, seed=2)
+    assert Jb[0, :3].float().tolist() == JACOBIAN_CPU_BF16_HEAD
+
+
+def test_jacobian_on_device_geometry() -> None:
+    """The device path (here run on the CPU): the same norms and shared component."""
+    J = wl._jacobian_on_device(
+        9, 50_000, torch.float32, torch.device("cpu"), seed=3, spread=3.0, shared=0.5
+    )
+    norms = J.norm(dim=1)
+    assert float(norms.max() / norms.min()) == pytest.approx(torch.e**6, rel=0.05)
+    U = J / norms[:, None]
+    cos = (U @ U.T)[~torch.eye(9, dtype=torch.bool)]
+    assert float(cos.mean()) == pytest.approx(0.5, abs=0.05)
+    # The same norms as the CPU path (in another order: the order is drawn differently).
+    cpu = wl.make_jacobian(9, 50_000, seed=3).norm(dim=1)
+    torch.testing.assert_close(norms.sort().values, cpu.sort().values, rtol=2e-2, atol=0)
+
+
+def test_time_interleaved_event_path(host_events) -> None:
+    """Event-timed rounds: a short call runs k > 1 times per block (≈ 1 ms), a long one once;
+    the per-call medians are right."""
+
+    def slow() -> None:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 3e-4:
+            pass
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast() -> None:
+        calls["fast"] += 1
+
+    out = runner.time_interleaved(
+        {"fast": fast, "slow": slow}, torch.device("cpu"), warmup=0, min_repeats=3, max_repeats=3
+    )
+    assert out["slow"].calls_per_sample == 1 and out["slow"].repeats == 3
+    assert 2.9e-4 <= out["slow"].median_s < 2e-3
+    k = out["fast"].calls_per_sample
+    assert 1 < k <= runner.MAX_CALLS_PER_BLOCK
+    assert calls["fast"] == 2 + 3 + 3 * k  # two warm-up calls, the calibration block, rounds
+    assert out["fast"].median_s < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_time_interleaved_cuda_events() -> None:
+    dev = torch.device("cuda")
+    small = torch.ones(1024, device=dev)
+    big = torch.ones(1 << 26, device=dev)  # 256 MiB
+    out = runner.time_interleaved(
+        {"small": lambda: small.add_(1), "big": lambda: big.mul_(1.0)},
+        dev,
+        warmup=1,
+        min_repeats=5,
+        max_repeats=5,
+    )
+    assert out["small"].calls_per_sample > 1 and out["small"].median_s < 1e-4
+    assert out["big"].calls_per_sample == 1 and out["big"].repeats == 5
+    gbps = 2 * big.numel() * 4 / out["big"].median_s / 1e9
+    assert 50 < gbps < 20_000  # read + write at the device's bandwidth
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_make_jacobian_cuda() -> None:
+    J = wl.make_jacobian(9, 200_000, torch.bfloat16, "cuda", seed=3)
+    assert J.device.type == "cuda" and J.dtype == torch.bfloat16 and J.shape == (9, 200_000)
+    norms = J.float().norm(dim=1)
+    assert float(norms.max() / norms.min()) == pytest.approx(torch.e**6, rel=0.05)
+    U = J.float() / norms[:, None]
+    cos = (U @ U.T)[~torch.eye(9, dtype=torch.bool, device=J.device)]
+    assert float(cos.mean()) == pytest.approx(0.5, abs=0.05)
+    torch.testing.assert_close(J, wl.make_jacobian(9, 200_000, torch.bfloat16, "cuda", seed=3))
+
+
+def _cuda(rec: dict) -> dict:
+    return {**rec, "device": "cuda"}
+
+
+def test_gpu_targets_na_on_cpu_records() -> None:
+    recs = [
+        _record("mtl_fast", "gram", 8, 16 * 10**6, 1.0, vs_floor=1.0),
+        _record("mtl_fast", "step_imtlg", 8, 16 * 10**6, 1.0, vs_floor=1.0),
+        _record("reference", "step_imtlg", 8, 16 * 10**6, 3.0),
+        {"section": "train", "method": "IMTLG", "family": "gradient", "T": 10, "device": "cpu"}
+        | {"median_s": 1.0, "vs_equal": 1.0},
+    ]
+    targets = {t["id"]: t for t in report.evaluate_targets({"records": recs})}
+    for tid in (
+        "gpu_gram_floor",
+        "gpu_step_floor",
+        "gpu_step_vs_reference",
+        "gpu_train_T10",
+        "gpu_train_T128",
+        "gpu_no_host_sync",
+    ):
+        assert targets[tid]["status"] == "n/a", tid
+
+
+def test_gpu_targets_pass_and_miss() -> None:
+    D = 16 * 10**6
+
+    def train(method: str, T: int, vs: float) -> dict:
+        return {
+            "section": "train",
+            "method": method,
+            "family": "gradient",
+            "T": T,
+            "device": "cuda",
+            "median_s": vs,
+            "vs_equal": vs,
+        }
+
+    recs = [
+        # (a) gram: T ≤ 16 and D ≥ 1e7 only; the T = 40 and D = 1e6 cells do not count.
+        _cuda(_record("mtl_fast", "gram", 8, D, 1.0, vs_floor=1.2)),
+        _cuda(_record("mtl_fast", "gram", 16, 64 * 10**6, 1.0, vs_floor=1.25)),
+        _cuda(_record("mtl_fast", "gram", 40, D, 1.0, vs_floor=9.0)),
+        _cuda(_record("mtl_fast", "gram", 8, 10**6, 1.0, vs_floor=9.0)),
+        # (b) steps: one misses.
+        _cuda(_record("mtl_fast", "step_imtlg", 8, D, 1.0, vs_floor=1.5)),
+        _cuda(_record("mtl_fast", "step_mgda", 16, D, 1.0, vs_floor=1.7)),
+        # (c) vs the reference, D ≥ 1e6.
+        _cuda(_record("reference", "step_imtlg", 8, D, 2.5)),
+        _cuda(_record("reference", "step_mgda", 16, D, 3.0)),
+        _cuda(_record("mtl_fast", "step_imtlg", 2, 10**6, 1.0)),
+        _cuda(_record("reference", "step_imtlg", 2, 10**6, 1.5)),
+        # (d) training step.
+        train("EqualWeighting", 10, 1.0),
+        train("IMTLG", 10, 1.02),
+        train("IMTL", 10, 1.01),
+        train("MGDA", 10, 1.0),
+        train("EqualWeighting", 128, 1.0),
+        train("IMTLG", 128, 1.1),
+        train("MGDA", 128, 1.2),
+        # (e) captures.
+        {"section": "ops", "op": "capture_step_imtlg", "impl": "mtl_fast", "device": "cuda"}
+        | {"T": 8, "D": 10**6, "dtype": "fp32", "capturable": True},
+        {"section": "ops", "op": "capture_step_mgda", "impl": "mtl_fast", "device": "cuda"}
+        | {"T": 8, "D": 10**6, "dtype": "fp32", "capturable": True},
+    ]
+    targets = {t["id"]: t for t in report.evaluate_targets({"records": recs})}
+    assert targets["gpu_gram_floor"]["status"] == "pass"
+    assert targets["gpu_gram_floor"]["cells"] == 2
+    assert targets["gpu_step_floor"]["status"] == "miss"
+    assert "step_mgda T=16" in targets["gpu_step_floor"]["measured"]
+    assert targets["gpu_step_vs_reference"]["status"] == "miss"
+    assert targets["gpu_step_vs_reference"]["worst"] == pytest.approx(1.5)
+    assert targets["gpu_train_T10"]["status"] == "pass"
+    assert targets["gpu_train_T128"]["status"] == "miss"
+    assert "MGDA" in targets["gpu_train_T128"]["measured"]
+    assert targets["gpu_no_host_sync"]["status"] == "pass"
+    # The CPU targets are not read from CUDA records.
+    assert targets["cpu_train_IMTLG"]["status"] == "n/a"
+    recs[-1]["capturable"] = False
+    targets = {t["id"]: t for t in report.evaluate_targets({"records": recs})}
+    assert targets["gpu_no_host_sync"]["status"] == "miss"
+
+
+def test_gpu_tier_dry_run(tmp_path, host_events) -> None:
+    """The gpu tier's code paths at tiny sizes on the CPU, timed as on CUDA (events, k calls
+    per block, rotated inputs): sections, records, targets and the report."""
+    results = runner.run(GPU_TINY, device="cpu")
+    assert results["tier"] == "gpu" and results["sections"] == ["ops", "train", "scaling"]
+    assert results["interrupted"] is None and set(results["time_limits_s"]) == set(
+        results["sections"]
+    )
+    recs = results["records"]
+    sections = {r["section"] for r in recs}
+    assert sections == {"ops", "train", "scaling", "scaling_train"}
+    assert not [r for r in recs if r.get("op") == "imtlg_error"]  # no precision comparison
+    cells = {(r["T"], r["D"], r["dtype"]) for r in recs if r.get("op") == "gram"}
+    assert cells == {(T, 512, dt) for T in (2, 24) for dt in ("fp32", "bf16")}
+    assert any(r.get("calls_per_sample", 1) > 1 for r in recs)
+    reused = [r for r in recs if r["section"] == "scaling" and r.get("reused_from") == "ops"]
+    assert {r["T"] for r in reused} == {2}
+    assert {r["T"] for r in recs if r["section"] == "scaling"} == {2, 4}
+    paths = report.write(results, tmp_path)
+    assert paths["json"].name.endswith("-gpu.json") and paths["png"].exists()
+    md = paths["md"].read_text()
+    assert "Time limits per section" in md and "## Loss statistics" not in md
+    for heading in ("## Targets", "## Ops", "### Full IMTL-G step", "## Training step"):
+        assert heading in md
+    assert {t["status"] for t in json.loads(paths["json"].read_text())["targets"]} <= {
+        "pass",
+        "miss",
+        "n/a",
+    }
+
+
+def test_time_limit_skips_cells() -> None:
+    tier = dataclasses.replace(GPU_TINY, section_time_s=(("ops", 0.0), ("train", 0.0)))
+    results = runner.run(tier, sections=["ops", "train"], device="cpu")
+    reasons = [s for s in results["skipped"] if s["reason"] == "time limit of the section"]
+    assert {s["section"] for s in reasons} == {"ops", "train"}
+    assert results["records"] == []  # a cell starts only while time is left
+    assert runner.run(TINY, sections=["train"], device="cpu", time_limit_s=1e-9)["records"] == []
+
+
+def test_interrupt_and_failure_keep_measured_records(monkeypatch) -> None:
+    """SIGINT (KeyboardInterrupt) during a section: the run ends with what was measured; an
+    exception: the section is listed as failed and the next one runs."""
+    original = runner._train_records
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_train_records", interrupt)
+    results = runner.run(TINY, sections=["ops", "train", "stats"], device="cpu")
+    assert results["interrupted"] == "train" and results["sections"] == ["ops", "train", "stats"]
+    assert {r["section"] for r in results["records"]} == {"ops"}
+    assert "**Interrupted** during section train" in report.markdown(results)
+
+    def fail(ctx, section, names, Ts, skipped):
+        ctx.keep({"section": "train", "method": "x", "T": 1})
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "_train_records", fail)
+    results = runner.run(TINY, sections=["train", "stats"], device="cpu")
+    assert results["interrupted"] is None
+    assert {r["section"] for r in results["records"]} == {"train", "stats"}
+    assert any("boom" in s["reason"] for s in results["skipped"])
+    monkeypatch.setattr(runner, "_train_records", original)
+
+
+def test_stems_do_not_collide() -> None:
+    base = {"machine_slug": "nvidia-h200", "date": "2026-01-01"}
+    assert report.stem({**base, "tier": "full"}) == "nvidia-h200-2026-01-01"
+    assert report.stem({**base, "tier": "gpu"}) == "nvidia-h200-2026-01-01-gpu"
+    info = {"gpu": "NVIDIA H200", "cpu": "x", "cores": 16}
+    assert runner.machine_slug(info) == "nvidia-h200"
+
+
+def test_cli_gpu_tier(tmp_path, monkeypatch, capsys, host_events) -> None:
+    """``mtl-fast bench --tier gpu`` end to end (sizes shrunk): stats is not run by default."""
+    from mtl_fast.cli import main
+
+    tier = dataclasses.replace(GPU_TINY, ops_T=(2,), ops_dtypes=("fp32",), scaling_T=(2,))
+    monkeypatch.setitem(wl.TIERS, "gpu", tier)
+    args = ["bench", "--tier", "gpu", "--device", "cpu", "--out", str(tmp_path), "-q"]
+    assert main([*args, "--no-plot", "--time-limit", "60"]) == 0
+    assert "| target | status | measured |" in capsys.readouterr().out
+    data = json.loads(next(tmp_path.glob("*-gpu.json")).read_text())
+    assert data["sections"] == ["ops", "train", "scaling"]
+    assert sum(data["time_limits_s"].values()) == pytest.approx(60.0)
+
+
+def _structured():
+    """benchmarks/bench_structured.py as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_structured.py"
+    spec = importlib.util.spec_from_file_location("_bench_structured_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while defined
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_structured_gpu_tier(host_events) -> None:
+    """bench_structured's gpu tier: its sizes, the memory skip, the event-timed table run at
+    tiny sizes, the time limit."""
+    bs = _structured()
+    assert bs.SIZES["gpu"] == ((256, 1024, 4096), 256, 512)
+    cpu = torch.device("cpu")
+    case = bs.Case("IMTLG", "jacobian", 1024, 256, 512)  # 0.5 GiB of feature gradients (×2)
+    assert bs.skip_reason(case, cpu, budget=100 * wl.GiB) is None
+    assert "memory" in bs.skip_reason(case, cpu, budget=wl.GiB // 2)
+    big = bs.Case("IMTLG", "jacobian", 4096, 256, 512)  # 2 GiB (×2): fits an H200's budget
+    assert bs.skip_reason(big, torch.device("cuda"), budget=100 * wl.GiB) is None
+    results = bs.run("gpu", cpu, progress=lambda _: None, time_limit_s=60, sizes=((4,), 8, 16))
+    assert {(r["method"], r["route"]) for r in results["records"]} == {
+        (m, r) for m in bs.METHODS for r in bs.ROUTES
+    }
+    assert all(r["cpu_s"] is None and r["wall_s"] > 0 for r in results["records"])
+    assert "| T | method |" in bs.markdown(results)
+    late = bs.run("gpu", cpu, progress=lambda _: None, time_limit_s=0.0, sizes=((4,), 8, 16))
+    assert late["records"] == [] and len(late["skipped"]) == len(bs.METHODS) * len(bs.ROUTES)
+
+
+def test_time_interleaved_stops_at_deadline() -> None:
+    """Past ``stop_at`` a measurement ends after 3 rounds; ``max_s`` bounds slow calls' rounds."""
+    cpu = torch.device("cpu")
+    out = runner.time_interleaved({"f": lambda: None}, cpu, min_repeats=10, stop_at=0.0)
+    assert out["f"].repeats == 3
+
+    def slow() -> None:
+        time.sleep(0.02)
+
+    out = runner.time_interleaved({"s": slow}, cpu, min_repeats=10, budget_s=0.0, max_s=0.1)
+    assert 3 <= out["s"].repeats <= 5

@@ -8,6 +8,7 @@ Examples::
     mtl-fast bench --quick                    # < 2 min on a 2-core CPU (the README's main job)
     mtl-fast bench                            # the full tier (long; see benchmarks/README.md)
     mtl-fast bench --only ops --tier smoke --out /tmp/bench
+    mtl-fast bench --tier gpu --device cuda   # the CUDA sizes, about 4 minutes on an H200
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import os
 import sys
 
 SECTIONS = ("ops", "train", "stats", "scaling")
-TIERS = ("smoke", "quick", "full")
+#: The names of :data:`mtl_fast.bench.workloads.TIERS` (spelled out: importing workloads here
+#: would import torch for every ``mtl-fast`` command; a test keeps the two in step).
+TIERS = ("smoke", "quick", "full", "gpu")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tier",
         choices=TIERS,
         default=None,
-        help="size tier (default: full, or $MTL_FAST_BENCH_TIER when set)",
+        help="size tier (default: full, or $MTL_FAST_BENCH_TIER when set); gpu: the CUDA sizes",
     )
     p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output directory")
     p.add_argument(
@@ -46,7 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         choices=SECTIONS,
         default=None,
-        help="run only this section (repeatable)",
+        help="run only this section (repeatable; default: the tier's sections — every one, "
+        "but stats on the gpu tier)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time for the sections in all (the tier's per-section limits rescaled; default: "
+        "the tier's own, none but on the gpu tier); cells not started in time are skipped",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -65,7 +77,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     tier = "quick" if args.quick else (args.tier or os.environ.get(TIER_ENV) or "full")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        results = runner.run(tier, sections=args.only, device=args.device, progress=progress)
+        results = runner.run(
+            tier,
+            sections=args.only,
+            device=args.device,
+            progress=progress,
+            time_limit_s=args.time_limit,
+        )
     except runner.BenchError as exc:
         print(f"mtl-fast bench: {exc}", file=sys.stderr)
         return 2
@@ -75,4 +93,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     print(f"tier {results['tier']}: {results['duration_s']:.1f} s")
+    if results.get("interrupted"):
+        print(f"interrupted during section {results['interrupted']}: partial results")
+        return 130
     return 0

@@ -11,7 +11,12 @@ Tiers (:data:`TIERS`, chosen by ``--tier`` / ``--quick`` or the environment vari
   keep working;
 * ``quick`` — ``mtl-fast bench --quick``, under two minutes on a 2-core CPU;
 * ``full`` — every size of the issue that fits the memory budget (24 GiB, or less when the
-  machine has less free); what does not fit is listed as skipped, with the bytes it needed.
+  machine has less free); what does not fit is listed as skipped, with the bytes it needed;
+* ``gpu`` — the sizes a CUDA device needs, in about four minutes on an H200 (Triton compiles
+  included): ops up to D = 1.6·10⁷ (6.4·10⁷ for T ≤ 16) in fp32 and bf16, the training step of a
+  GPU-sized model (batch 64 of 128×128 images) for T up to 128, the IMTL-G step for T up to
+  4096; a 100 GiB memory cap; per-section time limits (what does not fit is listed as skipped);
+  no precision comparison and no loss statistics (CPU measurements, done by the other tiers).
 
 Ops inputs: the T task gradients as one stacked, contiguous [T, D] tensor J — the natural input
 of torchjd (its Jacobian) and of LibMTL-style code (its gathered ``grads`` matrix), read in
@@ -44,11 +49,15 @@ class Tier:
     """The sizes and repeat policy of one benchmark tier."""
 
     name: str
-    #: ops: the T and D grid, the dtypes; ``gpu_extra_D`` is added on CUDA.
+    #: ops: the T and D grid, the dtypes; ``gpu_extra_D`` is added on CUDA, for T ≤
+    #: ``gpu_extra_D_max_T`` only when that is set.
     ops_T: tuple[int, ...]
     ops_D: tuple[int, ...]
     ops_dtypes: tuple[str, ...]
     gpu_extra_D: tuple[int, ...] = ()
+    gpu_extra_D_max_T: int | None = None
+    #: whether the ops section runs the float64-oracle precision comparison (a CPU measurement).
+    precision: bool = True
     #: T of the float64-oracle precision comparison (IMTL-G weights) and its D.
     precision_T: tuple[int, ...] = (2, 8, 64)
     precision_D: int = 20_000
@@ -78,6 +87,23 @@ class Tier:
     memory: bool = True
     #: bytes of the copy used to measure the machine's copy bandwidth.
     copy_bytes: int = 256 * 1024**2
+    #: upper bound of the memory budget (lowered to 85% of what the device has free).
+    memory_cap_bytes: int = 24 * GiB
+    #: the sections ``mtl-fast bench`` runs when none is named (``None``: all of them).
+    default_sections: tuple[str, ...] | None = None
+    #: time limit (seconds) per section, as (section, seconds) pairs: cells not started by the
+    #: limit are skipped (time a section leaves unused passes to the next one). Empty: none.
+    section_time_s: tuple[tuple[str, float], ...] = ()
+    #: upper bound (seconds) on one measurement's planned rounds: slow calls get fewer than
+    #: ``min_repeats`` rounds (never fewer than 3). ``None``: no bound.
+    cell_time_s: float | None = None
+
+    def ops_Ds(self, T: int, device_type: str) -> tuple[int, ...]:
+        """The D values of the ops grid at T on a device of this type (``"cpu"``, ``"cuda"``)."""
+        extra = self.gpu_extra_D if device_type == "cuda" else ()
+        if self.gpu_extra_D_max_T is not None and T > self.gpu_extra_D_max_T:
+            extra = ()
+        return self.ops_D + extra
 
 
 TIERS: dict[str, Tier] = {
@@ -149,9 +175,36 @@ TIERS: dict[str, Tier] = {
         budget_s=1.0,
         copy_bytes=1024**3,
     ),
+    "gpu": Tier(
+        name="gpu",
+        ops_T=(2, 3, 8, 16, 40, 64, 128, 256),
+        ops_D=(1_000_000, 16_000_000),
+        ops_dtypes=("fp32", "bf16"),
+        gpu_extra_D=(64_000_000,),
+        gpu_extra_D_max_T=16,
+        precision=False,
+        train_T=(3, 10, 40, 128),
+        train_width=32,
+        train_image=128,
+        train_batch=64,
+        train_warmup=3,
+        train_min_repeats=10,
+        scaling_T=(2, 8, 32, 128, 512, 1024, 2048, 4096),
+        scaling_D=1_000_000,
+        scaling_train_T=(3, 10, 40, 128),
+        warmup=3,
+        min_repeats=10,
+        max_repeats=50,
+        budget_s=0.2,
+        copy_bytes=2 * GiB,
+        memory_cap_bytes=100 * GiB,
+        default_sections=("ops", "train", "scaling"),
+        section_time_s=(("ops", 85.0), ("train", 30.0), ("scaling", 25.0)),
+        cell_time_s=5.0,
+    ),
 }
 
-#: Memory budget of the full tier (the issue's 24 GiB), lowered to what the machine has.
+#: Default memory budget (the issue's 24 GiB), lowered to what the machine has.
 MEMORY_BUDGET = 24 * GiB
 
 
@@ -165,18 +218,21 @@ def get_tier(name: str | None = None) -> Tier:
     return TIERS[name]
 
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes a workload may occupy: 24 GiB, or 85% of what the device has free if less."""
+def memory_budget(device: torch.device | str, cap: int | None = None) -> int:
+    """Bytes a workload may occupy: ``cap`` (default 24 GiB; a tier's ``memory_cap_bytes``), or
+    85% of what the device (CUDA) or the machine (CPU) has free if less."""
+    device = torch.device(device)
+    cap = MEMORY_BUDGET if cap is None else cap
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(min(MEMORY_BUDGET, 0.85 * free))
+        return int(min(cap, 0.85 * free))
     try:
         with open("/proc/meminfo") as f:
             info = {line.split(":")[0]: line.split()[1] for line in f}
         available = int(info["MemAvailable"]) * 1024
     except (OSError, KeyError, ValueError):
-        return MEMORY_BUDGET
-    return int(min(MEMORY_BUDGET, 0.85 * available))
+        return cap
+    return int(min(cap, 0.85 * available))
 
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -206,9 +262,15 @@ def make_jacobian(
     independent one (pairwise cosines ≈ ``shared``) and norms n_t = e^{u_t}, u_t evenly spread
     over [−spread, spread] in a shuffled order. Generated row by row in float32 (no float64
     T×D temporary), then stored in ``dtype``.
+
+    On the CPU (and any device but CUDA) the rows come from a CPU generator (the values are
+    fixed for a seed: committed results and tests depend on them). On CUDA they are drawn on
+    the device by a CUDA generator (:func:`_jacobian_on_device`): same geometry, other values.
     """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     device = torch.device(device)
+    if device.type == "cuda":
+        return _jacobian_on_device(T, D, dtype, device, seed=seed, spread=spread, shared=shared)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     J = torch.empty((T, D), dtype=dtype, device=device)
     common = torch.randn(D, generator=gen)
     common /= common.norm()
@@ -219,6 +281,37 @@ def make_jacobian(
         e = torch.randn(D, generator=gen)
         e /= e.norm()
         J[t].copy_(math.exp(float(logn[t])) * (a * common + b * e))
+    return J
+
+
+def _jacobian_on_device(
+    T: int,
+    D: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    seed: int,
+    spread: float,
+    shared: float,
+) -> Tensor:
+    """:func:`make_jacobian`'s matrix drawn on ``device`` by a generator of that device: the
+    norms' order from a CPU generator (T numbers), every D-sized draw on the device, one row at
+    a time in float32 (no host sync, no T×D work on the host)."""
+    order = torch.randperm(T, generator=torch.Generator(device="cpu").manual_seed(seed))
+    logn = torch.linspace(-spread, spread, T) if T > 1 else torch.zeros(1)
+    scales = [math.exp(float(v)) for v in logn[order]]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    J = torch.empty((T, D), dtype=dtype, device=device)
+    common = torch.randn(D, generator=gen, device=device)
+    common /= common.norm()
+    common *= math.sqrt(shared)
+    b = math.sqrt(1 - shared)
+    for t in range(T):
+        e = torch.randn(D, generator=gen, device=device)
+        e *= b / e.norm()
+        e += common
+        e *= scales[t]
+        J[t].copy_(e)
     return J
 
 
