@@ -99,7 +99,9 @@ esac
   if [ "$TIER" = quick ]; then
     if [ -z "${KERNEL_TABLE:-}" ]; then
       run tune 150 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --out "$RESULTS" \
-        --table "$RESULTS/kernel-table.json" && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
+        --table "$RESULTS/kernel-table.json"
+      # A sweep cut short by its limit still writes the table of the cases it measured.
+      [ "$RESULTS/kernel-table.json" -nt "$stamp" ] && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
     fi
     [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ] && export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
     # shellcheck disable=SC2086
@@ -115,9 +117,9 @@ esac
     fi
   else
     if [ -z "${KERNEL_TABLE:-}" ]; then
-      run tune 85 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --only gram --budget 65 \
-        --out "$RESULTS" --table "$RESULTS/kernel-table.json" \
-        && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
+      run tune 85 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --only gram --budget 60 \
+        --out "$RESULTS" --table "$RESULTS/kernel-table.json"
+      [ "$RESULTS/kernel-table.json" -nt "$stamp" ] && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
     fi
     if [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ]; then
       export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE

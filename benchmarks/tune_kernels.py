@@ -29,6 +29,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import statistics
 import sys
 import time
@@ -151,7 +152,6 @@ def _time(fns: list[Any], device: Any, reps: int) -> float:
     for a 100 µs call, would otherwise be what gets measured). Falls back to events around eager
     calls when a call cannot be captured.
     """
-    import torch
 
     if device.type != "cuda":
         times = []
@@ -160,32 +160,12 @@ def _time(fns: list[Any], device: Any, reps: int) -> float:
             fns[i % len(fns)]()
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for f in fns:
-            f()
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for i in range(reps):
-                fns[i % len(fns)]()
-    except Exception:
-        return _time_eager(fns, device, reps)
-    graph.replay()
-    torch.cuda.synchronize(device)
-    samples = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize(device)
-        samples.append(start.elapsed_time(end) / 1e3 / reps)
-    del graph
-    return statistics.median(samples)
+    from mtl_fast.bench import runner
+
+    for f in fns:  # every input copy once, outside the capture
+        f()
+    seconds = runner.graph_device_seconds(runner.rotating(fns), device, calls=reps)
+    return seconds if seconds is not None else _time_eager(fns, device, reps)
 
 
 def _time_eager(fns: list[Any], device: Any, reps: int) -> float:
@@ -463,10 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     for pr in procs:
         pr.start()
     results: list[dict[str, Any]] = []
+    # A time limit (timeout --signal=INT) ends the sweep: keep and write what was measured.
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     done = 0
-    while done < n:
+    while done < n and not stop:
         try:
-            item = queue.get(timeout=5)
+            item = queue.get(timeout=1)
         except Exception:  # queue.Empty: check that the workers are still alive
             if not any(pr.is_alive() for pr in procs):
                 print("tune: every worker exited early", file=sys.stderr)
@@ -482,8 +465,13 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+    interrupted = bool(stop)
+    if interrupted:
+        print(f"tune: interrupted; writing the {len(results)} cases measured", file=sys.stderr)
     for pr in procs:
-        pr.join()
+        pr.join(timeout=2 if interrupted else 30)
+        if pr.is_alive():
+            pr.terminate()
     results.sort(key=lambda r: (r["op"], r["dtype"], r["T"]))
     lines = summarise(results, gbps)
     print("\n".join(lines))
@@ -521,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.table).write_text(json.dumps(table, indent=1))
         print(f"table: {args.table} (use with MTL_FAST_KERNEL_TABLE={args.table})")
     print(f"tuning: {doc['duration_s']:.0f} s, {len(results)} cases, {n} workers")
+    if interrupted:
+        return 130
     return 0 if all("failed" not in r for r in results) else 1
 
 

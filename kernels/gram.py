@@ -15,18 +15,23 @@ symmetric float32 [T, T] tensor on the rows' device. Two launches, no host synch
    D-split ``s`` owns ``blocks_per_split`` consecutive blocks. Full blocks are loaded without a
    column mask (vector loads), the last, partial block with one.
 
-   Each block's ``[BLOCK_T, BLOCK_T]`` product comes from ``tl.dot`` with fp32 accumulation
-   (``input_precision="ieee"`` for fp32 rows, so they are not rounded to TF32; the products of
-   bf16/fp16 values are exact in fp32) and is added into a float64 accumulator. So the fp32
-   rounding is confined to sums of ``BLOCK_D`` products and the error does not grow with D.
-   Each program writes its partial tile, rounded once to fp32, into its own slice of a workspace
-   ``[splits, T, T]`` (no atomics). Only entries ``(a, b)`` with ``a ≤ b`` are read afterwards,
-   and every one of them is written by exactly one program per split.
+   The products of each block are summed in fp32 (``tl.dot`` with fp32 accumulation and
+   ``input_precision="ieee"`` for fp32 rows, so they are not rounded to TF32, unless a measured
+   table row asks for ``"tf32x3"``; on the small-T *broadcast* path elementwise products, kept
+   per column). Every ``FLUSH`` blocks (``FP32_SPAN = 2048`` columns) the fp32 partial is added
+   into a float64 accumulator, so the fp32 rounding is confined to sums of at most 2048
+   products and the error does not grow with D, while the loop itself has no reduction and no
+   float64 arithmetic (which would make it latency-bound). Each program writes its partial
+   tile, rounded once to fp32, into its own slice of a workspace ``[splits, T, T]`` (no
+   atomics). Only entries ``(a, b)`` with ``a ≤ b`` are read afterwards, and every one of them
+   is written by exactly one program per split.
 
-2. ``_gram_reduce_kernel`` — grid over ``32×32`` tiles of G. ``G[a, b] = G[b, a] =
-   Σ_s W[s, min(a, b), max(a, b)]``, summed in float64 in the fixed order ``s = 0, 1, …`` and
-   rounded to fp32. Both triangles come from the same sum, so G is exactly symmetric, and the
-   result is bitwise identical from run to run (fixed grid, fixed reduction order, no atomics).
+2. ``_gram_reduce_kernel`` — grid over blocks of entries of G. ``G[a, b] = G[b, a] =
+   Σ_s W[s, min(a, b), max(a, b)]``, summed in float64 over chunks of splits in a fixed order
+   and rounded to fp32. Both triangles come from the same sum, so G is exactly symmetric, and
+   the result is bitwise identical from run to run (fixed grid, fixed reduction order, no
+   atomics). (The first version looped over the splits one dependent load at a time: with the
+   528 splits that fill an H200, ~140 µs whatever the size of J.)
 
 Non-finite inputs are not checked (that would need a host sync): a NaN/Inf in ``g_t`` propagates
 into ``G[t, t]`` (and usually row/column t); the solves treat such a task as inactive.
@@ -53,9 +58,6 @@ from mtl_fast._validation import TaskRows
 from mtl_fast.kernels import tuned
 from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
 from mtl_fast.kernels._pointers import row_access
-
-#: Tile of G computed by the reduction kernel.
-REDUCE_BLOCK = 32
 
 
 @triton.jit
@@ -218,21 +220,39 @@ def _gram_partial_kernel(
 
 
 @triton.jit
-def _gram_reduce_kernel(ws_ptr, g_ptr, T, splits, BLOCK: tl.constexpr):
-    """``G[a, b] = Σ_s ws[s, min(a, b), max(a, b)]`` in float64, fixed order, for one tile."""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = (rows < T)[:, None] & (cols < T)[None, :]
-    lo = tl.minimum(rows[:, None], cols[None, :]).to(tl.int64)
-    hi = tl.maximum(rows[:, None], cols[None, :])
-    src = lo * T + hi
-    acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float64)
-    plane = tl.cast(T, tl.int64) * T
-    for _s in range(splits):
-        acc += tl.load(ws_ptr + src, mask=mask, other=0.0).to(tl.float64)
-        src += plane
-    dst = rows.to(tl.int64)[:, None] * T + cols[None, :]
-    tl.store(g_ptr + dst, acc.to(tl.float32), mask=mask)
+def _gram_reduce_kernel(ws_ptr, g_ptr, T, splits, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``G[a, b] = Σ_s ws[s, min(a, b), max(a, b)]`` in float64 for the ``BLOCK_E`` entries of
+    row-major G owned by program ``program_id(0)``. The splits are read ``BLOCK_S`` at a time (one
+    [BLOCK_S, BLOCK_E] load, summed over the splits) so that hundreds of splits cost a few
+    dependent loads, not one each; the chunks are added in the fixed order s = 0, BLOCK_S, …"""
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    num = tl.cast(T, tl.int64) * T
+    emask = e < num
+    a = e // T
+    b = e % T
+    src = tl.minimum(a, b).to(tl.int64) * T + tl.maximum(a, b)
+    acc = tl.zeros((BLOCK_E,), dtype=tl.float64)
+    for s0 in range(0, splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = (s < splits)[:, None] & emask[None, :]
+        x = tl.load(ws_ptr + s.to(tl.int64)[:, None] * num + src[None, :], mask=mask, other=0.0)
+        acc += tl.sum(x.to(tl.float64), axis=0)
+    tl.store(g_ptr + e, acc.to(tl.float32), mask=emask)
+
+
+#: Elements of one [BLOCK_S, BLOCK_E] load of the reduce kernel.
+REDUCE_TILE = 4096
+
+
+def launch_gram_reduce(workspace: Tensor, G: Tensor, T: int, splits: int) -> None:
+    """Sum the ``[splits, T, T]`` upper-triangle partials of ``workspace`` into both triangles
+    of the float32 [T, T] ``G`` (one launch of :func:`_gram_reduce_kernel`)."""
+    block_e = min(1024, triton.next_power_of_2(T * T))
+    block_s = max(1, min(triton.next_power_of_2(splits), REDUCE_TILE // block_e))
+    grid = (triton.cdiv(T * T, block_e),)
+    _gram_reduce_kernel[grid](
+        workspace, G, T, splits, BLOCK_E=block_e, BLOCK_S=block_s, num_warps=4
+    )
 
 
 #: Largest T served by the broadcast path (no ``tl.dot``) when no measured table row applies.
@@ -290,8 +310,9 @@ def gram_config(
       T ≤ :data:`BROADCAST_MAX_T`, else ``tl.dot`` tiles;
     * ``BLOCK_T`` of the dot path: 16 for T ≤ 16 (one tile), 32 for T ≤ 32 (one tile), else 64;
     * ``BLOCK_D`` (GPU): 256 / 128 / 64 columns for ``BLOCK_T`` 16 / 32 / 64, twice that for 16-bit
-      inputs, so a pipeline stage holds ~16–32 KiB per slab; 128 on the broadcast path. In the
-      interpreter 1024 / 1024 / 512 (fewer, larger numpy steps);
+      inputs, so a pipeline stage holds ~16–32 KiB per slab; on the broadcast path 16384 / BLOCK_T²
+      (32 to 2048) with 8 warps, about 64 fp32 partial sums per thread. In the interpreter
+      1024 / 1024 / 512 (fewer, larger numpy steps);
     * D-splits: enough programs to fill the GPU (``4 × SMs`` over all tile pairs), while keeping
       ≥ 4 column blocks per program (at most 65535 splits: the grid's second axis); in the
       interpreter about 4 programs in all.
@@ -323,7 +344,9 @@ def gram_config(
         if interpret:
             block_d = 512 if block_t == 64 else 1024
         elif broadcast:
-            block_d = 128
+            # ~64 fp32 partial sums per thread at 8 warps: 2048 / 1024 / 256 / 64 columns for
+            # BLOCK_T 2 / 4 / 8 / 16 (wide loads at small T, no register spills at T = 8–16).
+            block_d = max(32, min(2048, 16384 // (block_t * block_t)))
         else:
             block_d = {16: 256, 32: 128, 64: 64}[block_t]
             if torch.finfo(dtype).bits == 16:
@@ -344,7 +367,7 @@ def gram_config(
         block_d=block_d,
         splits=splits,
         blocks_per_split=blocks_per_split,
-        num_warps=num_warps if num_warps is not None else 4,
+        num_warps=num_warps if num_warps is not None else (8 if broadcast and not interpret else 4),
         num_stages=num_stages if num_stages is not None else 3,
         broadcast=broadcast,
         # TF32 products only ever replace fp32 ones (16-bit products are exact in fp32 anyway).
@@ -412,7 +435,6 @@ def gram_rows(
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
-        grid = (triton.cdiv(T, REDUCE_BLOCK), triton.cdiv(T, REDUCE_BLOCK))
-        _gram_reduce_kernel[grid](workspace, G, T, cfg.splits, BLOCK=REDUCE_BLOCK, num_warps=4)
+        launch_gram_reduce(workspace, G, T, cfg.splits)
     del access  # the rows (and the pinned table buffer) are no longer needed once enqueued
     return G

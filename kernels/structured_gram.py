@@ -62,7 +62,7 @@ from torch import Tensor
 
 from mtl_fast._backend import triton_interpret
 from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
-from mtl_fast.kernels.gram import REDUCE_BLOCK, _gram_reduce_kernel, upper_tile
+from mtl_fast.kernels.gram import launch_gram_reduce, upper_tile
 
 #: dtypes the kernel reads (Δ and W must share one).
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -332,6 +332,5 @@ def structured_gram(
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )
-        grid = (triton.cdiv(T, REDUCE_BLOCK), triton.cdiv(T, REDUCE_BLOCK))
-        _gram_reduce_kernel[grid](ws, G, T, cfg.splits, BLOCK=REDUCE_BLOCK, num_warps=4)
+        launch_gram_reduce(ws, G, T, cfg.splits)
     return G

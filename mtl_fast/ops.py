@@ -67,14 +67,25 @@ def gram(grads: GradsLike, *, backend: str = "auto") -> Tensor:
     return gram_rows(rows, backend=backend, check_finite=True)
 
 
+#: Above this T, ``backend="auto"`` computes the Gram matrix of CUDA rows with the reference
+#: (cuBLAS GEMMs) instead of the Triton kernel: the O(T²D) product is compute-bound there and
+#: cuBLAS was faster on an H200 (full IMTL-G step at D = 10⁶, fp32: T = 512 15.9 ms vs 33.5 ms,
+#: T = 1024 38.8 ms vs 123 ms; at T = 128 the kernel was faster, 3.46 ms vs 4.87 ms;
+#: ``benchmarks/results/h200-2026-12-04.md``).
+TRITON_GRAM_MAX_T = 256
+
+
 def gram_rows(rows: TaskRows, *, backend: str = "auto", check_finite: bool = False) -> Tensor:
-    """:func:`gram` on validated rows. ``check_finite`` applies to the reference path only (the
-    Triton path never syncs); the autograd layer passes ``False`` and handles non-finite tasks
-    itself (:class:`mtl_fast.Weighting`)."""
-    if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
+    """:func:`gram` on validated rows. ``check_finite`` applies to the reference path on the CPU
+    only (the device paths never sync); the autograd layer passes ``False`` and handles
+    non-finite tasks itself (:class:`mtl_fast.Weighting`)."""
+    use = _backend.resolve(backend, rows.device, rows.dtype)
+    if use == "triton" and backend == "auto" and rows.num_tasks > TRITON_GRAM_MAX_T:
+        use = "torch"
+    if use == "triton":
         return _kernels().gram_rows(rows)
     G = _ref_passes._gram_rows(rows)
-    if check_finite:
+    if check_finite and (rows.device.type == "cpu" or backend == "torch"):
         _ref_passes.raise_if_nonfinite(G)
     return G.to(_ref_passes.accumulation_dtype(rows.dtype))
 

@@ -73,6 +73,13 @@ class Weighting(nn.Module):
     gradient_based: ClassVar[bool] = False
     #: True when the method needs the loss values in its gradient solve (MGDA "loss" norms).
     needs_losses_in_backward: ClassVar[bool] = False
+    #: True when a whole training step with this method can be captured in a CUDA graph and
+    #: replayed like eager steps (checked on a GPU by ``tests/test_cuda_graph_step.py``). A
+    #: method that keeps per-step state on the host, or whose capture failed, sets it False and
+    #: says why in :attr:`cuda_graph_note`; :meth:`loss` then raises inside a capture instead of
+    #: letting replays silently repeat the captured step.
+    cuda_graph_capturable: ClassVar[bool] = True
+    cuda_graph_note: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -207,8 +214,22 @@ class Weighting(nn.Module):
         Without a mask a NaN/Inf loss raises ``ValueError`` (``nonfinite="raise"``) or marks the
         task absent (``nonfinite="absent"``).
         """
+        self._refuse_capture()
         safe, present = self._prepare_losses(losses, mask)
         return self._loss_from(safe, present, keep_inputs=self._split_pending)
+
+    def _refuse_capture(self) -> None:
+        """Raise when a CUDA graph is being captured and this method cannot be replayed."""
+        if (
+            not type(self).cuda_graph_capturable
+            and torch.cuda.is_initialized()
+            and torch.cuda.is_current_stream_capturing()
+        ):
+            raise RuntimeError(
+                f"{type(self).__name__} cannot be captured in a CUDA graph: "
+                f"{type(self).cuda_graph_note} Run its steps eagerly (a graph may still capture "
+                "the model's forward and backward around it)."
+            )
 
     def _prepare_losses(self, losses: LossesLike, mask: MaskLike) -> tuple[Tensor, Tensor]:
         """Validate the losses and the mask, apply the non-finite policy.

@@ -21,10 +21,10 @@ from mtl_fast.bench import workloads as wl
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-#: Every method of the benchmark registry: the capture either replays like eager, or the method
-#: is listed in NOT_CAPTURABLE with the reason (a host synchronisation it needs by design).
+#: Every method of the benchmark registry. A method whose class says it is capturable
+#: (``cuda_graph_capturable``) must replay like eager steps; the others must refuse the capture
+#: with a clear error rather than replay stale state.
 METHOD_NAMES = wl.METHOD_NAMES
-NOT_CAPTURABLE: dict[str, str] = {}
 
 
 def _build(name: str, T: int) -> mf.Weighting:
@@ -61,8 +61,9 @@ def _batches(n: int, model: ToyMTL):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_training_step_replays_like_eager(name: str) -> None:
-    if name in NOT_CAPTURABLE:
-        pytest.skip(f"{name} is not capturable: {NOT_CAPTURABLE[name]}")
+    if not wl.find_method_class(name).cuda_graph_capturable:
+        _check_capture_refused(name)
+        return
     eager_model, eager_method, eager_opt = _setup(name)
     graph_model, graph_method, graph_opt = _setup(name)
     batches = _batches(WARMUP_STEPS + REPLAYS, eager_model)
@@ -94,6 +95,22 @@ def test_training_step_replays_like_eager(name: str) -> None:
         torch.testing.assert_close(pg, pe, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(graph_method.weights, eager_method.weights, rtol=1e-4, atol=1e-5)
     assert torch.isfinite(graph_method.weights).all()
+
+
+def _check_capture_refused(name: str) -> None:
+    """A method marked not capturable raises a clear error inside a capture (after eager
+    warm-up steps on the same stream discipline as the capturable ones)."""
+    model, method, opt = _setup(name)
+    x, ys = _batches(1, model)[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _step(model, method, opt, x, ys)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+        with torch.cuda.graph(graph):
+            _step(model, method, opt, x, ys)
 
 
 def _capture(step, warmup_inputs, static_inputs):

@@ -289,11 +289,16 @@ def _check_fsdp(rank: int, world: int) -> None:
             from torch.distributed._composable.fsdp import fully_shard
         except ImportError:  # torch < 2.4: no FSDP2
             return
+    from torch.distributed.device_mesh import init_device_mesh
+
     model = ToyMTL(T)
     ref_model = ToyMTL(T)
-    fully_shard(model.encoder)
+    # An explicit CPU mesh: without one, FSDP2 picks CUDA whenever the machine has a GPU and
+    # moves the shards there, while the data and the gloo group stay on the CPU.
+    mesh = init_device_mesh("cpu", (world,))
+    fully_shard(model.encoder, mesh=mesh)
     for head in model.heads:
-        fully_shard(head)
+        fully_shard(head, mesh=mesh)
     method, ref = mf.IMTL(T), mf.IMTL(T, sync=False)
     opt, ref_opt = _optimizer(model, method), _optimizer(ref_model, ref)
     for k in range(STEPS):

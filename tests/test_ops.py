@@ -383,3 +383,29 @@ def test_cli_info_json(tmp_path: Path) -> None:
     assert "native_error" not in info
     assert info["mtl_fast"] == mtl_fast.__version__
     assert info["torch"] == torch.__version__
+
+
+def test_auto_gram_leaves_large_t_to_the_reference(monkeypatch) -> None:
+    """Above TRITON_GRAM_MAX_T the "auto" backend computes G with the reference even where the
+    Triton kernel could run (CUDA); an explicit backend="triton" still gets the kernel."""
+    from mtl_fast import _backend, ops
+    from mtl_fast._validation import as_task_rows
+
+    used: list[str] = []
+
+    class FakeKernels:
+        @staticmethod
+        def gram_rows(rows):
+            used.append("kernel")
+            return torch.zeros(rows.num_tasks, rows.num_tasks)
+
+    monkeypatch.setattr(_backend, "resolve", lambda *args, **kwargs: "triton")
+    monkeypatch.setattr(ops, "_kernels", lambda: FakeKernels)
+    monkeypatch.setattr(ops, "TRITON_GRAM_MAX_T", 2)
+    J = torch.randn(3, 40, dtype=torch.float64).float()
+    G = ops.gram_rows(as_task_rows(J), backend="auto")
+    torch.testing.assert_close(G.double(), J.double() @ J.double().T, rtol=1e-5, atol=1e-6)
+    assert used == []
+    ops.gram_rows(as_task_rows(J[:2]), backend="auto")
+    ops.gram_rows(as_task_rows(J), backend="triton")
+    assert used == ["kernel", "kernel"]

@@ -83,8 +83,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+#: Environment variable that names the commit when the checkout has no usable git history (a
+#: copy of the tree on another machine, as ``benchmarks/gpu_check.sh`` runs on a lent GPU).
+COMMIT_ENV = "MTL_FAST_GIT_COMMIT"
+
+
 def git_commit() -> str | None:
-    """The mtl_fast checkout's commit (``+dirty`` when the tree has changes), if any."""
+    """The mtl_fast checkout's commit (``+dirty`` when the tree has changes), if any;
+    ``$MTL_FAST_GIT_COMMIT`` when set."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(

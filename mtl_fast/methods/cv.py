@@ -213,6 +213,13 @@ class CVWeighting(Weighting):
     backward ends (or at the next use of the statistics) (:mod:`mtl_fast.distributed`).
     """
 
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "its statistics advance on the host every step (the step count, and with the default "
+        "accumulator a host-side update), so replays repeated the captured step and diverged from "
+        "eager steps on an H200 (2026-12-04)."
+    )
+
     def __init__(
         self,
         num_tasks: int,

@@ -125,6 +125,12 @@ class DBMTL(Weighting):
     that of one process on the whole batch (:mod:`mtl_fast.distributed`).
     """
 
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "replays diverged from eager steps on an H200 (2026-12-04): part of its per-step state "
+        "lives on the host and is frozen into the graph."
+    )
+
     gradient_based = True
 
     def __init__(

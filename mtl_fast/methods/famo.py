@@ -106,6 +106,12 @@ class FAMO(Weighting):
     Needs: losses (and, with ``extra_pass``, one more forward pass). Extra cost: O(T) per step.
     """
 
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "replays diverged from eager steps on an H200 (2026-12-04): its per-step state (the "
+        "previous losses, the step count) is partly on the host and frozen into the graph."
+    )
+
     def __init__(
         self,
         num_tasks: int,

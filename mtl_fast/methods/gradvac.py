@@ -165,6 +165,12 @@ class GradVac(Weighting):
     a T×T state.
     """
 
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "replays diverged from eager steps on an H200 (2026-12-04): part of its per-step state "
+        "lives on the host and is frozen into the graph."
+    )
+
     gradient_based = True
 
     def __init__(

@@ -56,6 +56,21 @@ from mtl_fast.weighting import StepInputs, Weighting
 NEWTON_ITERS = 30
 #: Step lengths tried along the Newton direction, besides the damped step 1/(1 + λ).
 STEP_LENGTHS = (8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 64, 1 / 256)
+
+_step_length_tensors: dict[torch.device, Tensor] = {}
+
+
+def _step_lengths(device: torch.device) -> Tensor:
+    """:data:`STEP_LENGTHS` as a float64 tensor on ``device``, made once per device: a fresh
+    host-to-device copy every step would cost a copy per call and cannot be captured in a CUDA
+    graph (the eager warm-up before a capture creates it)."""
+    taus = _step_length_tensors.get(device)
+    if taus is None:
+        taus = torch.tensor(STEP_LENGTHS, dtype=torch.float64, device=device)
+        _step_length_tensors[device] = taus
+    return taus
+
+
 #: Stop (on the CPU) when λ², i.e. about twice the remaining decrease f − f*, is below this.
 DECREMENT_TOL = 1e-24
 
@@ -104,7 +119,7 @@ def nash_weights(
     k = ones.sum().clamp_min(1.0)
     s = torch.sqrt(k / (ones @ C @ ones).clamp_min(1e-300))
     beta = torch.where(active, s, 1.0 / (1.0 + eps) ** 0.5)
-    taus = torch.tensor(STEP_LENGTHS, dtype=torch.float64, device=G.device)
+    taus = _step_lengths(G.device)
     on_cpu = G.device.type == "cpu"
     if stop_early is None:
         stop_early = on_cpu
@@ -176,6 +191,12 @@ class NashMTL(Weighting):
     Needs: feature gradients. Extra cost: one Gram pass, one combine pass, ~10 Newton steps on a
     T×T system (every ``update_weights_every`` steps).
     """
+
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "its capture failed on an H200 (2026-12-04: a host-to-device copy of the step lengths); "
+        "the copy is now made once per device, but the capture has not been re-checked on a GPU."
+    )
 
     gradient_based = True
 

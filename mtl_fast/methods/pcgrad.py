@@ -91,6 +91,13 @@ class PCGrad(Weighting):
     Needs: feature gradients. Extra cost: one Gram pass, one combine pass, O(T³) small ops.
     """
 
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "its random task order comes from a private CUDA generator, which a capture refuses "
+        "unless the graph registers it (torch raised 'Attempt to increase offset for a CUDA "
+        "generator not in capture mode' on an H200, 2026-12-04)."
+    )
+
     gradient_based = True
 
     def __init__(self, num_tasks: int | None = None, *, seed: int | None = None, **kwargs) -> None:

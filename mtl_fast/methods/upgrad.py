@@ -133,7 +133,11 @@ def _free_set_solve(A: Tensor, b: Tensor, free: Tensor) -> Tensor:
     M = torch.where(pair, A, eye)
     L, _ = torch.linalg.cholesky_ex(M)
     rhs = torch.where(free, -b, 0.0)
-    z = torch.cholesky_solve(rhs[:, :, None], L)[:, :, 0]
+    # Two triangular solves (L y = rhs, Lᵀ z = y) rather than torch.cholesky_solve: on CUDA the
+    # latter goes through MAGMA's batched potrs, which allocates device memory per call and
+    # cannot be captured in a CUDA graph; the triangular solves are cuBLAS trsm.
+    y = torch.linalg.solve_triangular(L, rhs[:, :, None], upper=False)
+    z = torch.linalg.solve_triangular(L.mT, y, upper=True)[:, :, 0]
     return torch.where(free, z, 0.0)
 
 
@@ -389,6 +393,13 @@ class UPGrad(_DualConeMethod):
     Needs: feature gradients. Extra cost: one Gram pass, one combine pass, T box-constrained
     T×T QPs solved in one batch (O(T⁴) flops per active-set iteration, tiny for T ≤ 64).
     """
+
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "its capture failed on an H200 (2026-12-04: torch.cholesky_solve goes through MAGMA, "
+        "which allocates per call); it now uses two triangular solves, but the capture has not "
+        "been re-checked on a GPU."
+    )
 
     def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)

@@ -68,7 +68,7 @@ SCRIPT = textwrap.dedent(
               cfg.num_warps, cfg.num_stages)
     build("gram_reduce", G._gram_reduce_kernel,
           {"ws_ptr": "*fp32", "g_ptr": "*fp32", "T": "i32", "splits": "i32"},
-          dict(BLOCK=G.REDUCE_BLOCK))
+          dict(BLOCK_E=4, BLOCK_S=1024))
     for dtype, table, accumulate in [(torch.float32, True, False), (torch.bfloat16, False, True)]:
         cfg = C.combine_config(10**6, dtype, cuda)
         build(f"combine_{str(dtype)[6:]}_{'table' if table else 'stride'}", C._combine_kernel,

@@ -243,9 +243,10 @@ def test_cuda_sync_free(device):
     m = AlignedMTL()
     ref = AlignedMTL(eigensolver="eigh")._gradient_weights(G, _inputs(6, device=device))
     m._gradient_weights(G, _inputs(6, device=device))  # first call: caches the schedule
+    inputs = _inputs(6, device=device)  # built before: moving the mask to the GPU syncs
     torch.cuda.set_sync_debug_mode("error")
     try:
-        alpha = m._gradient_weights(G, _inputs(6, device=device))
+        alpha = m._gradient_weights(G, inputs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(alpha, ref, rtol=1e-9, atol=1e-12)

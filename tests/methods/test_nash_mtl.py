@@ -252,9 +252,10 @@ def test_cuda_sync_free(device):
     G = (J @ J.T).float()
     m = NashMTL()
     m._gradient_weights(G, _inputs(5, device=device))
+    inputs = _inputs(5, device=device)  # built before: moving the mask to the GPU syncs
     torch.cuda.set_sync_debug_mode("error")
     try:
-        m._gradient_weights(G, _inputs(5, device=device))
+        m._gradient_weights(G, inputs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
