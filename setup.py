@@ -38,6 +38,7 @@ setup(
         "mtl_fast.compare",
     ],
     package_dir={"mtl_fast.kernels": "kernels"},
+    package_data={"mtl_fast": ["py.typed"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
     zip_safe=False,

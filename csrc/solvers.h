@@ -793,7 +793,7 @@ inline Vec wolfe_min_norm(const Mat& M, const Mat& Mt, const Mask& active, long 
 
 }  // namespace detail
 
-// IMTL-G weights (paper 004 §3.1, eq. 1 and "IMTL-G"; Appendix B.1 eq. 9-12).
+// IMTL-G weights (Liu et al. 2021 §3.1, eq. 1 and "IMTL-G"; Appendix B.1 eq. 9-12).
 //
 // The aggregated gradient g = sum_t alpha_t g_t has equal projections onto every unit gradient
 // u_t = g_t / |g_t| (eq. 1) and sum_t alpha_t = 1.  In Gram space, with n_t = sqrt(G_tt) and the

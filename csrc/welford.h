@@ -3,7 +3,7 @@
 // Pure C++17, no Python: the pybind11 bindings live in welford.cpp.  Per stream k the state is
 // (count n, mean, m2).  One update with value x (n <- n + 1, delta = x - mean_old):
 //
-//   plain (decay unset), paper 000 eq. 7-8:
+//   plain (decay unset), Groenendijk et al. 2021 eq. 7-8:
 //       mean = mean_old + delta / n
 //       m2   = m2_old + delta * (x - mean)                 var = m2 / n
 //   decay d in [0, 1], fixed mean factor alpha = 1 - d (first observation: mean = x, m2 = 0):

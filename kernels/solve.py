@@ -444,7 +444,7 @@ def _launch_mgda(G: Tensor, num_warps: int | None = None) -> tuple[Tensor, Any]:
 
 
 def imtl_g_solve(G: Tensor) -> Tensor:
-    """IMTL-G weights from the Gram matrix, one program (paper 004 §3.1, eq. 1; App. B.1).
+    """IMTL-G weights from the Gram matrix, one program (Liu et al. 2021 §3.1, eq. 1; App. B.1).
 
     g = Σ α_t g_t has equal projections on every unit gradient u_t = g_t / ‖g_t‖ and Σα = 1:
 

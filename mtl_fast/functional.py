@@ -18,8 +18,8 @@ So the result equals ``split`` + ``method.loss(...).backward()``; the heads are 
 (once batched for J, once for their own gradients). z must feed only the task heads: any other
 gradient reaching z is replaced too.
 
-``params=shared_params`` ("IMTL-G (exact)", paper 004 §5): the per-task gradients of the shared
-parameters themselves, g_t = ∇_θ L̂_t, by one batched backward (a loop where vmap fails);
+``params=shared_params`` ("IMTL-G (exact)", Liu et al. 2021 §5): the per-task gradients of the
+shared parameters themselves, g_t = ∇_θ L̂_t, by one batched backward (a loop where vmap fails);
 G = Σ_p J_p J_pᵀ (the sum of the per-parameter Gram matrices is the Gram matrix of the
 concatenated parameter gradients); each shared ``p.grad`` accumulates Σ_t α_t g_t (through
 :func:`mtl_fast.combine` with ``out=p.grad``); every other leaf of the graph (task heads, the

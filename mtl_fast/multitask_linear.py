@@ -11,7 +11,7 @@ gradient of task t's loss L_t with respect to z is a product of two thin factors
 (k = 1: the outer product g_t = δ_t w_tᵀ). Autograd hands the Function's backward the whole
 Δ = [Δ_1 … Δ_T] ∈ R^{N×Tk} at once (each task's loss reaches only its own columns), so
 
-* the Gram matrix of the T feature gradients (DESIGN.md "Gram space") is
+* the Gram matrix of the T feature gradients (docs/design.md, "Gram space") is
 
       G_ab = ⟨g_a, g_b⟩ = Σ_{i,j} (Δ_aᵀ Δ_b)_{ij} (W_a W_bᵀ)_{ij}    (k = 1: G = (ΔᵀΔ) ∘ (W Wᵀ)),
 

@@ -95,7 +95,7 @@ def _solve_backend(G: Tensor, backend: str) -> str:
 
 
 def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
-    """IMTL-G task weights from the Gram matrix (paper 004 §3.1): G α ∝ n, Σα = 1.
+    """IMTL-G task weights from the Gram matrix (Liu et al. 2021 §3.1): G α ∝ n, Σα = 1.
 
     See :func:`mtl_fast.reference.imtl_g_weights` for the math and the degenerate cases.
     Returns float32 [T] (float64 for a float64 G) on G's device, without a host sync.
@@ -135,7 +135,7 @@ def mgda_weights(
     min αᵀGα over the simplex (Sener & Koltun 2018). ``solver="active_set"`` (default) is exact
     (Wolfe's minimum-norm-point algorithm, warm-started by accelerated projected gradient);
     ``solver="frank_wolfe"`` reproduces the original code's Frank-Wolfe iteration.
-    ``constrained=False`` gives the closed form G α ∝ 1 (paper 004 §4).
+    ``constrained=False`` gives the closed form G α ∝ 1 (Liu et al. 2021 §4).
     """
     check_gram(G)
     if solver not in ("active_set", "frank_wolfe"):
@@ -173,7 +173,7 @@ def mgda_weights(
 def combine(
     grads: GradsLike, weights: Tensor, *, out: Tensor | None = None, backend: str = "auto"
 ) -> Tensor:
-    """Σ_t α_t g_t in the gradients' dtype with fp32 accumulation (paper 004 eq. 2).
+    """Σ_t α_t g_t in the gradients' dtype with fp32 accumulation (Liu et al. 2021 eq. 2).
 
     Args:
         grads: as for :func:`gram`.

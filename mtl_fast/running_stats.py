@@ -1,7 +1,8 @@
 r"""Running mean / variance of K independent streams: host (C++) and device-resident (torch).
 
-CV-Weighting (paper 000, §2.3) keeps running statistics of per-task loss ratios with Welford's
-algorithm. This module provides two accumulators with the same semantics and the same numbers:
+CV-Weighting (Groenendijk et al. 2021, §2.3) keeps running statistics of per-task loss ratios with
+Welford's algorithm. This module provides two accumulators with the same semantics and the same
+numbers:
 
 * :class:`RunningStats` wraps the compiled ``mtl_fast._C.Welford`` (float64, GIL released during
   the update loop); it takes host data (NumPy arrays, sequences, CPU tensors) and returns NumPy.
@@ -11,7 +12,7 @@ algorithm. This module provides two accumulators with the same semantics and the
 Each of the K streams has its own count n, mean and accumulator ``m2``. One update with value x
 for stream k (only the streams selected by the mask, n ← n + 1, δ = x − mean_{n−1}):
 
-``decay=None`` — Welford (1962), paper 000 eq. 7–8::
+``decay=None`` — Welford (1962), Groenendijk et al. 2021 eq. 7–8::
 
     mean_n = mean_{n−1} + δ / n              (= (1 − 1/n)·mean_{n−1} + x/n, eq. 7)
     m2_n   = m2_{n−1} + δ · (x − mean_n)     (M₂ of eq. 8)
@@ -176,7 +177,7 @@ class _DerivedStats:
 
     @property
     def std(self):
-        """Population standard deviation √var (paper 000 eq. 8)."""
+        """Population standard deviation √var (Groenendijk et al. 2021 eq. 8)."""
         return self._sqrt(self.var)
 
     @property
@@ -197,7 +198,8 @@ class _DerivedStats:
 class RunningStats(_DerivedStats):
     r"""Running mean / variance of K float64 streams, computed by the C++ core ``mtl_fast._C``.
 
-    See the module docstring for the exact update rules (paper 000 eq. 7–8, the decayed
+    See the module docstring for the exact update rules (Groenendijk et al. 2021 eq. 7–8, the
+    decayed
     variants, Chan's merge) and the conventions for n ≤ 1 and non-finite inputs.
 
     Args:

@@ -1,6 +1,6 @@
 """The base class of every weighting method, loss-based or gradient-based.
 
-The training loop (DESIGN.md) is the same for every method::
+The training loop (docs/design.md) is the same for every method::
 
     method = mf.IMTL(num_tasks=T)              # or mf.MGDA(), mf.CVWeighting(T), ...
     zs = method.split(z, num_tasks=T)          # T views of the shared features z

@@ -1,7 +1,8 @@
 """Test-only NumPy oracles for mtl_fast.running_stats.
 
 ``OracleStats`` is an independent NumPy twin of the accumulator, written in the paper's form
-(paper 000 eq. 7: mean_t = (1 − 1/t)·mean_{t−1} + x/t; eq. 8: M₂ += (x − mean_{t−1})(x − mean_t))
+(Groenendijk et al. 2021 eq. 7: mean_t = (1 − 1/t)·mean_{t−1} + x/t; eq. 8: M₂ += (x −
+mean_{t−1})(x − mean_t))
 and the textbook exponentially weighted form (mean = d·mean + (1 − d)·x,
 var = d·(var + (1 − d)·(x − mean_old)²)), rather than the update-by-δ form of the C++ core, so
 the two agree to rounding but not by construction. The closed-form helpers below recompute the

@@ -153,7 +153,7 @@ METHODS: dict[str, Callable[..., mf.Weighting]] = {
     "Equal": lambda r, **kw: mf.EqualWeighting(T, **kw),
 }
 
-#: the methods of the issue, checked at 3 processes too (the others at 2)
+#: the main methods, checked at 3 processes too (the others at 2)
 CORE = ("IMTLG", "IMTL", "MGDA", "MGDA-loss", "GradNorm", "CV", "LSB", "AMTL", "DBMTL", "STCH")
 
 

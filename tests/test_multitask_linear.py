@@ -55,7 +55,7 @@ def _discover() -> dict[str, type]:
 METHOD_CLASSES = _discover()
 GRADIENT_CLASSES = sorted(n for n, c in METHOD_CLASSES.items() if c.gradient_based)
 LOSS_CLASSES = sorted(n for n, c in METHOD_CLASSES.items() if not c.gradient_based)
-#: The gradient methods the issue names: each must be found (and is then tested below).
+#: The gradient methods MultiTaskLinear must serve: each must be found (and is then tested below).
 EXPECTED_GRADIENT = {"IMTLG", "IMTL", "MGDA", "GradNorm", "PCGrad", "CAGrad"}
 
 #: Extra configurations of the gradient methods (name, class, kwargs).

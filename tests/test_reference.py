@@ -3,9 +3,9 @@ independent oracles and the papers' properties.
 
 Oracles, all float64 NumPy written here:
     * Gram ``J Jᵀ`` and combine ``αᵀJ`` of the exact input values;
-    * IMTL-G by paper 004's (T−1)-system (§3.1, Alg. 1 lines 9–12, App. B.1):
+    * IMTL-G by Liu et al. 2021's (T−1)-system (§3.1, Alg. 1 lines 9–12, App. B.1):
       α_{2..T} = g₁Uᵀ(DUᵀ)⁻¹, α₁ = 1 − Σ α_{2..T};
-    * unconstrained MGDA by paper 004 §4 / App. C.2: α_{2..T} = g₁Dᵀ(DDᵀ)⁻¹;
+    * unconstrained MGDA by Liu et al. 2021 §4 / App. C.2: α_{2..T} = g₁Dᵀ(DDᵀ)⁻¹;
     * MGDA (min-norm point of the convex hull) exactly, by enumerating every support and solving
       its KKT system, keeping the stationary feasible point of least norm;
     * pseudo-inverse solutions (``numpy.linalg.pinv`` with a relative cutoff) for dependent
@@ -334,7 +334,7 @@ def test_combine_skips_zero_weight_nonfinite_rows(dtype: torch.dtype, D: int) ->
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("T,D", [(2, 6), (3, 7), (5, 9), (8, 12), (16, 50)])
 def test_imtl_g_equals_paper_formula(T: int, D: int, seed: int) -> None:
-    """Gram-space IMTL-G (C β = 1, α ∝ β/n) equals paper 004's g₁Uᵀ(DUᵀ)⁻¹ (float64 NumPy)."""
+    """Gram-space IMTL-G (C β = 1, α ∝ β/n) equals Liu et al. 2021's g₁Uᵀ(DUᵀ)⁻¹ (float64 NumPy)."""
     J = _jacobian(T, D, seed)
     alpha = ref.imtl_g_weights(_t(_np_gram(J)))
     assert alpha.dtype == torch.float64
@@ -414,7 +414,7 @@ def test_frank_wolfe_can_miss_where_active_set_does_not() -> None:
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("T", [2, 4, 7])
 def test_mgda_unconstrained_closed_form(T: int, seed: int) -> None:
-    """``constrained=False``: G α ∝ 1 and Σα = 1 (paper 004 §4), equal to g₁Dᵀ(DDᵀ)⁻¹."""
+    """``constrained=False``: G α ∝ 1 and Σα = 1 (Liu et al. 2021 §4), equal to g₁Dᵀ(DDᵀ)⁻¹."""
     J = _jacobian(T, T + 3, seed)
     G = _np_gram(J)
     a = ref.mgda_weights(_t(G), constrained=False).numpy()

@@ -3,7 +3,7 @@ report behind ``mtl-fast bench`` and the pytest-benchmark suites in ``benchmarks
 
 * :mod:`mtl_fast.bench.workloads` — size tiers, synthetic Jacobians, the op implementations side
   by side, the training model and tasks, the method registry, the loss-statistics steps;
-* :mod:`mtl_fast.bench.libmtl_style` — a LibMTL-style IMTL-G / MGDA written from paper 004's
+* :mod:`mtl_fast.bench.libmtl_style` — a LibMTL-style IMTL-G / MGDA written from Liu et al. 2021's
   Algorithm 1 and the MGDA paper's solver the way published code computes them;
 * :mod:`mtl_fast.bench.runner` — timing (warm-up, interleaved rounds, median), copy bandwidth,
   peak extra memory, machine record, and the four sections (ops, train, stats, scaling);

@@ -3,7 +3,7 @@ r"""LibMTL-style IMTL-G and MGDA: the peers mtl_fast is measured against.
 Written here from the papers, the way published multi-task code computes them (not copied from
 any library):
 
-* IMTL-G from paper 004, Algorithm 1 lines 6–12: the unit-gradient matrix u_t = g_t/‖g_t‖, the
+* IMTL-G from Liu et al. 2021, Algorithm 1 lines 6–12: the unit-gradient matrix u_t = g_t/‖g_t‖, the
   difference matrices Dᵀ = [g_1ᵀ − g_tᵀ] and Uᵀ = [u_1ᵀ − u_tᵀ] built from stacked copies of
   the first row, α_{2:T} = g_1 Uᵀ (D Uᵀ)⁻¹ with an explicit inverse, α_1 = 1 − Σ α_{2:T};
 * MGDA from Sener & Koltun (2018), Algorithm 2 (Frank-Wolfe on min ‖Σ α_t g_t‖² over the
@@ -34,11 +34,11 @@ FW_MAX_ITER = 250
 FW_STOP = 1e-5
 
 
-# --------------------------------------------------------------------------- IMTL-G (paper 004)
+# ------------------------------------------------------------ IMTL-G (Liu et al. 2021)
 
 
 def imtl_g_weights(grads: Tensor) -> Tensor:
-    """IMTL-G weights of a stacked gradient matrix [T, D] by Algorithm 1 of paper 004.
+    """IMTL-G weights of a stacked gradient matrix [T, D] by Algorithm 1 of Liu et al. 2021.
 
     Works in the gradients' dtype throughout (float32 for float32 gradients: the "LibMTL-style
     fp32 formula"); only the (T−1)×(T−1) matrix D Uᵀ is widened to float32 for the explicit
@@ -158,7 +158,7 @@ def train_step(
         optimizer: over the encoder, the heads (and ``log_scales``).
         x: the input batch.
         weighting: ``"imtl"`` (IMTL-G on the gradients of the scaled losses) or ``"mgda"``.
-        log_scales: IMTL-L's s_t (paper 004 eq. 6: the losses become e^{s_t} L_t − s_t), for
+        log_scales: IMTL-L's s_t (Liu et al. 2021 eq. 6: the losses become e^{s_t} L_t − s_t), for
             the full IMTL; ``None`` for raw losses.
 
     Returns the weights (on the host side they were already read, as published code does).

@@ -4,7 +4,7 @@ Files: ``<out>/<machine>-<date>[-<tier>].json``, ``.md`` and ``.png`` (the tier 
 out for the full tier, so a quick or gpu run never overwrites the day's full results; a CUDA
 run's machine is its GPU, e.g. ``nvidia-h200-<date>-gpu.json``).
 
-Targets (the issue's performance claims; they are checked against what was measured, never
+Targets (the performance claims of the README; they are checked against what was measured, never
 tuned for). Each has a status: ``pass``, ``miss``, or ``n/a`` when the run has no data for it
 (another device, a section not run, a peer not installed, a size not in the tier).
 Ratios are "peer time / mtl_fast time" (> 1: mtl_fast faster) and "method time / equal
@@ -22,7 +22,7 @@ Record = dict[str, Any]
 
 #: O(T²) allowance of the memory target: eight float64 T×T matrices.
 MEMORY_T2_BYTES = 64
-#: Training-step targets at T = 10: gradient methods named by the issue, and loss-based ones.
+#: Training-step targets at T = 10: the main gradient methods, and the loss-based ones.
 TRAIN_GRADIENT_TARGET = {"IMTLG": 1.05, "IMTL": 1.05, "MGDA": 1.05}
 TRAIN_LOSS_TARGET = 1.02
 #: GPU training-step targets of the gradient methods: {T: bound on step / equal weighting}.
@@ -106,7 +106,7 @@ def _x(v: float) -> str:
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[Record]:
-    """Check every target of the issue against the records of one run."""
+    """Check every performance target against the records of one run."""
     recs = results.get("records", [])
     out: list[Record] = []
 

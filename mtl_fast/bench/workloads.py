@@ -10,7 +10,7 @@ Tiers (:data:`TIERS`, chosen by ``--tier`` / ``--quick`` or the environment vari
 * ``smoke`` — tiny sizes; what CI runs (``pytest benchmarks --benchmark-disable``) so the suites
   keep working;
 * ``quick`` — ``mtl-fast bench --quick``, under two minutes on a 2-core CPU;
-* ``full`` — every size of the issue that fits the memory budget (24 GiB, or less when the
+* ``full`` — every size of the benchmark plan that fits the memory budget (24 GiB, or less when the
   machine has less free); what does not fit is listed as skipped, with the bytes it needed;
 * ``gpu`` — the sizes a CUDA device needs, in about four minutes on an H200 (Triton compiles
   included): ops up to D = 1.6·10⁷ (6.4·10⁷ for T ≤ 16) in fp32 and bf16, the training step of a
@@ -204,7 +204,7 @@ TIERS: dict[str, Tier] = {
     ),
 }
 
-#: Default memory budget (the issue's 24 GiB), lowered to what the machine has.
+#: Default memory budget (24 GiB: the CPU machines' memory), lowered to what the machine has.
 MEMORY_BUDGET = 24 * GiB
 
 
@@ -349,7 +349,7 @@ IMPLS = ("mtl_fast", "reference", "libmtl_style", "torchjd")
 IMPL_LABELS = {
     "mtl_fast": "mtl_fast (auto)",
     "reference": "mtl_fast.reference (backend='torch')",
-    "libmtl_style": "LibMTL-style (paper 004 Alg. 1 / Frank-Wolfe)",
+    "libmtl_style": "LibMTL-style (Liu et al. 2021 Alg. 1 / Frank-Wolfe)",
     "torchjd": "torchjd",
 }
 
@@ -828,7 +828,7 @@ class TrainStep:
 def make_method_step(name: str, T: int, tier: Tier, device: torch.device | str) -> TrainStep:
     """The training step of method ``name`` on a fresh copy of the benchmark model.
 
-    The loop is the one of DESIGN.md: features → ``split`` → T losses → ``method.loss`` → one
+    The loop is the one of docs/design.md: features → ``split`` → T losses → ``method.loss`` → one
     backward → SGD step (the method's own parameters included).
 
     Raises:
@@ -873,7 +873,8 @@ def make_method_step(name: str, T: int, tier: Tier, device: torch.device | str) 
 
 
 class PurePyTorchCV:
-    """CV-Weighting (paper 000) the way published code writes it: running tensors updated with
+    """CV-Weighting (Groenendijk et al. 2021) the way published code writes it: running tensors
+    updated with
     torch ops each step (mean factor 1 − 1/(t+1), Welford's M₂, σ = sqrt(M₂/(t+1) + 1e-8)),
     loss ratio L/μ_L, weights σ_l/μ_l normalised to sum 1, equal weights for two steps."""
 

@@ -6,15 +6,15 @@ Four problems, each small enough to train on a CPU in seconds:
   download), five tasks with deliberately different losses and loss scales: digit class
   (cross-entropy), parity and digit ≥ 5 (binary cross-entropy), image reconstruction (L1 in pixel
   units 0..16) and ink amount (squared error in "fully inked pixels").
-* :class:`DenoiseProblem` (``denoise``): one task with several losses, in the spirit of paper 000
-  (CV-Weighting): denoising the digits with an L1 loss, an SSIM-style loss and a
-  gradient-smoothness (total variation) loss. The smoothness loss is auxiliary: alone it is
-  minimised by a flat image, so it must not dominate.
+* :class:`DenoiseProblem` (``denoise``): one task with several losses, in the spirit of
+  Groenendijk et al. 2021 (CV-Weighting): denoising the digits with an L1 loss, an SSIM-style
+  loss and a gradient-smoothness (total variation) loss. The smoothness loss is auxiliary:
+  alone it is minimised by a flat image, so it must not dominate.
 * :class:`SyntheticProblem` (``synthetic``): the regression benchmark of GradNorm (Chen et al.
   2018, §5.1): T tasks f_t(x) = σ_t tanh((B + ε_t) x) whose scales σ_t span two orders of
   magnitude (losses span four).
-* :class:`ScaleProblem` (``scale``): paper 004's scale-invariance test (Table 1): ``digits`` with
-  one task's loss (the classification cross-entropy) multiplied by 10.
+* :class:`ScaleProblem` (``scale``): Liu et al. 2021's scale-invariance test (Table 1):
+  ``digits`` with one task's loss (the classification cross-entropy) multiplied by 10.
 
 Every problem builds a :class:`MultiTaskNet` (a shared encoder and per-task heads; gradient-based
 methods receive the encoder output through ``method.split``), computes T scalar task losses,
@@ -262,7 +262,7 @@ class Problem:
         return "single-task models (one model per task, trained alone with the same budget)"
 
     def potentials(self, singles: Sequence[Evaluation]) -> list[float]:
-        """Single-task validation KPIs, AMTL's task potentials p_t (paper 002 eq. 3)."""
+        """Single-task validation KPIs, AMTL's task potentials p_t (Yun & Cho 2023 eq. 3)."""
         return [float(ev.kpi[0]) for ev in singles]
 
     def static_weights(self, model: MultiTaskNet) -> list[float]:
@@ -459,7 +459,7 @@ class ScaleProblem(DigitsProblem):
     def description(self) -> str:
         return (
             f"the `digits` problem with the **{self.task_names[self.scaled_task]}** loss "
-            f"multiplied by {self.factor:g} before the weighting method sees it (paper 004, "
+            f"multiplied by {self.factor:g} before the weighting method sees it (Liu et al. 2021, "
             "Table 1, multiplies the semantic-segmentation loss by 10). Same data, seeds, "
             "initialisation and budget as `digits`; the table gives each metric and its change "
             "from the unscaled run (a scale-invariant method shows no change). "
@@ -497,7 +497,8 @@ def _total_variation_per_image(a: Tensor) -> Tensor:
 
 class DenoiseProblem(Problem):
     """One task (denoising the 8×8 digits, Gaussian noise σ = 0.4 on [0, 1] pixels) with three
-    losses, in the spirit of paper 000's depth-estimation objective (L1 + SSIM + disparity
+    losses, in the spirit of Groenendijk et al. 2021's depth-estimation objective (L1 + SSIM +
+    disparity
     smoothness):
 
     ==========  ==========================================  ===================================
@@ -510,7 +511,8 @@ class DenoiseProblem(Problem):
 
     The smoothness loss is auxiliary: alone it is minimised by a flat image. Test metrics (one
     task, three metrics): PSNR ↑, SSIM ↑, MAE ↓; per-image values give win rates against equal
-    weighting (paper 000, Tables 2 and 4). Baseline for Δ_MTL: the model trained with the L1 loss
+    weighting (Groenendijk et al. 2021, Tables 2 and 4). Baseline for Δ_MTL: the model trained
+    with the L1 loss
     alone (the main loss); the single-loss SSIM and smoothness models are reported too. The
     network (64-128-128-64 MLP with a sigmoid output) is the shared part; each loss reads the
     output image through ``method.split`` (identity heads), so gradient methods balance the
@@ -535,10 +537,12 @@ class DenoiseProblem(Problem):
         return (
             f"denoising the 8×8 digits (Gaussian noise σ = {self.noise} on [0, 1] pixels; "
             f"{len(d.train)} / {len(d.val)} / {len(d.test)} train / validation / test images) "
-            "with three losses on one output, in the spirit of paper 000's L1 + SSIM + disparity "
+            "with three losses on one output, in the spirit of Groenendijk et al. 2021's L1 + "
+            "SSIM + disparity "
             "smoothness objective: L1, an SSIM loss (1 − SSIM)/2 over 3×3 windows, and a "
             "total-variation smoothness loss, which is auxiliary (alone it yields a flat image). "
-            "Test metrics: PSNR (↑, dB), SSIM (↑), MAE (↓). `StaticWeighting` uses paper 000's "
+            "Test metrics: PSNR (↑, dB), SSIM (↑), MAE (↓). `StaticWeighting` uses Groenendijk "
+            "et al. 2021's "
             "hand-tuned weights for L1 / SSIM / smoothness (0.15, 0.85, 0.1), normalised."
         )
 
@@ -617,7 +621,10 @@ class DenoiseProblem(Problem):
         return [3.0 * w / sum(raw) for w in raw]
 
     def static_weights_label(self) -> str:
-        return "paper 000's hand-tuned (L1, SSIM, smoothness) = (0.15, 0.85, 0.1), Σ w = T"
+        return (
+            "Groenendijk et al. 2021's hand-tuned (L1, SSIM, smoothness) = (0.15, "
+            "0.85, 0.1), Σ w = T"
+        )
 
 
 # --------------------------------------------------------------------------- synthetic

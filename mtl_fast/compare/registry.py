@@ -15,7 +15,7 @@ every method                ``num_tasks=T``
 UncertaintyWeighting        ``task_types``: "classification" for cross-entropy tasks, else
                             "regression" (the problem says which)
 LSB                         ``expected_periods`` = the number of epochs (β reaches 1 at the end)
-AMTL                        ``potentials`` = single-task validation KPIs (paper 002: p_t is the
+AMTL                        ``potentials`` = single-task validation KPIs (Yun & Cho 2023: p_t is the
                             single-task accuracy), floored at 1e-3
 DWA                         ``temperature=2`` (the paper's)
 RLW, PCGrad                 ``seed`` = the run's seed

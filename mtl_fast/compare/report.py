@@ -1,12 +1,13 @@
 """The Markdown report, the figures and the JSON results of a comparison.
 
 * :func:`problem_table` — the main table of one problem: the single-task baseline row(s), then
-  one row per method with the per-task test metrics (best in bold), Δ_MTL (paper 002 eq. 7,
+  one row per method with the per-task test metrics (best in bold), Δ_MTL (Yun & Cho 2023 eq. 7,
   against the problem's baseline), Acc_MTL (eq. 8), the average rank over all metrics (paper
   001's protocol) and the median time per training step.
 * :func:`scale_table` — for the ``scale`` problem: every metric with its change from the
-  unscaled ``digits`` run (paper 004, Table 1) and the mean absolute relative change.
-* :func:`write_figures` — weights and loss scales over training (paper 000 Figure 1, paper 001
+  unscaled ``digits`` run (Liu et al. 2021, Table 1) and the mean absolute relative change.
+* :func:`write_figures` — weights and loss scales over training (Groenendijk et al. 2021 Figure 1,
+  Lee et al. 2021
   Figure 9) through :meth:`mtl_fast.history.WeightHistory.plot`, and a Δ_MTL overview chart.
 * :func:`write_report` — ``report.md``, ``results.json`` and the figures in one directory.
 """
@@ -35,7 +36,7 @@ __all__ = [
     "write_report",
 ]
 
-#: Methods drawn in the featured weight figure, when they ran (paper 001 Figure 9's set plus
+#: Methods drawn in the featured weight figure, when they ran (Lee et al. 2021 Figure 9's set plus
 #: the gradient balancers).
 #: above this many tasks the weight figures colour tasks by index instead of a legend.
 MAX_LEGEND = 12
@@ -169,7 +170,7 @@ def scale_changes(result: ProblemResult) -> dict[str, dict[str, Any]]:
 
 
 def scale_table(result: ProblemResult) -> str:
-    """The ``scale`` table: metric (change) per method, as paper 004's Table 1."""
+    """The ``scale`` table: metric (change) per method, as Liu et al. 2021's Table 1."""
     changes = scale_changes(result)
     if not changes:
         return "*(no unscaled reference run)*"
@@ -472,7 +473,7 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
     if result.reference is not None:
         lines += [
             "Change of every metric from the unscaled `digits` run of the same method "
-            "(paper 004, Table 1: a scale-invariant method shows no change):",
+            "(Liu et al. 2021, Table 1: a scale-invariant method shows no change):",
             "",
             scale_table(result),
             "",
@@ -488,7 +489,7 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
         lines.append(
             "Weights (top, normalised to sum to 1 per step) and loss scales w·L (bottom, log "
             "scale) over training, seed "
-            f"{seeds[0]} (paper 000 Figure 1, paper 001 Figure 9):"
+            f"{seeds[0]} (Groenendijk et al. 2021 Figure 1, Lee et al. 2021 Figure 9):"
         )
         lines.append("")
         lines += [f"![{p.key} weights]({f.name})" for f in figures["featured"]]
@@ -530,9 +531,10 @@ def write_report(
         "indicative only (a shared machine).",
         "",
         "Columns: per-task test metrics (↑ higher / ↓ lower is better; best in bold), Δ_MTL "
-        "(paper 002 eq. 7, % relative to the baseline, ↑), Acc_MTL (paper 002 eq. 8, geometric "
+        "(Yun & Cho 2023 eq. 7, % relative to the baseline, ↑), Acc_MTL (Yun & Cho 2023 eq. 8, "
+        "geometric "
         "mean with lower-is-better metrics inverted, ↑), the average rank over all metrics "
-        "(paper 001's protocol, ↓), and the median wall time of a training step (forward, "
+        "(Lee et al. 2021's protocol, ↓), and the median wall time of a training step (forward, "
         "backward, optimizer step; measured round-robin over the methods after training, "
         f"{timing} steps each, so that load changes on the machine do not favour any method). "
         "AMTL "

@@ -12,7 +12,7 @@
   learning rate ``method_lr`` (default 0.05: Adam moves a log-scale by about that much per
   step, so it settles within ~100 steps, as it must in a budget of a few hundred steps rather
   than the 10⁵ of the papers);
-* the ordinary loop of DESIGN.md: ``zs = method.split(z)``, T losses,
+* the ordinary loop of docs/design.md: ``zs = method.split(z)``, T losses,
   ``method.loss(losses).backward()``, ``optimizer.step()``;
 * the method's hooks when it has them: ``end_period()`` / ``end_epoch()`` after every epoch
   (LSB, DWA / STCH), ``update_accuracy(kpi)`` after every epoch with the validation KPIs in
@@ -282,7 +282,7 @@ class MethodOutcome:
 
     ``metrics``, ``acc_mtl`` are means over the seeds; ``delta_mtl`` is the mean of the
     per-seed Δ_MTL (each against that seed's baseline), ``delta_mtl_std`` their standard
-    deviation; ``rank`` the average rank over all metrics (paper 001's protocol) among the
+    deviation; ``rank`` the average rank over all metrics (Lee et al. 2021's protocol) among the
     methods that ran; ``ms_per_step`` the median over seeds of the median step time;
     ``win_rate`` the mean per-seed win rate against EqualWeighting (when defined).
     """

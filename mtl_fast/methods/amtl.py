@@ -1,4 +1,4 @@
-r"""Achievement-based multi-task loss, AMTL (paper 002, Yun & Cho, 2023), and the accuracy tracker.
+r"""Achievement-based multi-task loss, AMTL (Yun & Cho, 2023), and the accuracy tracker.
 
 Functional core (one function per formula; the classes are thin stateful wrappers):
 
@@ -65,7 +65,7 @@ def achievement_weights(
 def reciprocal_if_lower(values: Tensor, higher_is_better: Tensor) -> Tensor:
     """A metric where lower is better (error, RMSE) as an accuracy: its reciprocal 1/x.
 
-    This is the convention of paper 002's multi-task accuracy (eq. 8: M^{S_t} with S_t = −1),
+    This is the convention of Yun & Cho 2023's multi-task accuracy (eq. 8: M^{S_t} with S_t = −1),
     under which the achievement Acc/p of a lower-is-better metric x with potential q is q/x.
     """
     return torch.where(higher_is_better, values, 1.0 / values)
@@ -153,7 +153,7 @@ def _accuracy_vector(acc: Any, num_tasks: int) -> Tensor:
 
 
 class AMTL(Weighting):
-    r"""Achievement-based multi-task loss (paper 002).
+    r"""Achievement-based multi-task loss (Yun & Cho 2023).
 
     * Achievement: the smoothed accuracy Acc̄_t over the task potential p_t (the single-task
       accuracy, given). Accuracies arrive through :meth:`update_accuracy` after each

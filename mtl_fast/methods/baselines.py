@@ -5,7 +5,8 @@ Shared functional core (used by CV-Weighting, LSB, AMTL, DTP, DWA, RLW, GLS, sta
 * :func:`weighted_sum` — Σ_t w_t L_t, the total of every weighted-sum method;
 * :func:`normalize_over_present` — w_t / Σ_{s present} w_s (absent tasks: 0);
 * :func:`softmax_over_present` — exp(z_t) / Σ_{s present} exp(z_s) (absent tasks: 0);
-* :func:`weighted_geometric_mean` — Π_t L_t^{w_t} = exp(Σ_t w_t log L_t) (paper 002 eq. 5; GLS);
+* :func:`weighted_geometric_mean` — Π_t L_t^{w_t} = exp(Σ_t w_t log L_t) (Yun & Cho 2023 eq. 5;
+  GLS);
 * :func:`positive_losses` — the positivity requirement of the geometric means.
 
 Masks: an absent task (``mask`` False or a non-finite loss, see :meth:`mtl_fast.Weighting.loss`)
@@ -89,7 +90,7 @@ def positive_losses(method: Weighting, losses: Tensor, present: Tensor, who: str
 
 
 def weighted_geometric_mean(losses: Tensor, weights: Tensor, present: Tensor) -> Tensor:
-    """Π_{t present} L_t^{w_t}, computed as exp(Σ_t w_t log L_t) (paper 002 eq. 5).
+    """Π_{t present} L_t^{w_t}, computed as exp(Σ_t w_t log L_t) (Yun & Cho 2023 eq. 5).
 
     In log space so that it neither underflows nor overflows at many tasks. Absent tasks
     contribute nothing (their loss is replaced by 1 before the log, so they get no gradient).
@@ -135,7 +136,7 @@ class StaticWeighting(Weighting):
 
     Args:
         weights: the T weights (non-negative). T is their number.
-        normalize: divide by their sum so that Σ_t w_t = 1, as paper 000 does for its
+        normalize: divide by their sum so that Σ_t w_t = 1, as Groenendijk et al. 2021 does for its
             hand-tuned baselines (§3.1, §3.2). Then, when tasks are absent, the weights are
             renormalised over the present tasks (they still sum to 1). Without ``normalize``
             absent tasks simply get 0 and the others keep their weights.
@@ -177,13 +178,13 @@ class GLS(Weighting):
     r"""Geometric Loss Strategy (Chennupati et al. 2019): total = (Π_t L_t)^{1/T}.
 
     Computed in log space, exp((1/T) Σ_t log L_t) (:func:`weighted_geometric_mean`), which stays
-    finite at many tasks where the product itself under/overflows (paper 004 §4 reports the
+    finite at many tasks where the product itself under/overflows (Liu et al. 2021 §4 reports the
     product unstable at T = 40). Absent tasks are left out: the mean is over the present tasks,
     T → |P|. Every present loss must be > 0 (CPU: ``ValueError``; accelerators: weight 0 and a
     deferred error, see :func:`positive_losses`).
 
     ``weights``: the effective factors ∂total/∂L_t = total / (|P|·L_t) — GLS weighs each loss by
-    its reciprocal (paper 004, §4 and appendix C.5) — detached; 0 for absent tasks. Under
+    its reciprocal (Liu et al. 2021, §4 and appendix C.5) — detached; 0 for absent tasks. Under
     ``torch.distributed`` the geometric mean is that of the losses averaged across processes,
     linearised so that DDP's averaged gradient is exact (:mod:`mtl_fast.distributed`).
 

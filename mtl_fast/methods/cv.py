@@ -1,4 +1,4 @@
-r"""CV-Weighting (paper 000, Groenendijk et al. 2021): weights from the coefficient of variation.
+r"""CV-Weighting (Groenendijk et al. 2021): weights from the coefficient of variation.
 
 Functional core (one function per formula; the class below is a thin stateful wrapper):
 
@@ -90,7 +90,7 @@ class LossStatistics:
     Args:
         num_streams: K.
         decay, decay_variance: as in :class:`mtl_fast.RunningStats` (``None``: Welford's plain
-            running mean, eq. 7–8 of paper 000).
+            running mean, eq. 7–8 of Groenendijk et al. 2021).
         accumulator: ``"auto"`` or ``"torch"``.
 
     :meth:`state_dict` / :meth:`load_state_dict` use the accumulators' common format, so a state
@@ -166,7 +166,8 @@ class LossStatistics:
 
 
 class CVWeighting(Weighting):
-    r"""CV-Weighting (paper 000): α_i ∝ the coefficient of variation of task i's loss ratio.
+    r"""CV-Weighting (Groenendijk et al. 2021): α_i ∝ the coefficient of variation of task i's
+    loss ratio.
 
     Each training step t (1-based), with L_i(t) the task losses (detached):
 

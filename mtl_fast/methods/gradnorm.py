@@ -15,7 +15,7 @@ with the target Ḡ_W r_t^γ treated as a constant, so ∂L_grad/∂w_t = sign(w
 γ (the asymmetry) pulls slower-training tasks (larger r_t) towards larger gradient norms.
 
 γ = 0: the fixed point has equal weighted norms w_t ‖g_t‖ = const, i.e. α_t ∝ 1/‖g_t‖
-(paper 004, Theorem 1 and Corollary 4: α_t = ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ when Σα = 1); available
+(Liu et al. 2021, Theorem 1 and Corollary 4: α_t = ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ when Σα = 1); available
 directly with ``closed_form=True``.
 """
 
@@ -29,7 +29,7 @@ from mtl_fast.weighting import StepInputs, Weighting
 
 def inverse_norm_weights(G: Tensor, total: float = 1.0) -> Tensor:
     """α_t = total · ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ over the tasks with a non-zero, finite gradient (others
-    0): GradNorm's γ = 0 fixed point (paper 004, Corollary 4). float64 [T]."""
+    0): GradNorm's γ = 0 fixed point (Liu et al. 2021, Corollary 4). float64 [T]."""
     d = G.to(torch.float64).diagonal()
     ok = torch.isfinite(d) & (d > 0)
     inv = torch.where(ok, d.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), 0.0)
@@ -58,7 +58,8 @@ class GradNorm(Weighting):
         gamma: the asymmetry γ (default 1.5, the paper's NYUv2 setting); γ = 0 asks for equal
             weighted norms.
         initial_loss_steps: number of (present) steps averaged into L_t(0) (default 1).
-        closed_form: use the γ = 0 fixed point α_t = T ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ directly (paper 004,
+        closed_form: use the γ = 0 fixed point α_t = T ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ directly (Liu et al.
+        2021,
             Corollary 4, scaled to Σα = T), without learnable weights; requires ``gamma=0``.
         **kwargs: see :class:`~mtl_fast.Weighting`.
 

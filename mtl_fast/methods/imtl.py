@@ -1,4 +1,4 @@
-"""Impartial multi-task learning (paper 004, Liu et al., ICLR 2021): IMTL-G, IMTL-L and IMTL.
+"""Impartial multi-task learning (Liu et al., ICLR 2021): IMTL-G, IMTL-L and IMTL.
 
 * :class:`IMTLG` (§3.1), gradient balance: the shared gradient g = Σ α_t g_t has equal
   projections onto every task's unit gradient (eq. 1), with Σ α_t = 1.
@@ -49,7 +49,7 @@ class IMTLG(Weighting):
 
 
 class _LossScales:
-    """The learnable loss scales of IMTL-L (paper 004 §3.2), shared by :class:`IMTLL` and
+    """The learnable loss scales of IMTL-L (Liu et al. 2021 §3.2), shared by :class:`IMTLL` and
     :class:`IMTL` (mixed into a :class:`~mtl_fast.Weighting`).
 
     The parameter ``log_scales`` holds s [T], initialised to 0 (e^s = 1); put it in the
@@ -97,7 +97,7 @@ class _LossScales:
 
 
 class IMTLL(_LossScales, Weighting):
-    """IMTL-L: learnable loss scales balancing the scaled losses at 1 (paper 004 §3.2, eq. 6).
+    """IMTL-L: learnable loss scales balancing the scaled losses at 1 (Liu et al. 2021 §3.2, eq. 6).
 
     total = Σ_t (e^{s_t} L_t − s_t), s_t learnable (``log_scales``, initialised 0: put it in the
     optimizer). Minimising over s_t gives e^{s_t} L_t = 1 (eq. 3): every task's loss is brought to
@@ -129,7 +129,7 @@ class IMTLL(_LossScales, Weighting):
 
 
 class IMTL(_LossScales, Weighting):
-    """IMTL, the hybrid of IMTL-G and IMTL-L (paper 004 §3.3, Algorithm 1).
+    """IMTL, the hybrid of IMTL-G and IMTL-L (Liu et al. 2021 §3.3, Algorithm 1).
 
     * Task heads θ_t and scales s_t: trained by the scaled losses e^{s_t} L_t − s_t (eq. 6);
       :meth:`loss` returns Σ_t (e^{s_t} L_t − s_t) (Algorithm 1, lines 5, 15, 16).

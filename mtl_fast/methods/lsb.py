@@ -1,4 +1,4 @@
-r"""Loss Scale Balancing, LSB (paper 001, Lee, Lee & Kim, ICCV 2021), and per-period averages.
+r"""Loss Scale Balancing, LSB (Lee, Lee & Kim, ICCV 2021), and per-period averages.
 
 Functional core (one function per equation; :class:`LSB` is a thin stateful wrapper):
 
@@ -87,7 +87,7 @@ def linear_beta(period: int, expected_periods: int) -> float:
     """Default β schedule: β_t = min(1, max(0, (t − 3) / E)).
 
     β is 0 in period 3 (the first with difficulty factors) and grows linearly by 1/E per period
-    to reach 1 after E periods, then stays at 1 (Table 6 of paper 001: large β hurts).
+    to reach 1 after E periods, then stays at 1 (Table 6 of Lee et al. 2021: large β hurts).
     """
     return min(1.0, max(0.0, (period - 3) / expected_periods))
 
@@ -191,7 +191,7 @@ class PeriodAverages:
 
 
 class LSB(Weighting):
-    r"""Loss Scale Balancing (paper 001): balance the loss scales w_k L_k period by period.
+    r"""Loss Scale Balancing (Lee et al. 2021): balance the loss scales w_k L_k period by period.
 
     A period is an epoch by default: call :meth:`end_period` after each epoch, or pass
     ``period_steps`` to close a period every that many training steps. L_k^t is the average loss

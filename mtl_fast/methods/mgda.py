@@ -70,7 +70,7 @@ class MGDA(Weighting):
             normalisations use the loss values of the step (averaged across processes under
             ``torch.distributed``) and assume positive losses (a task with L_t ≤ 0 is left
             unnormalised).
-        constrained: ``False`` drops α ≥ 0: the closed form G α ∝ 1 of paper 004 §4 (the
+        constrained: ``False`` drops α ≥ 0: the closed form G α ∝ 1 of Liu et al. 2021 §4 (the
             minimum-norm point of the affine hull), on Ĝ.
         solver: ``"active_set"`` (exact, default) or ``"frank_wolfe"`` (the original code's
             iteration), passed to :func:`mtl_fast.mgda_weights`.

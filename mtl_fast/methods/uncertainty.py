@@ -1,4 +1,4 @@
-r"""Uncertainty weighting (paper 003, Kendall, Gal & Cipolla, CVPR 2018).
+r"""Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
 With s_t = log σ_t² learnable (the numerically stable parametrisation the paper recommends),
 the negative log-likelihood of T tasks gives::
@@ -54,7 +54,7 @@ def optimal_log_variance(loss: Tensor | float, task_type: str = "regression") ->
 
 
 class UncertaintyWeighting(Weighting):
-    r"""Homoscedastic-uncertainty weighting (paper 003): learnable s_t = log σ_t².
+    r"""Homoscedastic-uncertainty weighting (Kendall et al. 2018): learnable s_t = log σ_t².
 
     total = Σ_t (c_t e^{−s_t} L_t + ½ s_t) with c_t = ½ for regression tasks (Gaussian
     likelihood) and 1 for classification tasks (softmax likelihood with temperature σ², the

@@ -2,8 +2,8 @@
 
 For task gradients g_1..g_T (the rows of J, D elements each):
 
-* ``gram``:    G = J Jᵀ, G_ab = ⟨g_a, g_b⟩        (DESIGN.md, "Gram space")
-* ``combine``: g = Σ_t α_t g_t = αᵀ J             (paper 004, eq. 2)
+* ``gram``:    G = J Jᵀ, G_ab = ⟨g_a, g_b⟩        (docs/design.md, "Gram space")
+* ``combine``: g = Σ_t α_t g_t = αᵀ J             (Liu et al. 2021, eq. 2)
 
 Both read J once, in chunks of columns. A chunk of the T rows is converted to the accumulation
 dtype (float32, or float64 for float64 gradients) in a small reusable buffer when the rows are
@@ -171,7 +171,7 @@ def raise_if_nonfinite(G: Tensor, what: str = "gradient") -> None:
 
 
 def gram(grads: GradsLike, *, check_finite: bool = True) -> Tensor:
-    """Gram matrix G = J Jᵀ of the task gradients (DESIGN.md "Gram space").
+    """Gram matrix G = J Jᵀ of the task gradients (docs/design.md, "Gram space").
 
     Args:
         grads: a tensor [T, ...] or a sequence of T same-shaped tensors (fp32, bf16, fp16, fp64).
@@ -190,7 +190,7 @@ def gram(grads: GradsLike, *, check_finite: bool = True) -> Tensor:
 
 
 def combine(grads: GradsLike, weights: Tensor, *, out: Tensor | None = None) -> Tensor:
-    """Weighted combination g = Σ_t α_t g_t (paper 004 eq. 2), in the gradients' dtype.
+    """Weighted combination g = Σ_t α_t g_t (Liu et al. 2021 eq. 2), in the gradients' dtype.
 
     Args:
         grads: as for :func:`gram`.

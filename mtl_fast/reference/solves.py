@@ -1,7 +1,7 @@
 """Reference weight solves in Gram space (pure PyTorch, float64, any device, no host sync).
 
 Every function maps the T×T Gram matrix G = J Jᵀ of the task gradients to task weights α. They
-share one treatment of degenerate input (DESIGN.md "Numerics"):
+share one treatment of degenerate input (docs/design.md "Numerics"):
 
 * a task whose diagonal G_tt is 0 (no gradient signal) or not finite is *inactive*: weight 0, and
   the others are solved as if it were absent;
@@ -168,7 +168,7 @@ def _normalise_sum(alpha: Tensor) -> Tensor:
 
 
 def imtl_g_weights(G: Tensor) -> Tensor:
-    """IMTL-G weights (paper 004 §3.1, eq. 1 and "IMTL-G"; Appendix B.1 eq. 9–12).
+    """IMTL-G weights (Liu et al. 2021 §3.1, eq. 1 and "IMTL-G"; Appendix B.1 eq. 9–12).
 
     The aggregated gradient g = Σ α_t g_t has equal projections onto every unit gradient
     u_t = g_t/‖g_t‖ (eq. 1: g u_1ᵀ = g u_tᵀ) and Σ α_t = 1. In Gram space, with n_t = sqrt(G_tt)
@@ -191,7 +191,7 @@ def imtl_g_weights(G: Tensor) -> Tensor:
 
 
 def mgda_unconstrained_weights(G: Tensor) -> Tensor:
-    """Minimum-norm point of the affine hull of the gradients (paper 004 §4, eq. 7; App. C.2).
+    """Minimum-norm point of the affine hull of the gradients (Liu et al. 2021 §4, eq. 7; App. C.2).
 
     min_α αᵀGα s.t. Σα = 1 (no α ≥ 0): g ⊥ (g_1 − g_t) for all t, i.e. G α ∝ 1, so
     α = G⁺1 / (1ᵀG⁺1). Solved in the unit-gradient basis like IMTL-G, so the pseudo-inverse's
@@ -416,7 +416,7 @@ def mgda_weights(
 
     Args:
         G: [T, T] Gram matrix.
-        constrained: ``False`` drops α ≥ 0 and returns the closed form G α ∝ 1 of paper 004 §4
+        constrained: ``False`` drops α ≥ 0 and returns the closed form G α ∝ 1 of Liu et al. 2021 §4
             (:func:`mgda_unconstrained_weights`).
         solver: ``"active_set"`` (default): Wolfe's minimum-norm-point algorithm, exact up to
             rounding (stops when the Frank-Wolfe gap is below ``tol`` = 1e-14 of the largest

@@ -165,7 +165,7 @@ def test_imtl_g_matches_paper_formula(dev, T):
     J = _jacobian(T, 3 * T, seed=100 + T)
     got = imtl_g_solve(_gram(J, torch.float64, dev))
     _assert_rel(got, imtl_paper_oracle(J), 1e-8, f"T={T}")
-    # The defining property (paper 004 eq. 1): equal projections of g on every unit gradient.
+    # The defining property (Liu et al. 2021 eq. 1): equal projections of g on every unit gradient.
     g = _np64(got) @ J
     proj = (J / np.linalg.norm(J, axis=1, keepdims=True)) @ g
     assert np.ptp(proj) <= 1e-8 * np.abs(proj).max()

@@ -1,4 +1,4 @@
-"""AMTL (paper 002) against an independent transcription, its properties and the tracker."""
+"""AMTL (Yun & Cho 2023) against an independent transcription, its properties and the tracker."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def test_static_weighting():
     assert m.loss(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(2.0)
     m.loss(torch.tensor([1.0, 2.0, 3.0]), mask=[True, False, True])
     assert m.weights.tolist() == pytest.approx([1.0, 0.0, 0.2])
-    n = StaticWeighting([1.0, 0.2, 0.2], normalize=True)  # paper 000: Σ α = 1
+    n = StaticWeighting([1.0, 0.2, 0.2], normalize=True)  # Groenendijk et al. 2021: Σ α = 1
     assert n.weights.tolist() == pytest.approx([1 / 1.4, 0.2 / 1.4, 0.2 / 1.4])
     n.loss(torch.tensor([1.0, 2.0, 3.0]), mask=[True, False, True])
     assert n.weights.tolist() == pytest.approx([1 / 1.2, 0.0, 0.2 / 1.2])

@@ -1,4 +1,5 @@
-"""CV-Weighting (paper 000) against an independent NumPy transcription, and its properties."""
+"""CV-Weighting (Groenendijk et al. 2021) against an independent NumPy transcription, and its
+properties."""
 
 from __future__ import annotations
 

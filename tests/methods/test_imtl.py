@@ -1,4 +1,4 @@
-"""IMTL-G, IMTL-L and IMTL (paper 004)."""
+"""IMTL-G, IMTL-L and IMTL (Liu et al. 2021)."""
 
 from __future__ import annotations
 

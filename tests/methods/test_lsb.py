@@ -1,4 +1,5 @@
-"""LSB (paper 001) against an independent transcription; Propositions 1 and 2; periods, masks."""
+"""LSB (Lee et al. 2021) against an independent transcription; Propositions 1 and 2; periods,
+masks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Uncertainty weighting (paper 003, Kendall et al. 2018)."""
+"""Uncertainty weighting (Kendall et al. 2018)."""
 
 from __future__ import annotations
 
