@@ -149,7 +149,8 @@ _capabilities: dict[int, tuple[int, int]] = {}
 def _capability(index: int) -> tuple[int, int]:
     cap = _capabilities.get(index)
     if cap is None:
-        cap = _capabilities[index] = tuple(torch.cuda.get_device_capability(index))  # type: ignore[assignment]
+        major, minor = torch.cuda.get_device_capability(index)
+        cap = _capabilities[index] = (major, minor)
     return cap
 
 

@@ -141,9 +141,11 @@ def check_resume(
     masks: Callable[[int], object] | None = None,
     step_fn: Callable | None = None,
     device: torch.device | str = "cpu",
+    weights_only: bool = False,
 ) -> None:
     """A run resumed from state_dicts after ``split_at`` steps equals an unbroken run exactly
-    (weights of every step, model, method and optimizer parameters)."""
+    (weights of every step, model, method and optimizer parameters); ``weights_only``: the
+    checkpoint is read back with ``torch.load(weights_only=True)``."""
     torch.manual_seed(0)
     model_a = ToyMTL(num_tasks, device=device)
     method_a = make_method().to(device)
@@ -161,7 +163,7 @@ def check_resume(
         buf,
     )
     buf.seek(0)
-    ckpt = torch.load(buf, weights_only=False)
+    ckpt = torch.load(buf, weights_only=weights_only)
 
     torch.manual_seed(1234)  # a different global RNG state: nothing may depend on it
     model_c = ToyMTL(num_tasks, seed=99, device=device)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import mtl_fast as mf
-from mtl_fast.bench import workloads as wl
+from mtl_fast.methods import registry
 
 
-@pytest.mark.parametrize("name", wl.METHOD_NAMES)
+@pytest.mark.parametrize("name", registry.names())
 def test_flag_and_note_are_consistent(name: str) -> None:
-    cls = wl.find_method_class(name)
+    cls = registry.get(name).cls
     assert isinstance(cls.cuda_graph_capturable, bool)
     if cls.cuda_graph_capturable:
         assert cls.cuda_graph_note == ""

@@ -17,18 +17,18 @@ import torch.nn.functional as F
 from _toy import ToyMTL, toy_batch
 
 import mtl_fast as mf
-from mtl_fast.bench import workloads as wl
+from mtl_fast.methods import registry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-#: Every method of the benchmark registry. A method whose class says it is capturable
+#: Every registered method. A method whose class says it is capturable
 #: (``cuda_graph_capturable``) must replay like eager steps; the others must refuse the capture
 #: with a clear error rather than replay stale state.
-METHOD_NAMES = wl.METHOD_NAMES
+METHOD_NAMES = registry.names()
 
 
 def _build(name: str, T: int) -> mf.Weighting:
-    return wl.build_method(name, T)  # type: ignore[return-value]
+    return registry.get(name).build(T)
 
 
 METHODS = {name: (lambda T, name=name: _build(name, T)) for name in METHOD_NAMES}
@@ -61,7 +61,7 @@ def _batches(n: int, model: ToyMTL):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_training_step_replays_like_eager(name: str) -> None:
-    if not wl.find_method_class(name).cuda_graph_capturable:
+    if not registry.get(name).capturable:
         _check_capture_refused(name)
         return
     eager_model, eager_method, eager_opt = _setup(name)

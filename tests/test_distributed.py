@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 import mtl_fast as mf
 from mtl_fast.distributed import average_gradients
+from mtl_fast.methods import registry
 
 pytestmark = pytest.mark.distributed
 
@@ -152,6 +153,13 @@ METHODS: dict[str, Callable[..., mf.Weighting]] = {
     "Static": lambda r, **kw: mf.StaticWeighting([1.0, 2.0, 3.0], normalize=True, **kw),
     "Equal": lambda r, **kw: mf.EqualWeighting(T, **kw),
 }
+
+#: Every registered method without a variant above joins with its registry defaults, so a method
+#: added to ``mtl_fast.methods.registry`` is checked here too.
+_COVERED = {type(make(None)).__name__ for make in METHODS.values()}
+for _name in registry.names():
+    if _name not in _COVERED:
+        METHODS[_name] = lambda r, _n=_name, **kw: registry.get(_n).build(T, **kw)
 
 #: the main methods, checked at 3 processes too (the others at 2)
 CORE = ("IMTLG", "IMTL", "MGDA", "MGDA-loss", "GradNorm", "CV", "LSB", "AMTL", "DBMTL", "STCH")

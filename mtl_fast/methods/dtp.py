@@ -62,6 +62,12 @@ class DTP(Weighting):
     ``weights``: w_t. Needs: losses and per-task KPIs from evaluation. Extra cost: none per step.
     """
 
+    cuda_graph_capturable = False
+    cuda_graph_note = (
+        "not yet checked on a GPU: tests/test_cuda_graph_step.py checks every registered method; "
+        "this one was added to it after the H200 run of 2026-12-04."
+    )
+
     def __init__(
         self,
         num_tasks: int,

@@ -1,0 +1,134 @@
+"""The method registry: every weighting method of mtl_fast, with what a caller needs to use it.
+
+One :class:`MethodSpec` per method: the class, its family (loss-based or gradient-based), a
+constructor for T tasks with sensible arguments, the lifecycle calls a training loop must make,
+and whether a training step can be captured in a CUDA graph. The benchmarks, the comparison and
+the tests read this table instead of keeping lists of their own, so a method added here is
+benchmarked and held to the conformance suite (``tests/test_conformance.py``) without another
+list to edit.
+
+Adding a method: write its module in ``mtl_fast/methods/``, export the class from
+``mtl_fast.methods`` and add one ``MethodSpec`` to :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from mtl_fast.methods.aligned_mtl import AlignedMTL
+from mtl_fast.methods.amtl import AMTL
+from mtl_fast.methods.baselines import DWA, GLS, RLW, EqualWeighting, StaticWeighting
+from mtl_fast.methods.cagrad import CAGrad
+from mtl_fast.methods.cv import CVWeighting
+from mtl_fast.methods.dbmtl import DBMTL
+from mtl_fast.methods.dtp import DTP
+from mtl_fast.methods.famo import FAMO
+from mtl_fast.methods.gradnorm import GradNorm
+from mtl_fast.methods.gradvac import GradVac
+from mtl_fast.methods.imtl import IMTL, IMTLG, IMTLL
+from mtl_fast.methods.lsb import LSB
+from mtl_fast.methods.mgda import MGDA
+from mtl_fast.methods.nash_mtl import NashMTL
+from mtl_fast.methods.pcgrad import PCGrad
+from mtl_fast.methods.stch import STCH
+from mtl_fast.methods.uncertainty import UncertaintyWeighting
+from mtl_fast.methods.upgrad import DualProj, UPGrad
+from mtl_fast.weighting import Weighting
+
+#: Lifecycle calls a training loop may owe a method (besides ``split`` / ``loss``).
+Lifecycle = Literal["end_period", "end_epoch", "update_accuracy", "update"]
+
+
+def _potentials(T: int) -> list[float]:
+    """AMTL's single-task potentials for T tasks, spread over [0.5, 0.95]."""
+    return [0.5 + 0.45 * t / max(T - 1, 1) for t in range(T)]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method.
+
+    Attributes:
+        name: the class name, also the name used on the command line and in reports.
+        cls: the :class:`~mtl_fast.Weighting` subclass.
+        make: ``make(T, **options)``, a constructor for T tasks with sensible default arguments;
+            ``options`` go to the class (e.g. ``nonfinite="absent"``).
+        lifecycle: the calls a training loop must make for the method to leave its warm-up
+            weights (``end_period`` per period, ``end_epoch`` per epoch, ``update_accuracy``
+            after each evaluation, FAMO's ``update(new_losses)`` after each optimizer step);
+            empty when ``split`` and ``loss`` are all it needs.
+    """
+
+    name: str
+    cls: type[Weighting]
+    make: Callable[..., Weighting]
+    lifecycle: tuple[Lifecycle, ...] = ()
+
+    @property
+    def family(self) -> Literal["loss", "gradient"]:
+        """``"gradient"`` when the weights act on the shared gradient (inside ``split``)."""
+        return "gradient" if self.cls.gradient_based else "loss"
+
+    @property
+    def capturable(self) -> bool:
+        """A training step with the method can be captured in a CUDA graph (the class flag)."""
+        return self.cls.cuda_graph_capturable
+
+    def build(self, num_tasks: int, **options: object) -> Weighting:
+        """A fresh instance for ``num_tasks`` tasks (``options``: keyword arguments of the
+        class, such as ``nonfinite=`` or ``backend=``)."""
+        return self.make(num_tasks, **options)
+
+
+#: Every method, loss-based first, in the order of the README's table.
+REGISTRY: tuple[MethodSpec, ...] = (
+    MethodSpec("EqualWeighting", EqualWeighting, lambda T, **kw: EqualWeighting(T, **kw)),
+    MethodSpec(
+        "StaticWeighting", StaticWeighting, lambda T, **kw: StaticWeighting([1.0] * T, **kw)
+    ),
+    MethodSpec(
+        "UncertaintyWeighting", UncertaintyWeighting, lambda T, **kw: UncertaintyWeighting(T, **kw)
+    ),
+    MethodSpec("CVWeighting", CVWeighting, lambda T, **kw: CVWeighting(T, **kw)),
+    MethodSpec("LSB", LSB, lambda T, **kw: LSB(T, **kw), ("end_period",)),
+    MethodSpec("AMTL", AMTL, lambda T, **kw: AMTL(_potentials(T), **kw), ("update_accuracy",)),
+    MethodSpec("IMTLL", IMTLL, lambda T, **kw: IMTLL(T, **kw)),
+    MethodSpec("GLS", GLS, lambda T, **kw: GLS(T, **kw)),
+    MethodSpec("DWA", DWA, lambda T, **kw: DWA(T, **kw), ("end_period",)),
+    MethodSpec("RLW", RLW, lambda T, **kw: RLW(T, **kw)),
+    MethodSpec("DTP", DTP, lambda T, **kw: DTP(T, **kw), ("update_accuracy",)),
+    MethodSpec("STCH", STCH, lambda T, **kw: STCH(T, **kw), ("end_epoch",)),
+    MethodSpec("FAMO", FAMO, lambda T, **kw: FAMO(T, **kw), ("update",)),
+    MethodSpec("IMTLG", IMTLG, lambda T, **kw: IMTLG(T, **kw)),
+    MethodSpec("IMTL", IMTL, lambda T, **kw: IMTL(T, **kw)),
+    MethodSpec("MGDA", MGDA, lambda T, **kw: MGDA(T, **kw)),
+    MethodSpec("GradNorm", GradNorm, lambda T, **kw: GradNorm(T, **kw)),
+    MethodSpec("PCGrad", PCGrad, lambda T, **kw: PCGrad(T, **kw)),
+    MethodSpec("CAGrad", CAGrad, lambda T, **kw: CAGrad(T, **kw)),
+    MethodSpec("NashMTL", NashMTL, lambda T, **kw: NashMTL(T, **kw)),
+    MethodSpec("UPGrad", UPGrad, lambda T, **kw: UPGrad(T, **kw)),
+    MethodSpec("DualProj", DualProj, lambda T, **kw: DualProj(T, **kw)),
+    MethodSpec("AlignedMTL", AlignedMTL, lambda T, **kw: AlignedMTL(T, **kw)),
+    MethodSpec("GradVac", GradVac, lambda T, **kw: GradVac(T, **kw)),
+    MethodSpec("DBMTL", DBMTL, lambda T, **kw: DBMTL(T, **kw)),
+)
+
+_BY_NAME = {spec.name: spec for spec in REGISTRY}
+
+
+def names() -> tuple[str, ...]:
+    """The registered method names, in :data:`REGISTRY` order."""
+    return tuple(spec.name for spec in REGISTRY)
+
+
+def get(name: str) -> MethodSpec:
+    """The spec of method ``name``.
+
+    Raises:
+        KeyError: no such method (the message lists the registered ones).
+    """
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no method {name!r}; registered: {', '.join(names())}") from None
