@@ -64,6 +64,6 @@ def unpack(stored: Any, current: Any) -> Any:
         cur = current if isinstance(current, dict) else {}
         return {k: unpack(v, cur.get(k)) for k, v in stored.items()}
     if isinstance(stored, (list, tuple)):
-        cur = current if isinstance(current, (list, tuple)) else [None] * len(stored)
-        return type(stored)(unpack(v, c) for v, c in zip(stored, cur))
+        seq = current if isinstance(current, (list, tuple)) else [None] * len(stored)
+        return type(stored)(unpack(v, c) for v, c in zip(stored, seq))
     return copy.deepcopy(stored)

@@ -40,19 +40,21 @@ class TaskRows:
     @property
     def rows(self) -> tuple[Tensor, ...]:
         if self.given_rows is None:
+            assert self.stacked is not None  # one of the two is always given
             object.__setattr__(self, "given_rows", tuple(self.stacked.unbind(0)))
+        assert self.given_rows is not None
         return self.given_rows
 
     def _first(self) -> Tensor:
-        return self.stacked if self.stacked is not None else self.given_rows[0]
+        return self.stacked if self.stacked is not None else self.rows[0]
 
     @property
     def num_tasks(self) -> int:
-        return self.stacked.shape[0] if self.stacked is not None else len(self.given_rows)
+        return self.stacked.shape[0] if self.stacked is not None else len(self.rows)
 
     @property
     def numel(self) -> int:
-        return self.stacked.shape[1] if self.stacked is not None else self.given_rows[0].numel()
+        return self.stacked.shape[1] if self.stacked is not None else self.rows[0].numel()
 
     @property
     def dtype(self) -> torch.dtype:

@@ -216,10 +216,11 @@ def average_gradients(params: Iterable[Tensor], group: ProcessGroup = None) -> N
     params = [p for p in params if p.requires_grad]
     if not params or not is_active(None, group):
         return
+    grads: list[Tensor] = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
+        grads.append(p.grad)
     by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for g in grads:
         by_kind.setdefault((g.device, g.dtype), []).append(g)

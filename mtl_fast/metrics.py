@@ -104,6 +104,7 @@ def _normalise_tree(tree: Any, name: str) -> _Tasks:
         raise ValueError(f"{name} has no tasks")
     out: _Tasks = []
     for task, node in tasks:
+        metrics: list[tuple[Hashable, Any]]
         if _is_scalar(node):
             metrics = [(None, node)]
         else:
@@ -405,6 +406,7 @@ def _normalise_table(
                 f"higher_is_better must be a bool, a mapping or a sequence, got "
                 f"{higher_is_better!r}"
             )
+        assert not isinstance(higher_is_better, bool)  # a scalar was rejected above
         flags = list(higher_is_better)
         if len(flags) != len(metric_keys):
             raise ValueError(
@@ -596,6 +598,7 @@ def win_rate(
             raise ValueError(
                 f"higher_is_better must be a bool or a sequence, got {higher_is_better!r}"
             )
+        assert not isinstance(higher_is_better, bool)  # a scalar was rejected above
         flags = list(higher_is_better)
         if len(flags) != n_metrics:
             raise ValueError(f"higher_is_better has {len(flags)} entries for {n_metrics} metric(s)")

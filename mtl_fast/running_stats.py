@@ -176,6 +176,16 @@ class _DerivedStats:
         return np.sqrt(x) if isinstance(x, np.ndarray) else torch.sqrt(x)
 
     @property
+    def var(self) -> Any:
+        """Population variance (each accumulator defines it)."""
+        raise NotImplementedError
+
+    @property
+    def sample_var(self) -> Any:
+        """Sample variance (each accumulator defines it)."""
+        raise NotImplementedError
+
+    @property
     def std(self):
         """Population standard deviation √var (Groenendijk et al. 2021 eq. 8)."""
         return self._sqrt(self.var)
@@ -347,7 +357,9 @@ class RunningStats(_DerivedStats):
     def __setstate__(self, d: dict[str, Any]) -> None:
         """Rebuild the C++ accumulator from :meth:`__getstate__`."""
         k, decay, decay_variance, nonfinite = d["config"]
-        self.__init__(k, decay=decay, decay_variance=decay_variance, nonfinite=nonfinite)
+        RunningStats.__init__(
+            self, k, decay=decay, decay_variance=decay_variance, nonfinite=nonfinite
+        )
         self.load_state_dict(d["state"])
 
     def __repr__(self) -> str:
@@ -488,6 +500,7 @@ class TorchRunningStats(_DerivedStats):
     # ------------------------------------------------------------------------ conversion
     def _tensor(self, obj: Any, what: str, is_mask: bool) -> torch.Tensor:
         """``obj`` as a (K,) float64 (or bool mask) tensor on the device, validated."""
+        t: torch.Tensor | None
         if isinstance(obj, torch.Tensor):
             t = obj.detach()
             bad_dtype = (

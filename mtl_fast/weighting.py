@@ -72,7 +72,7 @@ class Weighting(nn.Module):
     #: True when the weights act on the shared gradient inside ``split``'s backward.
     gradient_based: ClassVar[bool] = False
     #: True when the method needs the loss values in its gradient solve (MGDA "loss" norms).
-    needs_losses_in_backward: ClassVar[bool] = False
+    needs_losses_in_backward: bool = False
     #: True when a whole training step with this method can be captured in a CUDA graph and
     #: replayed like eager steps (checked on a GPU by ``tests/test_cuda_graph_step.py``). A
     #: method that keeps per-step state on the host, or whose capture failed, sets it False and

@@ -83,7 +83,7 @@ def _schedule(n: int, device: torch.device, dtype: torch.dtype) -> list[tuple[Te
     (p,p), (q,q), (p,q), (q,p) [4k]; the factors m and shifts φ [4, k] with which
     sin(m · 2θ + φ) gives cos θ, cos θ, sin θ, −sin θ). θ = 0 then gives exactly 1 and 0. Built
     once per (n, device, dtype): later calls make no host-to-device copy."""
-    out = []
+    out: list[tuple[Tensor, ...]] = []
     for pairs in _odd_even_rounds(n):
         p = torch.tensor([a for a, _ in pairs], dtype=torch.long)
         q = torch.tensor([b for _, b in pairs], dtype=torch.long)

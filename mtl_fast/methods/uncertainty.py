@@ -87,6 +87,7 @@ class UncertaintyWeighting(Weighting):
         super().__init__(num_tasks, **kwargs)
         self.task_types = types
         self.log_vars = nn.Parameter(torch.zeros(num_tasks))
+        self.coefficients: Tensor
         self.register_buffer(
             "coefficients", torch.tensor([TASK_TYPES[t] for t in types]), persistent=False
         )

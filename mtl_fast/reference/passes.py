@@ -15,6 +15,8 @@ When T is large only the upper-triangle blocks of G are computed (G is symmetric
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
@@ -98,14 +100,16 @@ def _column_chunks(
     widen = max(1, torch.finfo(acc).bits // torch.finfo(rows.dtype).bits)
     step = _chunk_size(D, widen, align)
     buf = None if direct else torch.empty((T, step), dtype=acc, device=rows.device)
-    sources = None
+    sources: Sequence[Tensor] = ()
     if stacked is None:
         sources = rows.rows if select is None else [rows.rows[i] for i in select.tolist()]
     for start in range(0, D, step):
         stop = min(start + step, D)
         if direct:
+            assert stacked is not None  # direct reads need the caller's stacked tensor
             yield start, stop, stacked[:, start:stop]
             continue
+        assert buf is not None
         block = buf[:, : stop - start]
         if stacked is not None:
             part = stacked[:, start:stop]
