@@ -58,6 +58,7 @@ from torch import Tensor, nn
 import mtl_fast as mf
 from mtl_fast.bench import runner
 from mtl_fast.bench import workloads as wl
+from mtl_fast.methods import registry
 from mtl_fast.multitask_linear import MultiTaskLinear
 
 #: (T values, B, C) of each tier.
@@ -87,10 +88,7 @@ class Case:
 
 
 def _method(name: str, T: int) -> mf.Weighting:
-    cls = wl.find_method_class(name)
-    if cls is None:
-        raise LookupError(f"{name} is not defined in mtl_fast (yet)")
-    return cls(T)
+    return registry.get(name).build(T)
 
 
 def skip_reason(case: Case, device: torch.device, budget: int | None = None) -> str | None:

@@ -27,10 +27,8 @@ between the rows), the regime where gradient balancing matters.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import math
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -700,80 +698,40 @@ TRAIN_LR = 1e-6
 
 
 def find_method_class(name: str) -> type | None:
-    """The Weighting subclass ``name``: an attribute of ``mtl_fast`` or of one of the modules in
-    ``mtl_fast.methods`` (looked up at run time: methods appear as they are written)."""
-    import mtl_fast
-    from mtl_fast.weighting import Weighting
+    """The registered Weighting subclass ``name`` (:mod:`mtl_fast.methods.registry`), ``None``
+    when no method has that name."""
+    from mtl_fast.methods import registry
 
-    def ok(obj: Any) -> bool:
-        return inspect.isclass(obj) and issubclass(obj, Weighting)
-
-    cls = getattr(mtl_fast, name, None)
-    if ok(cls):
-        return cls
-    import mtl_fast.methods as methods
-
-    cls = getattr(methods, name, None)
-    if ok(cls):
-        return cls
-    for info in pkgutil.iter_modules(methods.__path__):
-        try:
-            module = importlib.import_module(f"mtl_fast.methods.{info.name}")
-        except Exception:  # a module being written may not import yet
-            continue
-        cls = getattr(module, name, None)
-        if ok(cls):
-            return cls
-    return None
+    try:
+        return registry.get(name).cls
+    except KeyError:
+        return None
 
 
-def _potentials(T: int) -> list[float]:
-    """AMTL's task potentials (single-task accuracies), spread over [0.5, 0.95]."""
-    return [0.5 + 0.45 * t / max(T - 1, 1) for t in range(T)]
-
-
-def _argument_pool(T: int) -> dict[str, Any]:
-    """Arguments by parameter name, offered to a constructor when its signature has them:
-    T, AMTL's potentials, and the task types of the benchmark's tasks (even: regression, odd:
-    classification) for uncertainty weighting."""
-    types = ["regression" if t % 2 == 0 else "classification" for t in range(T)]
-    # FAMO is timed without its optional extra forward pass (its per-step cost proper).
-    return {
-        "num_tasks": T,
-        "potentials": _potentials(T),
-        "task_types": types,
-        "extra_pass": False,
-    }
+def _bench_options(name: str, T: int) -> dict[str, Any]:
+    """The benchmark's arguments on top of the registry's defaults: the task types of its tasks
+    (even: regression, odd: classification) for uncertainty weighting, and FAMO timed without
+    its optional extra forward pass (its per-step cost proper)."""
+    if name == "UncertaintyWeighting":
+        return {"task_types": ["regression" if t % 2 == 0 else "classification" for t in range(T)]}
+    if name == "FAMO":
+        return {"extra_pass": False}
+    return {}
 
 
 def build_method(name: str, T: int) -> nn.Module:
-    """Construct method ``name`` for T tasks with sensible arguments.
-
-    The constructor's signature decides: parameters named in :func:`_argument_pool` get those
-    values (``num_tasks`` = T, ``potentials``, ``task_types``); the others keep their defaults.
+    """Method ``name`` for T tasks: the registry's constructor with the benchmark's options.
 
     Raises:
-        LookupError: no such method in this build (yet).
-        TypeError: a required argument the registry cannot fill.
+        LookupError: no such method.
     """
-    cls = find_method_class(name)
-    if cls is None:
-        raise LookupError(f"{name} is not defined in mtl_fast (yet)")
-    pool = _argument_pool(T)
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if p.name in pool:
-            if p.kind == p.POSITIONAL_ONLY:
-                args.append(pool[p.name])
-            else:
-                kwargs[p.name] = pool[p.name]
-        elif p.default is inspect.Parameter.empty:
-            raise TypeError(f"{name} needs argument {p.name!r}, which the registry cannot fill")
-    return cls(*args, **kwargs)
+    from mtl_fast.methods import registry
+
+    try:
+        spec = registry.get(name)
+    except KeyError as exc:
+        raise LookupError(str(exc)) from None
+    return spec.build(T, **_bench_options(name, T))
 
 
 def method_family(method: nn.Module) -> str:
@@ -781,38 +739,41 @@ def method_family(method: nn.Module) -> str:
     return "gradient" if getattr(method, "gradient_based", False) else "loss"
 
 
-def _prepare(method: nn.Module, setup: TrainSetup) -> None:
-    """Bring a method to its steady state before it is timed (outside the timed steps).
+def _synthetic_losses(setup: TrainSetup, gen: torch.Generator) -> Tensor:
+    scale = torch.tensor(setup.scales)
+    return (scale * (0.5 + torch.rand(setup.T, generator=gen))).to(setup.device)
 
-    * AMTL-style methods (``update_accuracy``): one evaluation's accuracies, so the weights are
-      the achievement-based ones (a training loop calls it after each evaluation, not per step);
-    * period-based methods (``end_period``: LSB, DWA): three periods of synthetic losses, so
-      the timed steps run the full formula (LSB's eq. 10 from period 3 on) rather than the
-      first period's constant weights;
-    * epoch-based methods (``end_epoch``: STCH): past the warm-up and reference epochs, so the
-      timed steps run the Tchebycheff scalarisation.
+
+def _prepare(method: nn.Module, setup: TrainSetup) -> None:
+    """Bring a method to its steady state before it is timed (outside the timed steps), by the
+    lifecycle calls the registry lists for it:
+
+    * ``update_accuracy`` (AMTL, DTP): one evaluation's accuracies, so the weights are the
+      achievement-based ones (a training loop calls it after each evaluation, not per step);
+    * ``end_period`` (LSB, DWA): three periods of synthetic losses, so the timed steps run the
+      full formula (LSB's eq. 10 from period 3 on) rather than the first period's weights;
+    * ``end_epoch`` (STCH): past the warm-up and reference epochs, so the timed steps run the
+      Tchebycheff scalarisation.
     """
+    from mtl_fast.methods import registry
+
     T = setup.T
-    update = getattr(method, "update_accuracy", None)
-    if callable(update):
-        update([0.4 + 0.5 * t / max(T - 1, 1) for t in range(T)])
-    end_period = getattr(method, "end_period", None)
-    if callable(end_period) and not getattr(method, "gradient_based", False):
+    lifecycle = registry.get(type(method).__name__).lifecycle
+    m: Any = method
+    if "update_accuracy" in lifecycle:
+        m.update_accuracy([0.4 + 0.5 * t / max(T - 1, 1) for t in range(T)])
+    if "end_period" in lifecycle:
         gen = torch.Generator(device="cpu").manual_seed(7)
-        scale = torch.tensor(setup.scales)
         for _ in range(3):
             for _ in range(4):
-                losses = (scale * (0.5 + torch.rand(T, generator=gen))).to(setup.device)
-                method.loss(losses)
-            end_period()
-    end_epoch = getattr(method, "end_epoch", None)
-    if callable(end_epoch):
+                m.loss(_synthetic_losses(setup, gen))
+            m.end_period()
+    if "end_epoch" in lifecycle:
         gen = torch.Generator(device="cpu").manual_seed(8)
-        scale = torch.tensor(setup.scales)
-        while getattr(method, "warming_up", False) or getattr(method, "reference", None) is None:
+        while getattr(m, "warming_up", False) or getattr(m, "reference", None) is None:
             for _ in range(2):
-                method.loss((scale * (0.5 + torch.rand(T, generator=gen))).to(setup.device))
-            end_epoch()
+                m.loss(_synthetic_losses(setup, gen))
+            m.end_epoch()
 
 
 @dataclass

@@ -1,10 +1,8 @@
 """Method name → constructor, with sensible defaults for the comparison problems.
 
-Classes are resolved at run time: first as attributes of the ``mtl_fast`` package, then in any
-module of ``mtl_fast.methods`` (so a method is found as soon as its module exists, before it is
-exported). A method whose class is missing, whose module fails to import, or whose constructor
-needs an argument the comparison cannot supply is listed as *unavailable* with the reason; it
-never stops the comparison.
+Classes come from the method registry (:mod:`mtl_fast.methods.registry`). A method that is not
+registered, or whose constructor needs an argument the comparison cannot supply, is listed as
+*unavailable* with the reason; it never stops the comparison.
 
 Defaults (each passed only when the constructor has a parameter of that name):
 
@@ -26,9 +24,7 @@ others                      the class defaults
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -148,24 +144,11 @@ def canonical_name(name: str) -> str:
 
 
 def extra_methods() -> list[str]:
-    """Weighting classes in ``mtl_fast.methods`` beyond :data:`METHODS` (e.g. FAMO, STCH),
-    sorted; requested by name or with the ``extra`` token of :func:`expand`."""
-    from mtl_fast.weighting import Weighting
+    """Registered methods (:mod:`mtl_fast.methods.registry`) beyond :data:`METHODS` (e.g. FAMO,
+    STCH), sorted; requested by name or with the ``extra`` token of :func:`expand`."""
+    from mtl_fast.methods import registry
 
-    found: set[str] = set()
-    modules, _ = _method_modules()
-    for mod in modules:
-        for attr, obj in vars(mod).items():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, Weighting)
-                and obj is not Weighting
-                and not attr.startswith("_")
-                and obj.__module__.startswith("mtl_fast.methods")
-                and attr not in METHODS
-            ):
-                found.add(attr)
-    return sorted(found)
+    return sorted(n for n in registry.names() if n not in METHODS)
 
 
 def expand(names: Sequence[str]) -> list[str]:
@@ -185,43 +168,17 @@ def expand(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _method_modules() -> tuple[list[Any], dict[str, str]]:
-    """The importable modules of ``mtl_fast.methods`` and the errors of the others."""
-    modules: list[Any] = []
-    errors: dict[str, str] = {}
-    try:
-        pkg = importlib.import_module("mtl_fast.methods")
-    except Exception as exc:  # a broken package: report, do not fail
-        return modules, {"mtl_fast.methods": f"{type(exc).__name__}: {exc}"}
-    modules.append(pkg)
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        full = f"mtl_fast.methods.{info.name}"
-        try:
-            modules.append(importlib.import_module(full))
-        except Exception as exc:  # a module being written: report it
-            errors[full] = f"{type(exc).__name__}: {exc}"
-    return modules, errors
-
-
 def resolve(name: str) -> tuple[type | None, str]:
-    """The class for ``name`` and where it was found, or ``(None, reason)``."""
-    name = canonical_name(name)
-    import mtl_fast
+    """The class for ``name`` and where it was found (the method registry), or
+    ``(None, reason)``."""
+    from mtl_fast.methods import registry
 
-    cls = getattr(mtl_fast, name, None)
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
-        return cls, f"mtl_fast.{name}"
-    modules, errors = _method_modules()
-    for mod in modules:
-        cls = getattr(mod, name, None)
-        if isinstance(cls, type) and issubclass(cls, nn.Module):
-            return cls, f"{mod.__name__}.{name}"
-    reason = "not implemented yet (no class of that name in mtl_fast or mtl_fast.methods)"
-    if errors:
-        reason += "; modules that failed to import: " + "; ".join(
-            f"{m} ({e})" for m, e in errors.items()
-        )
-    return None, reason
+    name = canonical_name(name)
+    try:
+        cls = registry.get(name).cls
+    except KeyError:
+        return None, "not in the method registry (mtl_fast.methods.registry)"
+    return cls, f"{cls.__module__}.{name}"
 
 
 def _constructor_kwargs(cls: type, candidates: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
