@@ -5,9 +5,10 @@
 #                                   # everything after it in the run), the CUDA test subset
 #                                   # (kernels, split, ops, backward, MultiTaskLinear, whole-step
 #                                   # CUDA-graph captures), `mtl-fast bench --quick` ops on CUDA
-#   benchmarks/gpu_check.sh full    # ≤ 8 min: build, the Gram tuning sweep (unless a table is
-#                                   # carried), the whole test suite on CUDA, the GPU benchmark
-#                                   # tier, the MultiTaskLinear benchmark (T up to 4096)
+#   benchmarks/gpu_check.sh full    # ≤ 8.5 min: build, the Gram tuning sweep (unless a table
+#                                   # is carried), the whole test suite on CUDA, the GPU benchmark
+#                                   # tier, the MultiTaskLinear benchmark (T up to 4096), the
+#                                   # training-step profile (eager vs CUDA graph, host operators)
 #
 #   DEVICE=cpu benchmarks/gpu_check.sh quick   # dry run on a machine without a GPU: the same
 #                                              # steps at smoke sizes, kernels in the interpreter
@@ -17,7 +18,7 @@
 # when $OUT is set (the lent device machine), at most 8 files are copied there: the log, the
 # test report (JUnit XML), the tuning JSON and table, the benchmark JSON/Markdown/PNG.
 #
-# Environment: KERNEL_TABLE (a tuned table JSON to use instead of tuning: `full` reads the one
+# Environment: RESULTS_DIR (where results are written), KERNEL_TABLE (a tuned table JSON to use instead of tuning: `full` reads the one
 # the quick tier wrote when it is carried along), TESTS (override the test selection), PYTHON,
 # JOBS (pytest-xdist workers when xdist is installed, default 8).
 # Peers absent from the machine (torchjd==0.18.0, qpsolvers, quadprog) are installed from
@@ -28,7 +29,9 @@ TIER=${1:-quick}
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 JOBS=${JOBS:-12}
-RESULTS=benchmarks/results
+# Results go to benchmarks/results/ on a GPU; a CPU dry run writes to a temporary folder
+# (RESULTS_DIR overrides both).
+if [ "$DEVICE" = cpu ]; then RESULTS=${RESULTS_DIR:-$(mktemp -d)}; else RESULTS=${RESULTS_DIR:-benchmarks/results}; fi
 LOG=${OUT:-$RESULTS}/gpu_check-$TIER.log
 mkdir -p "$(dirname "$LOG")" "$RESULTS"
 export PYTHONUNBUFFERED=1
@@ -101,7 +104,7 @@ esac
       run tune 150 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --out "$RESULTS" \
         --table "$RESULTS/kernel-table.json"
       # A sweep cut short by its limit still writes the table of the cases it measured.
-      [ "$RESULTS/kernel-table.json" -nt "$stamp" ] && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
+      [ "$RESULTS/kernel-table.json" -nt "$stamp" ] && KERNEL_TABLE=$(realpath "$RESULTS/kernel-table.json")
     fi
     [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ] && export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
     # shellcheck disable=SC2086
@@ -117,9 +120,9 @@ esac
     fi
   else
     if [ -z "${KERNEL_TABLE:-}" ]; then
-      run tune 85 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --only gram --budget 60 \
+      run tune 75 "$PY" benchmarks/tune_kernels.py "${TUNE_ARGS[@]}" --only gram --budget 50 \
         --out "$RESULTS" --table "$RESULTS/kernel-table.json"
-      [ "$RESULTS/kernel-table.json" -nt "$stamp" ] && KERNEL_TABLE=$PWD/$RESULTS/kernel-table.json
+      [ "$RESULTS/kernel-table.json" -nt "$stamp" ] && KERNEL_TABLE=$(realpath "$RESULTS/kernel-table.json")
     fi
     if [ -n "${KERNEL_TABLE:-}" ] && [ "$DEVICE" != cpu ]; then
       export MTL_FAST_KERNEL_TABLE=$KERNEL_TABLE
@@ -127,15 +130,20 @@ esac
     # shellcheck disable=SC2086
     run tests 160 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 120 \
       --junitxml="$RESULTS/junit-$TIER.xml" -o junit_logging=no $TESTS
-    run bench 165 "$PY" -m mtl_fast.cli bench --tier "$BENCH_TIER" --device "$DEVICE" \
-      --time-limit 140 --out "$RESULTS"
-    run structured 55 "$PY" benchmarks/bench_structured.py --tier "$STRUCT_TIER" \
-      --device "$DEVICE" --time-limit 40 --out "$RESULTS"
+    run bench 150 "$PY" -m mtl_fast.cli bench --tier "$BENCH_TIER" --device "$DEVICE" \
+      --time-limit 125 --out "$RESULTS"
+    run structured 50 "$PY" benchmarks/bench_structured.py --tier "$STRUCT_TIER" \
+      --device "$DEVICE" --time-limit 35 --out "$RESULTS"
+    # Where a training step's time goes: eager vs CUDA-graph replay, host operators.
+    run profile 45 "$PY" benchmarks/profile_step.py --device "$DEVICE" --tier "$BENCH_TIER" \
+      --T 10 --reps 10 --out "$RESULTS"
   fi
 
   if [ -n "${OUT:-}" ]; then
-    # Only what this run wrote, PNGs left out (re-rendered from the JSON): at most 8 files
+    # Only what this run wrote, at most 8 files: no PNGs (re-rendered from the JSON), no table
+    # (the tuning JSON holds it as "proposed_table")
     find "$RESULTS" -maxdepth 1 -type f -newer "$stamp" ! -name "gpu_check-*.log" ! -name "*.png" \
+      ! -name kernel-table.json \
       | head -n 7 | xargs -r -I{} cp {} "$OUT"/
   fi
   echo "gpu_check $TIER done in ${SECONDS}s; failed steps: ${failed[*]:-none}"

@@ -16,8 +16,9 @@ Row semantics: the first row whose ``t_max ≥ T``, ``d_max ≥ D`` and dtype cl
 
 A table can also be supplied without editing this file: the environment variable
 ``MTL_FAST_KERNEL_TABLE`` names a JSON file (``{"capability": [9, 0], "gram": [rows...],
-"combine": [rows...]}``, each row a dict of the entry's fields, as ``tune_kernels.py`` writes it)
-that replaces the built-in rows for that capability when this module is imported.
+"combine": [rows...]}``, each row a dict of the entry's fields, as ``tune_kernels.py --table``
+writes it, or the sweep's results JSON, whose ``proposed_table`` is used) that replaces the
+built-in rows for that capability when this module is imported.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def load_table(path: str) -> tuple[int, int]:
     """
     with open(path) as f:
         doc = json.load(f)
+    if isinstance(doc, dict) and "proposed_table" in doc:  # a tune_kernels.py results file
+        doc = doc["proposed_table"]
     try:
         cap = (int(doc["capability"][0]), int(doc["capability"][1]))
         gram = tuple(_entry(GramEntry, row) for row in doc.get("gram", ()))

@@ -687,3 +687,22 @@ def test_time_interleaved_stops_at_deadline() -> None:
 
     out = runner.time_interleaved({"s": slow}, cpu, min_repeats=10, budget_s=0.0, max_s=0.1)
     assert 3 <= out["s"].repeats <= 5
+
+
+def test_profile_step_dry_run(tmp_path) -> None:
+    """benchmarks/profile_step.py runs end to end on the CPU (smoke tier) and writes its JSON."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--device", "cpu", "--tier", "smoke", "--T", "2", "--reps", "1", "--top", "3"]
+    argv += ["--methods", "IMTLG", "--profile", "IMTLG", "--out", str(tmp_path)]
+    assert module.main(argv) == 0
+    doc = json.loads((tmp_path / "profile-step-cpu-T2.json").read_text())
+    assert [r["method"] for r in doc["rows"]] == ["EqualWeighting", "IMTLG"]
+    assert doc["rows"][1]["host_ops"] and doc["rows"][0]["vs_equal"] == 1.0

@@ -341,3 +341,42 @@ def test_property_random_shapes(T: int, D: int, dtype: torch.dtype, offset: int,
     rows = [flat[offset + t * D : offset + (t + 1) * D] for t in range(T)]
     G = gram_rows(as_task_rows(rows))
     _check_gram(G, rows, gram_config(T, D, dtype, device).fp32_span)
+
+
+def test_kernel_table_file_round_trip(tmp_path) -> None:
+    """A table written as JSON (bare, or inside a tuning results file) installs its rows, and
+    the launchers then use them on that architecture; bad rows are refused."""
+    import json
+
+    from mtl_fast.kernels import tuned
+
+    row = {
+        "t_max": 4,
+        "d_max": None,
+        "dtype": "fp32",
+        "broadcast": True,
+        "block_d": 512,
+        "num_warps": 8,
+        "num_stages": 3,
+        "programs_per_sm": 2,
+    }
+    saved = dict(tuned.GRAM_TABLES)
+    try:
+        for doc in (
+            {"capability": [7, 5], "gram": [row]},
+            {"results": [], "proposed_table": {"capability": [7, 5], "gram": [row]}},
+        ):
+            path = tmp_path / "table.json"
+            path.write_text(json.dumps(doc))
+            assert tuned.load_table(str(path)) == (7, 5)
+            (entry,) = tuned.GRAM_TABLES[(7, 5)]
+            assert entry.block_d == 512 and entry.d_max == tuned.ANY and entry.precision == "ieee"
+        path.write_text(json.dumps({"capability": [7, 5], "gram": [{**row, "dtype": "fp8"}]}))
+        with pytest.raises(ValueError, match="bad table row"):
+            tuned.load_table(str(path))
+        path.write_text(json.dumps({"capability": [7, 5], "gram": [{**row, "warps": 4}]}))
+        with pytest.raises(ValueError, match="unknown GramEntry fields"):
+            tuned.load_table(str(path))
+    finally:
+        tuned.GRAM_TABLES.clear()
+        tuned.GRAM_TABLES.update(saved)
