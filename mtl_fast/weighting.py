@@ -80,6 +80,11 @@ class Weighting(nn.Module):
     #: letting replays silently repeat the captured step.
     cuda_graph_capturable: ClassVar[bool] = True
     cuda_graph_note: ClassVar[str] = ""
+    #: The lifecycle calls a training loop owes the method besides ``split`` and ``loss``:
+    #: ``"end_epoch"`` (:meth:`end_epoch` after each epoch), ``"observe"`` (:meth:`observe` with
+    #: validation metrics after each evaluation), ``"update"`` (FAMO's ``update(new_losses)``
+    #: after each optimizer step). Without them the method keeps its warm-up weights.
+    lifecycle: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -199,6 +204,24 @@ class Weighting(nn.Module):
         """Forget a ``split`` whose backward will never run (e.g. a skipped step)."""
         self._split_pending = False
         self._inputs = None
+
+    def end_epoch(self) -> bool:
+        """Tell the method that a training epoch ended; returns whether its state changed.
+
+        Methods whose weights change by epoch or by period act on it (STCH closes its epoch;
+        LSB and DWA close their period, unless ``period_steps=`` closes periods by steps); for
+        the others it does nothing, so a training loop can call it whatever the method.
+        """
+        return False
+
+    def observe(self, metrics: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
+        """Per-task validation metrics after an evaluation (one per task; NaN: not evaluated).
+
+        The achievement-based methods (AMTL, DTP) take them as their ``update_accuracy``; the
+        others ignore them, so a training loop can call it whatever the method (evaluating
+        only pays off for the methods whose registry entry lists ``update_accuracy``).
+        """
+        del metrics, sync
 
     def loss(self, losses: LossesLike, mask: MaskLike = None) -> Tensor:
         """The scalar to back-propagate.

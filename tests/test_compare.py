@@ -129,22 +129,20 @@ class _HookedWeighting(mtl_fast.EqualWeighting):
     """Equal weighting that counts the comparison's hook calls."""
 
     extra_pass = True
+    lifecycle = ("end_epoch", "observe", "update")
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__(num_tasks)
-        self.periods = 0
         self.epochs = 0
         self.accuracies: list[list[float]] = []
         self.updates: list[Tensor] = []
 
-    def end_period(self) -> None:
-        self.periods += 1
-
-    def end_epoch(self) -> None:
+    def end_epoch(self) -> bool:
         self.epochs += 1
+        return True
 
-    def update_accuracy(self, acc: list[float]) -> None:
-        self.accuracies.append(list(acc))
+    def observe(self, metrics, *, sync=None) -> None:
+        self.accuracies.append(list(metrics))
 
     def update(self, losses: Tensor) -> None:
         assert not losses.requires_grad
@@ -162,7 +160,7 @@ def test_hooks_are_called_each_epoch() -> None:
     cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-3, max_steps=1)
     train_run(problem, range(5), make, cfg, label="hooked")
     m = holder[0]
-    assert m.periods == 3 and m.epochs == 3
+    assert m.epochs == 3
     assert len(m.updates) == 3 and all(u.shape == (5,) for u in m.updates)
     assert len(m.accuracies) == 3
     assert all(len(a) == 5 and all(0.0 <= x <= 1.0 for x in a) for a in m.accuracies)

@@ -104,3 +104,60 @@ def test_float64_model(name: str) -> None:
     w = method.weights
     assert w.shape == (T,) and torch.isfinite(w).all()
     assert all(torch.isfinite(p.grad).all() for p in model.encoder.parameters())
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, torch.Tensor):
+            if not (isinstance(y, torch.Tensor) and x.shape == y.shape and x.dtype == y.dtype):
+                return False
+            same = x == y
+            if x.is_floating_point():
+                same |= x.isnan() & y.isnan()  # NaN marks unset statistics
+            if not bool(same.all()):
+                return False
+        elif isinstance(x, dict):
+            if not (isinstance(y, dict) and _state_equal(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lifecycle_hooks_exist_and_are_inert_where_undeclared(name: str) -> None:
+    """Every method takes ``end_epoch()`` and ``observe(metrics)``; a method that does not
+    declare a hook in its ``lifecycle`` is unchanged by it (a loop may call both always)."""
+    spec = registry.get(name)
+    model = ToyMTL(T)
+    method = spec.build(T)
+    for k in range(3):
+        x, ys = toy_batch(model, seed=k)
+        model.zero_grad(set_to_none=True)
+        split_step(model, method, x, ys)
+    before = method.state_dict()
+    changed = method.end_epoch()
+    assert isinstance(changed, bool)
+    method.observe([0.5] * T)
+    if not set(spec.lifecycle) & {"end_epoch", "observe"}:
+        assert changed is False
+        assert _state_equal(before, method.state_dict())
+
+
+def test_end_epoch_closes_a_period_unless_periods_close_by_steps() -> None:
+    for cls in (mf.LSB, mf.DWA):
+        by_epoch, by_steps = cls(T), cls(T, period_steps=1000)
+        for m in (by_epoch, by_steps):
+            m.loss(torch.tensor([1.0, 2.0, 3.0]))
+        assert by_epoch.end_epoch() is True and by_epoch.period == 2
+        assert by_steps.end_epoch() is False and by_steps.period == 1
+
+
+def test_observe_is_update_accuracy() -> None:
+    a, b = mf.AMTL([0.9] * T), mf.AMTL([0.9] * T)
+    a.observe([0.5, 0.6, 0.7])
+    b.update_accuracy([0.5, 0.6, 0.7])
+    assert _state_equal(a.state_dict(), b.state_dict())

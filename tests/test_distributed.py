@@ -119,9 +119,9 @@ def _mean_accuracies(world: int, step: int) -> list[float]:
 
 def _feed_accuracies(method: mf.Weighting, step: int, rank: int | None, world: int) -> None:
     """AMTL / DTP: each process its own accuracies; the reference (rank None) their mean."""
-    if hasattr(method, "update_accuracy"):
+    if "observe" in method.lifecycle:
         acc = _mean_accuracies(world, step) if rank is None else _accuracies(rank, step)
-        method.update_accuracy(acc)
+        method.observe(acc)
 
 
 #: name -> factory(rank_or_None, **kwargs). Seeds: process r passes 100 + r, the reference

@@ -746,34 +746,26 @@ def _synthetic_losses(setup: TrainSetup, gen: torch.Generator) -> Tensor:
 
 def _prepare(method: nn.Module, setup: TrainSetup) -> None:
     """Bring a method to its steady state before it is timed (outside the timed steps), by the
-    lifecycle calls the registry lists for it:
+    lifecycle calls its class declares (:attr:`mtl_fast.Weighting.lifecycle`):
 
-    * ``update_accuracy`` (AMTL, DTP): one evaluation's accuracies, so the weights are the
+    * ``observe`` (AMTL, DTP): one evaluation's accuracies, so the weights are the
       achievement-based ones (a training loop calls it after each evaluation, not per step);
-    * ``end_period`` (LSB, DWA): three periods of synthetic losses, so the timed steps run the
-      full formula (LSB's eq. 10 from period 3 on) rather than the first period's weights;
-    * ``end_epoch`` (STCH): past the warm-up and reference epochs, so the timed steps run the
-      Tchebycheff scalarisation.
+    * ``end_epoch`` (LSB, DWA, STCH): three epochs of synthetic losses, then more until STCH is
+      past its warm-up and reference epochs, so the timed steps run the full formulas (LSB's
+      eq. 10 from period 3 on, the Tchebycheff scalarisation) rather than warm-up weights.
     """
-    from mtl_fast.methods import registry
-
     T = setup.T
-    lifecycle = registry.get(type(method).__name__).lifecycle
     m: Any = method
-    if "update_accuracy" in lifecycle:
-        m.update_accuracy([0.4 + 0.5 * t / max(T - 1, 1) for t in range(T)])
-    if "end_period" in lifecycle:
+    if "observe" in m.lifecycle:
+        m.observe([0.4 + 0.5 * t / max(T - 1, 1) for t in range(T)])
+    if "end_epoch" in m.lifecycle:
         gen = torch.Generator(device="cpu").manual_seed(7)
-        for _ in range(3):
+        epochs = 0
+        while epochs < 3 or getattr(m, "warming_up", False) or getattr(m, "reference", 1) is None:
             for _ in range(4):
                 m.loss(_synthetic_losses(setup, gen))
-            m.end_period()
-    if "end_epoch" in lifecycle:
-        gen = torch.Generator(device="cpu").manual_seed(8)
-        while getattr(m, "warming_up", False) or getattr(m, "reference", None) is None:
-            for _ in range(2):
-                m.loss(_synthetic_losses(setup, gen))
             m.end_epoch()
+            epochs += 1
 
 
 @dataclass

@@ -200,13 +200,11 @@ def train_run(
                 if history is not None:
                     history.record(label, _normalised(method.weights), losses.detach(), step=step)
                 step += 1
-            for hook in ("end_period", "end_epoch"):
-                if callable(getattr(method, hook, None)):
-                    getattr(method, hook)()
-            if hasattr(method, "update_accuracy"):
+            method.end_epoch()
+            if "observe" in _lifecycle(method):
                 model.eval()
                 ev = problem.evaluate(model, data.val, tasks)
-                method.update_accuracy([float(k) for k in ev.kpi])
+                method.observe([float(k) for k in ev.kpi])
                 model.train()
             if on_epoch is not None:
                 on_epoch()
@@ -227,12 +225,17 @@ def train_run(
     )
 
 
+def _lifecycle(method: nn.Module) -> tuple[str, ...]:
+    """The lifecycle calls ``method``'s class declares (:attr:`mtl_fast.Weighting.lifecycle`)."""
+    return tuple(getattr(method, "lifecycle", ()))
+
+
 def _post_step(
     problem: Problem, model: nn.Module, method: nn.Module, batch: Any, tasks: Sequence[int]
 ) -> None:
-    """FAMO-style methods (``extra_pass=True`` and an ``update(losses)`` method) adapt from the
+    """Methods whose lifecycle lists ``update`` (FAMO with ``extra_pass=True``) adapt from the
     losses recomputed on the same batch after the optimizer step: one extra forward pass."""
-    if getattr(method, "extra_pass", False) and callable(getattr(method, "update", None)):
+    if "update" in _lifecycle(method) and getattr(method, "extra_pass", False):
         with torch.no_grad():
             after = problem.scaled_losses(model(batch.inputs), batch, tasks)
         method.update(torch.stack(after))

@@ -194,6 +194,8 @@ class AMTL(Weighting):
     :meth:`update_accuracy`).
     """
 
+    lifecycle = ("observe",)
+
     def __init__(
         self,
         potentials: Sequence[float] | Tensor,
@@ -228,6 +230,10 @@ class AMTL(Weighting):
     def accuracy(self) -> Tensor:
         """The smoothed accuracies Acc̄_t (converted to higher-is-better; CPU float64)."""
         return self._state["accuracy"].value.clone()
+
+    def observe(self, metrics: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
+        """:meth:`update_accuracy` (the base class's lifecycle hook)."""
+        self.update_accuracy(metrics, sync=sync)
 
     def update_accuracy(self, acc: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
         """Feed the accuracies of an evaluation, one per task (NaN: task not evaluated).

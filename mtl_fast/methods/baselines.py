@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from mtl_fast.methods._periods import EpochPeriods
 from mtl_fast.weighting import Weighting
 
 __all__ = [
@@ -258,7 +259,7 @@ class RLW(Weighting):
         return weighted_sum(lam, losses)
 
 
-class DWA(Weighting):
+class DWA(EpochPeriods, Weighting):
     r"""Dynamic Weight Average (Liu, Johns & Davison 2019, eq. 7).
 
     With L̄_k(e) the average loss of task k over period e (an epoch by default)::

@@ -62,6 +62,8 @@ class DTP(Weighting):
     ``weights``: w_t. Needs: losses and per-task KPIs from evaluation. Extra cost: none per step.
     """
 
+    lifecycle = ("observe",)
+
     cuda_graph_capturable = False
     cuda_graph_note = (
         "not yet checked on a GPU: tests/test_cuda_graph_step.py checks every registered method; "
@@ -95,6 +97,10 @@ class DTP(Weighting):
     def kpi(self) -> Tensor:
         """The smoothed KPIs κ̄_t (higher is better; CPU float64)."""
         return self._state["accuracy"].value.clone()
+
+    def observe(self, metrics: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
+        """:meth:`update_accuracy` (the base class's lifecycle hook)."""
+        self.update_accuracy(metrics, sync=sync)
 
     def update_accuracy(self, kpi: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
         """Feed the KPIs of an evaluation, one per task in [0, 1] (NaN: not evaluated).

@@ -106,6 +106,8 @@ class FAMO(Weighting):
     Needs: losses (and, with ``extra_pass``, one more forward pass). Extra cost: O(T) per step.
     """
 
+    lifecycle = ("update",)
+
     cuda_graph_capturable = False
     cuda_graph_note = (
         "replays diverged from eager steps on an H200 (2026-12-04): its per-step state (the "

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
+from mtl_fast.methods._periods import EpochPeriods
 from mtl_fast.methods.baselines import _as_float_list, weighted_sum
 from mtl_fast.methods.cv import LossStatistics
 from mtl_fast.weighting import Weighting
@@ -190,7 +191,7 @@ class PeriodAverages:
 # --------------------------------------------------------------------------- method
 
 
-class LSB(Weighting):
+class LSB(EpochPeriods, Weighting):
     r"""Loss Scale Balancing (Lee et al. 2021): balance the loss scales w_k L_k period by period.
 
     A period is an epoch by default: call :meth:`end_period` after each epoch, or pass

@@ -1,11 +1,11 @@
 """The method registry: every weighting method of mtl_fast, with what a caller needs to use it.
 
 One :class:`MethodSpec` per method: the class, its family (loss-based or gradient-based), a
-constructor for T tasks with sensible arguments, the lifecycle calls a training loop must make,
-and whether a training step can be captured in a CUDA graph. The benchmarks, the comparison and
-the tests read this table instead of keeping lists of their own, so a method added here is
-benchmarked and held to the conformance suite (``tests/test_conformance.py``) without another
-list to edit.
+constructor for T tasks with sensible arguments, and, as the class declares them, the lifecycle
+calls a training loop must make and whether a training step can be captured in a CUDA graph.
+The benchmarks, the comparison and the tests read this table instead of keeping lists of their
+own, so a method added here is benchmarked and held to the conformance suite
+(``tests/test_conformance.py``) without another list to edit.
 
 Adding a method: write its module in ``mtl_fast/methods/``, export the class from
 ``mtl_fast.methods`` and add one ``MethodSpec`` to :data:`REGISTRY`.
@@ -36,9 +36,6 @@ from mtl_fast.methods.uncertainty import UncertaintyWeighting
 from mtl_fast.methods.upgrad import DualProj, UPGrad
 from mtl_fast.weighting import Weighting
 
-#: Lifecycle calls a training loop may owe a method (besides ``split`` / ``loss``).
-Lifecycle = Literal["end_period", "end_epoch", "update_accuracy", "update"]
-
 
 def _potentials(T: int) -> list[float]:
     """AMTL's single-task potentials for T tasks, spread over [0.5, 0.95]."""
@@ -54,16 +51,16 @@ class MethodSpec:
         cls: the :class:`~mtl_fast.Weighting` subclass.
         make: ``make(T, **options)``, a constructor for T tasks with sensible default arguments;
             ``options`` go to the class (e.g. ``nonfinite="absent"``).
-        lifecycle: the calls a training loop must make for the method to leave its warm-up
-            weights (``end_period`` per period, ``end_epoch`` per epoch, ``update_accuracy``
-            after each evaluation, FAMO's ``update(new_losses)`` after each optimizer step);
-            empty when ``split`` and ``loss`` are all it needs.
     """
 
     name: str
     cls: type[Weighting]
     make: Callable[..., Weighting]
-    lifecycle: tuple[Lifecycle, ...] = ()
+
+    @property
+    def lifecycle(self) -> tuple[str, ...]:
+        """The lifecycle calls the method needs (:attr:`mtl_fast.Weighting.lifecycle`)."""
+        return self.cls.lifecycle
 
     @property
     def family(self) -> Literal["loss", "gradient"]:
@@ -91,15 +88,15 @@ REGISTRY: tuple[MethodSpec, ...] = (
         "UncertaintyWeighting", UncertaintyWeighting, lambda T, **kw: UncertaintyWeighting(T, **kw)
     ),
     MethodSpec("CVWeighting", CVWeighting, lambda T, **kw: CVWeighting(T, **kw)),
-    MethodSpec("LSB", LSB, lambda T, **kw: LSB(T, **kw), ("end_period",)),
-    MethodSpec("AMTL", AMTL, lambda T, **kw: AMTL(_potentials(T), **kw), ("update_accuracy",)),
+    MethodSpec("LSB", LSB, lambda T, **kw: LSB(T, **kw)),
+    MethodSpec("AMTL", AMTL, lambda T, **kw: AMTL(_potentials(T), **kw)),
     MethodSpec("IMTLL", IMTLL, lambda T, **kw: IMTLL(T, **kw)),
     MethodSpec("GLS", GLS, lambda T, **kw: GLS(T, **kw)),
-    MethodSpec("DWA", DWA, lambda T, **kw: DWA(T, **kw), ("end_period",)),
+    MethodSpec("DWA", DWA, lambda T, **kw: DWA(T, **kw)),
     MethodSpec("RLW", RLW, lambda T, **kw: RLW(T, **kw)),
-    MethodSpec("DTP", DTP, lambda T, **kw: DTP(T, **kw), ("update_accuracy",)),
-    MethodSpec("STCH", STCH, lambda T, **kw: STCH(T, **kw), ("end_epoch",)),
-    MethodSpec("FAMO", FAMO, lambda T, **kw: FAMO(T, **kw), ("update",)),
+    MethodSpec("DTP", DTP, lambda T, **kw: DTP(T, **kw)),
+    MethodSpec("STCH", STCH, lambda T, **kw: STCH(T, **kw)),
+    MethodSpec("FAMO", FAMO, lambda T, **kw: FAMO(T, **kw)),
     MethodSpec("IMTLG", IMTLG, lambda T, **kw: IMTLG(T, **kw)),
     MethodSpec("IMTL", IMTL, lambda T, **kw: IMTL(T, **kw)),
     MethodSpec("MGDA", MGDA, lambda T, **kw: MGDA(T, **kw)),

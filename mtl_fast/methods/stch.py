@@ -105,6 +105,8 @@ class STCH(Weighting):
     every process.
     """
 
+    lifecycle = ("end_epoch",)
+
     def __init__(
         self,
         num_tasks: int,
