@@ -1,7 +1,10 @@
 """Build script: the Python package, the Triton kernels and the C++ extension ``mtl_fast._C``.
 
-``kernels/`` is installed as the subpackage ``mtl_fast.kernels`` (a ``package_dir`` mapping), so
-``import mtl_fast.kernels`` works after installation and a top-level ``import kernels`` does not.
+The Triton kernels' modules live in the top-level ``kernels/`` folder and form the subpackage
+``mtl_fast.kernels`` (whose ``__init__.py`` is ``mtl_fast/kernels/__init__.py``): a wheel gets the
+modules copied into ``mtl_fast/kernels/`` (``build_py_with_kernels``), a source checkout or an
+editable install finds them through the package's ``__path__``. ``kernels/`` has no
+``__init__.py``, so it never shadows another distribution's ``kernels`` package.
 
 ``csrc/`` is compiled with pybind11 into ``mtl_fast._C``. It is deliberately *not* linked against
 libtorch: buffers cross the boundary through the buffer protocol (NumPy arrays, CPU tensors via
@@ -9,9 +12,11 @@ libtorch: buffers cross the boundary through the buffer protocol (NumPy arrays, 
 """
 
 from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 # Compile the C++ sources in parallel (one job per core unless $MTL_FAST_BUILD_JOBS says).
 ParallelCompile("MTL_FAST_BUILD_JOBS", default=0).install()
@@ -28,6 +33,19 @@ ext_modules = [
     )
 ]
 
+
+class build_py_with_kernels(build_py):
+    """Also copy the kernel modules of ``kernels/`` into ``mtl_fast/kernels/`` of the build (a
+    wheel then needs no path extension; see ``mtl_fast/kernels/__init__.py``)."""
+
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "mtl_fast" / "kernels"
+        target.mkdir(parents=True, exist_ok=True)
+        for src in sorted(Path("kernels").glob("*.py")):
+            self.copy_file(str(src), str(target / src.name))
+
+
 setup(
     packages=[
         "mtl_fast",
@@ -37,9 +55,8 @@ setup(
         "mtl_fast.bench",
         "mtl_fast.compare",
     ],
-    package_dir={"mtl_fast.kernels": "kernels"},
     package_data={"mtl_fast": ["py.typed"]},
     ext_modules=ext_modules,
-    cmdclass={"build_ext": build_ext},
+    cmdclass={"build_ext": build_ext, "build_py": build_py_with_kernels},
     zip_safe=False,
 )

@@ -30,9 +30,9 @@ import triton.language as tl
 from torch import Tensor
 
 from mtl_fast._validation import TaskRows
-from mtl_fast.kernels import tuned
 from mtl_fast.kernels._launch import device_context
 from mtl_fast.kernels._pointers import row_access
+from mtl_fast.kernels.tuned import combine_entry
 
 
 @triton.jit
@@ -177,7 +177,7 @@ def combine_config(
     ones (4 KiB read per task per program, 4 warps); 4096 in the interpreter (fewer, larger numpy
     steps). The keyword arguments override both. No autotuning (see
     :mod:`mtl_fast.kernels.gram` for why)."""
-    entry = tuned.combine_entry(num_tasks, numel, dtype, device)
+    entry = combine_entry(num_tasks, numel, dtype, device)
     if entry is not None:
         block_d = block_d if block_d is not None else entry.block_d
         num_warps = num_warps if num_warps is not None else entry.num_warps

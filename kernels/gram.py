@@ -55,9 +55,9 @@ from torch import Tensor
 
 from mtl_fast._backend import triton_interpret
 from mtl_fast._validation import TaskRows
-from mtl_fast.kernels import tuned
 from mtl_fast.kernels._launch import TilePairs, device_context, gpu_program_target
 from mtl_fast.kernels._pointers import row_access
+from mtl_fast.kernels.tuned import gram_entry
 
 
 @triton.jit
@@ -321,7 +321,7 @@ def gram_config(
     """
     T, D = num_tasks, numel
     interpret = device.type != "cuda"
-    entry = None if interpret else tuned.gram_entry(T, D, dtype, device)
+    entry = None if interpret else gram_entry(T, D, dtype, device)
     if broadcast is None:
         broadcast = entry.broadcast if entry is not None else T <= BROADCAST_MAX_T
     if broadcast and T > 16:

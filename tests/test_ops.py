@@ -409,3 +409,26 @@ def test_auto_gram_leaves_large_t_to_the_reference(monkeypatch) -> None:
     ops.gram_rows(as_task_rows(J[:2]), backend="auto")
     ops.gram_rows(as_task_rows(J), backend="triton")
     assert used == ["kernel", "kernel"]
+
+
+def test_repository_kernels_folder_never_shadows_a_kernels_package(tmp_path: Path) -> None:
+    """From the repository root, ``kernels`` is at most a namespace package (no ``__file__``,
+    which tools such as transformers' availability checks treat as absent), and an installed
+    package named ``kernels`` takes precedence over the folder."""
+    root = Path(__file__).resolve().parents[1]
+    probe = "import kernels; print(getattr(kernels, '__file__', None))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=_clean_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None"
+    other = tmp_path / "site" / "kernels"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("CUDAProperties = 'the other kernels package'\n")
+    env = {**_clean_env(), "PYTHONPATH": str(tmp_path / "site")}
+    probe = "from kernels import CUDAProperties; print(CUDAProperties)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "the other kernels package"
