@@ -8,12 +8,13 @@ symmetric float32 [T, T] tensor on the rows' device. Two launches, no host synch
    The tasks are cut into tiles of ``BLOCK_T`` rows; only the upper-triangle tile pairs
    ``(i, j), i ≤ j`` are computed (``n(n+1)/2`` pairs for ``n = ⌈T / BLOCK_T⌉``), enumerated
    column by column: ``pair = j(j+1)/2 + i``. When one tile covers every task (``T ≤ BLOCK_T``:
-   T ≤ 64 with the default table, in particular the small-T case T ≤ 16, where ``BLOCK_T = 16``,
-   the smallest ``tl.dot`` tile) the pair axis has a single program, which loads
-   each ``[BLOCK_T, BLOCK_D]`` slab once and multiplies it by its own transpose; rows beyond T
-   are masked, so they cost no memory traffic. The columns are cut into blocks of ``BLOCK_D``;
-   D-split ``s`` owns ``blocks_per_split`` consecutive blocks. Full blocks are loaded without a
-   column mask (vector loads), the last, partial block with one.
+   T ≤ 64 with the default table; on the small-T broadcast path ``BLOCK_T`` is T rounded up to
+   a power of two, on the ``tl.dot`` path at least 16, the smallest ``tl.dot`` tile) the pair
+   axis has a single program, which loads each ``[BLOCK_T, BLOCK_D]`` slab once and multiplies
+   it by its own transpose; rows beyond T are masked, so they cost no memory traffic. The
+   columns are cut into blocks of ``BLOCK_D``; D-split ``s`` owns ``blocks_per_split``
+   consecutive blocks. Full blocks are loaded without a column mask (vector loads), the last,
+   partial block with one.
 
    The products of each block are summed in fp32 (``tl.dot`` with fp32 accumulation and
    ``input_precision="ieee"`` for fp32 rows, so they are not rounded to TF32, unless a measured
@@ -37,11 +38,12 @@ Non-finite inputs are not checked (that would need a host sync): a NaN/Inf in ``
 into ``G[t, t]`` (and usually row/column t); the solves treat such a task as inactive.
 Squared norms beyond the fp32 range overflow to Inf in the same way.
 
-Block sizes, warps and the number of D-splits come from a small heuristic table
-(:func:`gram_config`), never from autotuning: autotuning benchmarks by launching the kernel many
-times and synchronising, which must not happen during CUDA-graph capture (and is very slow in the
-interpreter). A GPU-tuned table, or a ``triton.autotune`` wrapper run outside capture, can
-replace :func:`gram_config` without touching the kernels.
+The path, block sizes, warps, stages and the number of D-splits come from :func:`gram_config`:
+the measured per-architecture table of :mod:`mtl_fast.kernels.tuned` when it has a row for the
+call, else a heuristic; never from autotuning at run time, which benchmarks by launching the
+kernel many times and synchronising, which must not happen during CUDA-graph capture (and is very
+slow in the interpreter). ``benchmarks/tune_kernels.py`` measures the candidates and proposes the
+table rows.
 """
 
 from __future__ import annotations
