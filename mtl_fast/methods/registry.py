@@ -14,7 +14,7 @@ Adding a method: write its module in ``mtl_fast/methods/``, export the class fro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 from mtl_fast.methods.aligned_mtl import AlignedMTL
 from mtl_fast.methods.amtl import AMTL
@@ -47,15 +47,19 @@ class MethodSpec:
     """One registered method.
 
     Attributes:
-        name: the class name, also the name used on the command line and in reports.
         cls: the :class:`~mtl_fast.Weighting` subclass.
-        make: ``make(T, **options)``, a constructor for T tasks with sensible default arguments;
-            ``options`` go to the class (e.g. ``nonfinite="absent"``).
+        make: ``make(T, **options)``, a constructor for T tasks with sensible default arguments
+            (``options`` go to the class, e.g. ``nonfinite="absent"``); ``None``: the class
+            itself takes T first, ``cls(T, **options)``.
     """
 
-    name: str
     cls: type[Weighting]
-    make: Callable[..., Weighting]
+    make: Callable[..., Weighting] | None = None
+
+    @property
+    def name(self) -> str:
+        """The class name, also the name used on the command line and in reports."""
+        return self.cls.__name__
 
     @property
     def lifecycle(self) -> tuple[str, ...]:
@@ -72,43 +76,41 @@ class MethodSpec:
         """A training step with the method can be captured in a CUDA graph (the class flag)."""
         return self.cls.cuda_graph_capturable
 
-    def build(self, num_tasks: int, **options: object) -> Weighting:
+    def build(self, num_tasks: int, **options: Any) -> Weighting:
         """A fresh instance for ``num_tasks`` tasks (``options``: keyword arguments of the
         class, such as ``nonfinite=`` or ``backend=``)."""
+        if self.make is None:
+            return self.cls(num_tasks, **options)
         return self.make(num_tasks, **options)
 
 
 #: Every method, loss-based first, in the order of the README's table.
 REGISTRY: tuple[MethodSpec, ...] = (
-    MethodSpec("EqualWeighting", EqualWeighting, lambda T, **kw: EqualWeighting(T, **kw)),
-    MethodSpec(
-        "StaticWeighting", StaticWeighting, lambda T, **kw: StaticWeighting([1.0] * T, **kw)
-    ),
-    MethodSpec(
-        "UncertaintyWeighting", UncertaintyWeighting, lambda T, **kw: UncertaintyWeighting(T, **kw)
-    ),
-    MethodSpec("CVWeighting", CVWeighting, lambda T, **kw: CVWeighting(T, **kw)),
-    MethodSpec("LSB", LSB, lambda T, **kw: LSB(T, **kw)),
-    MethodSpec("AMTL", AMTL, lambda T, **kw: AMTL(_potentials(T), **kw)),
-    MethodSpec("IMTLL", IMTLL, lambda T, **kw: IMTLL(T, **kw)),
-    MethodSpec("GLS", GLS, lambda T, **kw: GLS(T, **kw)),
-    MethodSpec("DWA", DWA, lambda T, **kw: DWA(T, **kw)),
-    MethodSpec("RLW", RLW, lambda T, **kw: RLW(T, **kw)),
-    MethodSpec("DTP", DTP, lambda T, **kw: DTP(T, **kw)),
-    MethodSpec("STCH", STCH, lambda T, **kw: STCH(T, **kw)),
-    MethodSpec("FAMO", FAMO, lambda T, **kw: FAMO(T, **kw)),
-    MethodSpec("IMTLG", IMTLG, lambda T, **kw: IMTLG(T, **kw)),
-    MethodSpec("IMTL", IMTL, lambda T, **kw: IMTL(T, **kw)),
-    MethodSpec("MGDA", MGDA, lambda T, **kw: MGDA(T, **kw)),
-    MethodSpec("GradNorm", GradNorm, lambda T, **kw: GradNorm(T, **kw)),
-    MethodSpec("PCGrad", PCGrad, lambda T, **kw: PCGrad(T, **kw)),
-    MethodSpec("CAGrad", CAGrad, lambda T, **kw: CAGrad(T, **kw)),
-    MethodSpec("NashMTL", NashMTL, lambda T, **kw: NashMTL(T, **kw)),
-    MethodSpec("UPGrad", UPGrad, lambda T, **kw: UPGrad(T, **kw)),
-    MethodSpec("DualProj", DualProj, lambda T, **kw: DualProj(T, **kw)),
-    MethodSpec("AlignedMTL", AlignedMTL, lambda T, **kw: AlignedMTL(T, **kw)),
-    MethodSpec("GradVac", GradVac, lambda T, **kw: GradVac(T, **kw)),
-    MethodSpec("DBMTL", DBMTL, lambda T, **kw: DBMTL(T, **kw)),
+    MethodSpec(EqualWeighting),
+    MethodSpec(StaticWeighting, lambda T, **kw: StaticWeighting([1.0] * T, **kw)),
+    MethodSpec(UncertaintyWeighting),
+    MethodSpec(CVWeighting),
+    MethodSpec(LSB),
+    MethodSpec(AMTL, lambda T, **kw: AMTL(_potentials(T), **kw)),
+    MethodSpec(IMTLL),
+    MethodSpec(GLS),
+    MethodSpec(DWA),
+    MethodSpec(RLW),
+    MethodSpec(DTP),
+    MethodSpec(STCH),
+    MethodSpec(FAMO),
+    MethodSpec(IMTLG),
+    MethodSpec(IMTL),
+    MethodSpec(MGDA),
+    MethodSpec(GradNorm),
+    MethodSpec(PCGrad),
+    MethodSpec(CAGrad),
+    MethodSpec(NashMTL),
+    MethodSpec(UPGrad),
+    MethodSpec(DualProj),
+    MethodSpec(AlignedMTL),
+    MethodSpec(GradVac),
+    MethodSpec(DBMTL),
 )
 
 _BY_NAME = {spec.name: spec for spec in REGISTRY}
