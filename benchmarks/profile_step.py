@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,36 +34,26 @@ from mtl_fast.methods import registry
 DEFAULT_METHODS = ("EqualWeighting", "IMTLG", "IMTL", "MGDA", "CVWeighting", "IMTLL")
 
 
-def _wall(step: Callable[[], Any], device: torch.device, reps: int) -> float:
-    """Median seconds of ``reps`` synchronised calls."""
-    times = []
-    for _ in range(reps):
-        runner.synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        runner.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _median(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    """Median seconds per call of ``fn`` over ``reps`` rounds
+    (:func:`mtl_fast.bench.runner.time_interleaved`: host clock on the CPU, CUDA events on a GPU,
+    where the host's gaps between launches are part of an eager step's time)."""
+    t = runner.time_interleaved(
+        {"step": fn}, device, warmup=1, min_repeats=reps, max_repeats=reps, budget_s=0.0
+    )
+    return t["step"].median_s
 
 
 def _graph(step: Callable[[], Any], device: torch.device, reps: int) -> float | None:
     """Median seconds of a replay of the step captured in a CUDA graph (``None`` if the capture
     fails: the reason is printed)."""
     try:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                step()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        return _wall(graph.replay, device, reps)
+        graph = runner.capture_graph(step, device, warmup=2)
     except Exception as exc:
         print(f"    capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
         torch.cuda.synchronize(device)
         return None
+    return _median(graph.replay, device, reps)
 
 
 def _host_ops(step: Callable[[], Any], device: torch.device, top: int) -> list[dict[str, Any]]:
@@ -108,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         step = wl.make_method_step(name, args.T, tier, device).step
         for _ in range(3):  # warm-up: compiles kernels, fills caches
             step()
-        eager = _wall(step, device, args.reps)
+        eager = _median(step, device, args.reps)
         graph = None
         if device.type == "cuda" and registry.get(name).capturable:
             graph = _graph(step, device, args.reps)

@@ -303,23 +303,19 @@ def _worker(
 
 
 def copy_gbps(device: Any) -> float:
-    """Device copy bandwidth, (bytes read + written) / median time of a 2 GiB copy."""
-    import torch
+    """Device copy bandwidth, (bytes read + written) / median time of a 2 GiB copy (64 MiB on
+    the CPU): :func:`mtl_fast.bench.runner.copy_bandwidth`."""
+    from mtl_fast.bench import runner
 
-    n = (2 * GiB if device.type == "cuda" else 64 * 1024**2) // 4
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    s = _time([lambda: dst.copy_(src)], device, 10)
-    return 2 * n * 4 / s / 1e9
-
-
-def _esize(dtype: str) -> int:
-    return 4 if dtype == "fp32" else 2
+    return runner.copy_bandwidth(device, 2 * GiB if device.type == "cuda" else 64 * 1024**2, 10)
 
 
 def floor_bytes(op: str, T: int, D: int, dtype: str) -> int:
-    """Gram reads J once; combine reads J and writes one row."""
-    return (T if op == "gram" else T + 1) * D * _esize(dtype)
+    """Gram reads J once; combine reads J and writes one row
+    (:func:`mtl_fast.bench.workloads.floor_bytes`)."""
+    from mtl_fast.bench import workloads as wl
+
+    return wl.floor_bytes(op, T, D, wl.element_size(dtype)) or 0
 
 
 def summarise(results: list[dict[str, Any]], gbps: float) -> list[str]:

@@ -55,6 +55,12 @@ def native_available() -> bool:
     return native_import_error() is None
 
 
+def cuda_capturing() -> bool:
+    """A CUDA-graph capture is under way on the current stream (``False`` where CUDA was never
+    initialised, without initialising it)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def triton_can_run(device: torch.device) -> bool:
     """Triton can run kernels on tensors of this device (CUDA, or CPU under the interpreter)."""
     if device.type == "cuda":

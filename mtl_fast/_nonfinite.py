@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mtl_fast._backend import cuda_capturing
 from mtl_fast._validation import NONFINITE, nonfinite_task_message
 
 
@@ -34,11 +35,6 @@ class _PendingFlag:
 
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-def _any_capture() -> bool:
-    """A CUDA-graph capture is under way on the current stream (where CUDA is initialised)."""
-    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 class NonFiniteMonitor:
@@ -70,7 +66,7 @@ class NonFiniteMonitor:
         """Raise for a recorded flag whose copy has landed; never blocks. Does nothing while a
         CUDA graph is being captured (querying an event is not permitted then); the flags are
         polled by the next call outside the capture."""
-        if self._pending and _any_capture():
+        if self._pending and cuda_capturing():
             return
         still = []
         for flag in self._pending:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_fast import _state, distributed
-from mtl_fast._backend import BACKENDS
+from mtl_fast._backend import BACKENDS, cuda_capturing
 from mtl_fast._nonfinite import NonFiniteMonitor
 
 LossesLike = Union[Tensor, Sequence[Tensor]]
@@ -243,11 +243,7 @@ class Weighting(nn.Module):
 
     def _refuse_capture(self) -> None:
         """Raise when a CUDA graph is being captured and this method cannot be replayed."""
-        if (
-            not type(self).cuda_graph_capturable
-            and torch.cuda.is_initialized()
-            and torch.cuda.is_current_stream_capturing()
-        ):
+        if not type(self).cuda_graph_capturable and cuda_capturing():
             raise RuntimeError(
                 f"{type(self).__name__} cannot be captured in a CUDA graph: "
                 f"{type(self).cuda_graph_note} Run its steps eagerly (a graph may still capture "

@@ -73,18 +73,13 @@ def test_training_step_replays_like_eager(name: str) -> None:
 
     static_x = batches[0][0].clone()
     static_ys = batches[0][1].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up: compiles kernels, creates optimizer state
-        for x, ys in batches[:WARMUP_STEPS]:
-            static_x.copy_(x)
-            static_ys.copy_(ys)
-            _step(graph_model, graph_method, graph_opt, static_x, static_ys)
-    torch.cuda.current_stream().wait_stream(side)
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):  # raises on any host synchronisation
-        _step(graph_model, graph_method, graph_opt, static_x, static_ys)
+    # Warm-up (compiles kernels, creates optimizer state), then the capture, which raises on any
+    # host synchronisation.
+    graph = _capture(
+        lambda: _step(graph_model, graph_method, graph_opt, static_x, static_ys),
+        batches[:WARMUP_STEPS],
+        (static_x, static_ys),
+    )
     for x, ys in batches[WARMUP_STEPS:]:
         static_x.copy_(x)
         static_ys.copy_(ys)
@@ -102,15 +97,8 @@ def _check_capture_refused(name: str) -> None:
     warm-up steps on the same stream discipline as the capturable ones)."""
     model, method, opt = _setup(name)
     x, ys = _batches(1, model)[0]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        _step(model, method, opt, x, ys)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
-        with torch.cuda.graph(graph):
-            _step(model, method, opt, x, ys)
+        _capture(lambda: _step(model, method, opt, x, ys), [()], ())
 
 
 def _capture(step, warmup_inputs, static_inputs):

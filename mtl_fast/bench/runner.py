@@ -706,6 +706,25 @@ def run_capture_checks(ctx: Context) -> list[dict[str, Any]]:
     return records
 
 
+def capture_graph(
+    fn: Callable[[], Any], device: torch.device | None = None, *, calls: int = 1, warmup: int = 1
+) -> torch.cuda.CUDAGraph:
+    """``calls`` calls of ``fn`` captured in a CUDA graph, after ``warmup`` calls on a side
+    stream (Triton compiles, allocator and optimizer state settle outside the capture). A host
+    synchronisation inside ``fn`` (``.item()``, ``bool(tensor)``, a host copy) makes it raise."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph
+
+
 def graph_device_seconds(
     fn: Callable[[], Any], device: torch.device, calls: int = 10, replays: int = 5
 ) -> float | None:
@@ -713,15 +732,7 @@ def graph_device_seconds(
     captured in a CUDA graph, the median over ``replays`` replays timed with events, divided by
     ``calls``. ``None`` when the call cannot be captured (a host synchronisation inside)."""
     try:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                fn()
+        graph = capture_graph(fn, device, calls=calls)
         graph.replay()
         torch.cuda.synchronize(device)
         samples = []
@@ -743,15 +754,7 @@ def cuda_graph_capturable(fn: Callable[[], Any]) -> tuple[bool, str]:
     """Capture one call of ``fn`` in a CUDA graph and replay it: a host sync (``.item()``,
     ``bool(tensor)``, a host copy) inside makes the capture fail."""
     try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        graph = capture_graph(fn, warmup=2)
         graph.replay()
         torch.cuda.synchronize()
         return True, "captured and replayed"
