@@ -41,16 +41,29 @@ class NonFiniteMonitor:
     """Records per-task non-finite flags and raises ``ValueError`` (at once on the CPU, lazily
     on accelerators)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str = "") -> None:
         self._pending: list[_PendingFlag] = []
+        #: Named in every message: the method, and the tasks by name once they are known.
+        self.owner = owner
+        self.task_names: list[str] | None = None
 
-    def report(self, bad: Tensor, what: str, step: int, *, problem: str = NONFINITE) -> None:
+    def report(
+        self,
+        bad: Tensor,
+        what: str,
+        step: int,
+        *,
+        problem: str = NONFINITE,
+        names: list[str] | None = None,
+    ) -> None:
         """Flag tasks whose ``what`` ("loss" or "gradient") has ``problem`` (by default: is
-        non-finite); ``bad`` is bool [T]."""
+        non-finite); ``bad`` is bool [T]; ``names``: the tasks' names for this step."""
+        if names is not None:
+            self.task_names = list(names)
         if bad.device.type == "cpu":
             if bool(bad.any()):
                 idx = bad.nonzero().flatten().tolist()
-                raise ValueError(nonfinite_task_message(idx, what, problem))
+                raise ValueError(self._message(idx, what, problem))
             return
         if _capturing(bad.device):
             return
@@ -87,11 +100,16 @@ class NonFiniteMonitor:
     def clear(self) -> None:
         self._pending = []
 
+    def _message(self, idx: list[int], what: str, problem: str) -> str:
+        return nonfinite_task_message(
+            idx, what, problem, owner=self.owner or None, names=self.task_names
+        )
+
     def _raise_if_set(self, flag: _PendingFlag, still: list[_PendingFlag]) -> None:
         if bool(flag.host.any()):
             self._pending = still
             idx = flag.host.nonzero().flatten().tolist()
             raise ValueError(
-                nonfinite_task_message(idx, flag.what, flag.problem)
+                self._message(idx, flag.what, flag.problem)
                 + f" (detected on the device at step {flag.step}; that task got weight 0)"
             )

@@ -3,15 +3,15 @@
 Forward: T views of each shared feature tensor (no copy). Backward: autograd calls it once, with
 the T incoming gradients of every feature (one per task head, each head back-propagated exactly
 once by the ordinary backward). It forms the Gram matrix G (summed over the feature tensors: the
-Gram of their concatenation), lets the method solve for α, and returns Σ_t α_t g_t per feature.
-No graph is retained, nothing is read on the host.
+Gram of their concatenation), lets the method solve for α (:meth:`mtl_fast.Weighting.balance`),
+and returns Σ_t α_t g_t per feature. No graph is retained, nothing is read on the host.
 
 Heads must not modify their input view in place (autograd raises a clear error if one does).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -25,20 +25,21 @@ if TYPE_CHECKING:
 
 class SplitFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, method: Weighting, num_tasks: int, *features: Tensor):  # type: ignore[override]
+    def forward(ctx: Any, method: Weighting, num_tasks: int, token: int, *features: Tensor):  # type: ignore[override]
         ctx.method = method
         ctx.num_tasks = num_tasks
+        ctx.token = token
         ctx.num_features = len(features)
         return tuple(f.view_as(f) for _ in range(num_tasks) for f in features)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, *grads: Tensor):  # type: ignore[override]
         method: Weighting = ctx.method
         T, K = ctx.num_tasks, ctx.num_features
         rows = [
             as_task_rows([grads[t * K + k] for t in range(T)], name="feature gradients")
             for k in range(K)
         ]
-        alpha = method._balance(rows)
+        alpha = method.balance(rows, token=ctx.token)
         outs = tuple(ops.combine_rows(r, alpha, backend=method.backend) for r in rows)
-        return (None, None, *outs)
+        return (None, None, None, *outs)

@@ -177,10 +177,19 @@ NONFINITE = "non-finite (NaN/Inf, or overflowing)"
 
 
 def nonfinite_task_message(
-    bad: Sequence[int], what: str = "gradient", problem: str = NONFINITE
+    bad: Sequence[int],
+    what: str = "gradient",
+    problem: str = NONFINITE,
+    *,
+    owner: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> str:
-    """The error message for bad task inputs (by default non-finite ones), naming the tasks."""
-    tasks = ", ".join(str(t) for t in bad)
+    """The error message for bad task inputs (by default non-finite ones), naming the method
+    (``owner``) and the tasks (by name when ``names`` is known, else by index)."""
+    tasks = ", ".join(
+        f"{t} ({names[t]!r})" if names is not None and t < len(names) else str(t) for t in bad
+    )
     plural = "s" if len(bad) > 1 else ""
     hint = "; mark absent tasks with mask= instead of passing NaN" if problem == NONFINITE else ""
-    return f"{problem} {what} for task{plural} {tasks}{hint}"
+    prefix = f"{owner}: " if owner else ""
+    return f"{prefix}{problem} {what} for task{plural} {tasks}{hint}"

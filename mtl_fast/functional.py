@@ -103,11 +103,6 @@ def backward(
             f"{type(method).__name__} is gradient-based: pass exactly one of features= (the "
             "shared features) or params= (the shared parameters, exact mode)"
         )
-    if method._split_pending:
-        raise RuntimeError(
-            f"{type(method).__name__}.split is pending: back-propagate method.loss(...) for it "
-            "(or call method.discard_pending()) before using mtl_fast.backward"
-        )
     if features is not None:
         inputs = _as_tensors(features, "features")
         for k, f in enumerate(inputs):
@@ -127,18 +122,20 @@ def backward(
                     f"params[{k}] is not a leaf tensor: params= takes the shared parameters "
                     "(use features= for intermediate tensors)"
                 )
-    safe, present = method._prepare_losses(losses, mask)
-    total = method._loss_from(safe, present, keep_inputs=True)
+    method.discard_pending()  # a split of an abandoned step: this call drives the step itself
+    prepared = method.prepare_losses(losses, mask)
+    safe = prepared.safe
+    total = method.record_loss(prepared)
     try:
-        scales = method._loss_gradient_scales()
+        scales = method.loss_gradient_scales()
         jac = _task_gradients(safe, inputs, scales, batched)
         # Exact mode under torch.distributed: the global task gradients of shared parameters
         # are the averages of the per-process ones (module docstring): average them first.
-        reduced = params is not None and method._sync_active()
+        reduced = params is not None and method.synchronising
         if reduced:
             distributed.all_reduce_mean_many_(jac, method.process_group)
         rows = [as_task_rows(j, name="task gradients") for j in jac]
-        alpha = method._balance(rows, reduced=reduced)
+        alpha = method.balance(rows, reduced=reduced)
     finally:
         method.discard_pending()
     if features is not None:

@@ -20,7 +20,7 @@ gradient of task t's loss L_t with respect to z is a product of two thin factors
   the cost of the ordinary input gradient of a linear layer.
 
 The weights α come from the method exactly as in :meth:`mtl_fast.Weighting.split`'s backward:
-:meth:`mtl_fast.Weighting._balance_gram` applies the absent-task / non-finite policy, the
+:meth:`mtl_fast.Weighting.balance_gram` applies the absent-task / non-finite policy, the
 cross-process sum and the method's solve. The head's own weight and bias get their ordinary
 (unweighted, per-task) gradients, as separate per-task heads would on the Jacobian route.
 
@@ -201,10 +201,12 @@ class _MultiTaskLinearFunction(torch.autograd.Function):
         bias: Tensor | None,
         method: Weighting,
         num_tasks: int,
+        token: int,
     ) -> Tensor:
         out = F.linear(z, weight, bias)
         ctx.method = method
         ctx.num_tasks = num_tasks
+        ctx.token = token
         ctx.has_bias = bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.save_for_backward(z, weight)
@@ -224,11 +226,11 @@ class _MultiTaskLinearFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0).to(ctx.bias_dtype)
         G = structured_gram(grad_out, Wc, T, backend=method.backend)
-        alpha = method._balance_gram(G)
+        alpha = method.balance_gram(G, token=ctx.token)
         grad_z = None
         if ctx.needs_input_grad[0]:
             grad_z = balanced_input_grad(grad_out, Wc, alpha).to(z.dtype)
-        return grad_z, grad_w, grad_b, None, None
+        return grad_z, grad_w, grad_b, None, None, None
 
 
 class MultiTaskLinear(nn.Module):
@@ -253,7 +255,7 @@ class MultiTaskLinear(nn.Module):
     the backward receives Δ = ∂(Σ_t L_t)/∂logits [N, T·k] (N: the input's leading dims
     flattened), forms the Gram matrix of the T feature gradients g_t = Δ_t W_t in the structured
     form G = Σ_{ij} (Δ_aᵀΔ_b)_{ij}(W_aW_bᵀ)_{ij} (Triton kernel on CUDA, the reference
-    elsewhere), asks the method for α (:meth:`mtl_fast.Weighting._balance_gram`: masks,
+    elsewhere), asks the method for α (:meth:`mtl_fast.Weighting.balance_gram`: masks,
     non-finite policy, cross-process sum, solve) and returns Σ_t α_t g_t = (Δ diag α) W as the
     input's gradient. Equal, up to rounding, to ``method.split(z)`` followed by T separate
     ``nn.Linear(C, k)`` heads — with O(T²k²(N + C)) work and O(T²) memory instead of a
@@ -298,7 +300,7 @@ class MultiTaskLinear(nn.Module):
                 raise ValueError(f"{name} must be a positive int; got {v!r}")
         if not isinstance(method, Weighting):
             raise TypeError(f"method must be a mtl_fast.Weighting; got {type(method).__name__}")
-        method._resolve_num_tasks(num_tasks, "MultiTaskLinear")
+        method.resolve_num_tasks(num_tasks, "MultiTaskLinear")
         self.in_features = in_features
         self.num_tasks = num_tasks
         self.outputs_per_task = outputs_per_task
@@ -355,10 +357,15 @@ class MultiTaskLinear(nn.Module):
         if not input.is_floating_point():
             raise TypeError(f"input must be floating point; got {input.dtype}")
         lead = input.shape[:-1]
-        method._resolve_num_tasks(self.num_tasks, "MultiTaskLinear")
-        method._begin_split("MultiTaskLinear forward")
+        method.resolve_num_tasks(self.num_tasks, "MultiTaskLinear")
+        token = method.open_split("MultiTaskLinear forward")
         out = _MultiTaskLinearFunction.apply(
-            input.reshape(-1, self.in_features), self.weight, self.bias, method, self.num_tasks
+            input.reshape(-1, self.in_features),
+            self.weight,
+            self.bias,
+            method,
+            self.num_tasks,
+            token,
         )
         return out.reshape(*lead, self.out_features)
 

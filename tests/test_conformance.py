@@ -161,3 +161,106 @@ def test_observe_is_update_accuracy() -> None:
     a.observe([0.5, 0.6, 0.7])
     b.update_accuracy([0.5, 0.6, 0.7])
     assert _state_equal(a.state_dict(), b.state_dict())
+
+
+# ------------------------------------------------------------------ guard rails of a training loop
+
+
+def _warm(method: Weighting, model: ToyMTL, steps: int = 2) -> None:
+    for k in range(steps):
+        x, ys = toy_batch(model, seed=k)
+        model.zero_grad(set_to_none=True)
+        split_step(model, method, x, ys)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("how", ["eval", "no_grad", "inference_mode"])
+def test_evaluation_changes_nothing(name: str, how: str) -> None:
+    """``loss()`` in eval mode or without gradients returns Σ w_t L_t with the current weights
+    and leaves the state (statistics, step, periods, RNG) exactly as it was."""
+    model = ToyMTL(T)
+    method = registry.get(name).build(T)
+    _warm(method, model)
+    before = method.state_dict()
+    weights = method.weights.clone()
+    x, ys = toy_batch(model, seed=7)
+    if how == "eval":
+        method.eval()
+        z = model.encoder(x)
+        total = method.loss(model.task_losses(method.split(z, num_tasks=T), ys))
+        method.train()
+    else:
+        ctx = torch.no_grad() if how == "no_grad" else torch.inference_mode()
+        with ctx:
+            z = model.encoder(x)
+            total = method.loss(model.task_losses(method.split(z, num_tasks=T), ys))
+    losses = model.task_losses([model.encoder(x)] * T, ys).detach()
+    torch.testing.assert_close(total.detach(), (weights * losses).sum(), rtol=1e-5, atol=1e-6)
+    assert _state_equal(before, method.state_dict())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_abandoned_step_leaves_nothing_behind(name: str) -> None:
+    """A step abandoned after ``loss()`` (an exception before ``backward``, a trainer skipping
+    the batch) does not poison the next step, and nothing of it reaches the state: the run
+    continues exactly like a run that never saw it."""
+    spec = registry.get(name)
+    seeded = {"seed": 0} if "seed" in inspect.signature(spec.cls.__init__).parameters else {}
+    torch.manual_seed(0)
+    model_a, model_b = ToyMTL(T), ToyMTL(T)
+    model_b.load_state_dict(model_a.state_dict())
+    clean, skipped = spec.build(T, **seeded), spec.build(T, **seeded)
+    _warm(clean, model_a)
+    _warm(skipped, model_b)
+    x, ys = toy_batch(model_b, seed=11)
+    zs = skipped.split(model_b.encoder(x), num_tasks=T)
+    skipped.loss(model_b.task_losses(zs, ys))  # abandoned: no backward
+    for k in (3, 4):
+        x, ys = toy_batch(model_a, seed=k)
+        for model, method in ((model_a, clean), (model_b, skipped)):
+            model.zero_grad(set_to_none=True)
+            split_step(model, method, x, ys)
+    assert clean.step == skipped.step
+    assert _state_equal(clean.state_dict(), skipped.state_dict())
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        if pa.grad is not None:
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_exception_between_split_and_loss_does_not_poison_the_next_step(name: str) -> None:
+    model = ToyMTL(T)
+    method = registry.get(name).build(T)
+    x, ys = toy_batch(model)
+    with pytest.raises(ValueError, match="task 1"):
+        zs = method.split(model.encoder(x), num_tasks=T)
+        bad = ys.clone()
+        bad[1, 0, 0] = float("nan")
+        method.loss(model.task_losses(zs, bad))
+    split_step(model, method, x, ys)  # the next step runs
+    assert method.step == 1
+
+
+@pytest.mark.parametrize("name", GRADIENT)
+def test_gradient_method_refuses_loss_without_split(name: str) -> None:
+    method = registry.get(name).build(T)
+    with pytest.raises(RuntimeError, match=rf"{name} is gradient-based and no split is pending"):
+        method.loss(torch.ones(T, requires_grad=True))
+    with pytest.raises(RuntimeError, match="no weights yet"):
+        _ = method.weights
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dict_losses_name_the_tasks(name: str) -> None:
+    model = ToyMTL(T)
+    method = registry.get(name).build(T)
+    x, ys = toy_batch(model)
+    zs = method.split(model.encoder(x), num_tasks=T)
+    losses = model.task_losses(zs, ys, stack=False)
+    method.loss({f"t{k}": v for k, v in enumerate(losses)}).backward()
+    assert list(method.weights_dict()) == ["t0", "t1", "t2"]
+    bad = dict(
+        zip(("a", "b", "c"), [torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(1.0)])
+    )
+    with pytest.raises(ValueError, match=rf"{name}: .*task 1 \('b'\)"):
+        method.loss(bad)

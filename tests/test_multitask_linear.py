@@ -163,7 +163,7 @@ def _weights_via_balance_only(method: Weighting) -> bool:
     route, which calls ``_balance_gram``, cannot see that override (IMTL at the time of
     writing; the fix is to override ``_balance_gram`` instead)."""
     cls = type(method)
-    return cls._balance is not Weighting._balance and cls._balance_gram is Weighting._balance_gram
+    return cls.balance is not Weighting.balance and cls.balance_gram is Weighting.balance_gram
 
 
 def _compare(name: str, T: int, k: int, *, tol: float = 1e-5, mask=None, stacked=False, **kw):
@@ -225,7 +225,7 @@ class _Recorder(Weighting):
 
     gradient_based = True
 
-    def _gradient_weights(self, G: Tensor, inputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs) -> Tensor:
         self.G = G.clone()
         return torch.ones(G.shape[0], device=G.device)
 
@@ -387,7 +387,7 @@ def test_eval_and_no_grad_are_plain():
         torch.testing.assert_close(head(x), F.linear(x, head.weight, head.bias))
     m.eval()
     out = head(x)
-    assert not m._split_pending
+    assert not m._book.split_open
     m.loss(list(out.T.sum(1))).backward()
     torch.testing.assert_close(x.grad, head.weight.sum(0).expand(4, C))
 
@@ -464,10 +464,10 @@ def test_errors():
     with pytest.raises(ValueError, match="does not require grad"):
         head(torch.randn(2, 4))
     x = torch.randn(2, 4, requires_grad=True)
-    head(x)
-    with pytest.raises(RuntimeError, match="pending"):
-        head(x)
-    m.discard_pending()
+    stale = head(x)
+    head(x)  # a second forward replaces the first balanced step ...
+    with pytest.raises(RuntimeError, match="called again"):
+        m.loss(list(stale.sum(0))).backward()  # ... whose backward then refuses to run
     out = head(x)
     m.loss(list(out.sum(0))).backward()
     assert x.grad is not None

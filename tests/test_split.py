@@ -193,15 +193,20 @@ def test_error_features_without_grad():
         IMTLG().split(torch.randn(4, 3), num_tasks=2)
 
 
-def test_error_split_twice_before_backward():
+def test_split_twice_in_one_step_raises_at_the_backward():
+    """Two splits in one step: the second replaces the first (an abandoned step looks the
+    same), and the first one's backward, if it runs, raises instead of balancing with the
+    inputs of another step."""
     model = ToyMTL(T)
     method = IMTLG()
-    x, _ = toy_batch(model)
-    method.split(model.encoder(x), num_tasks=T)
-    with pytest.raises(RuntimeError, match="twice"):
-        method.split(model.encoder(x), num_tasks=T)
-    method.discard_pending()
-    method.split(model.encoder(x), num_tasks=T)  # fine after discarding
+    x, ys = toy_batch(model)
+    z = model.encoder(x)
+    zs1 = method.split(z, num_tasks=T)
+    zs2 = method.split(z, num_tasks=T)
+    l1 = model.task_losses(zs1, ys)
+    l2 = model.task_losses(zs2, ys)
+    with pytest.raises(RuntimeError, match="called again before this one was back-propagated"):
+        method.loss(l1 + l2).backward()
 
 
 def test_nan_loss_without_mask_raises_and_with_mask_is_absent():

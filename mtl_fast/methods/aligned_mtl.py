@@ -183,7 +183,7 @@ class AlignedMTL(PreferenceVector, Weighting):
         self.eigensolver = eigensolver
         self.jacobi_sweeps = jacobi_sweeps
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)
         return aligned_mtl_weights(
             G,

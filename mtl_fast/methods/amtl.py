@@ -268,7 +268,7 @@ class AMTL(Weighting):
             s = self._state["scores"] = s.to(device, non_blocking=True)
         return s
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         if self.geometric:
             present = positive_losses(self, losses, present, "AMTL's geometric mean")
             # Not linear in the losses: under torch.distributed, the geometric mean of the

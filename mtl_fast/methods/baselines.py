@@ -19,12 +19,14 @@ Classes: :class:`EqualWeighting`, :class:`StaticWeighting`, :class:`GLS`, :class
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from mtl_fast.methods._periods import EpochPeriods
+from mtl_fast.methods._shared import _as_float_list, normalize_over_present, weighted_sum
+from mtl_fast.methods._statistics import PeriodAverages
 from mtl_fast.weighting import Weighting
 
 __all__ = [
@@ -42,22 +44,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- functional core
-
-
-def weighted_sum(weights: Tensor, losses: Tensor) -> Tensor:
-    """Σ_t w_t L_t in the losses' dtype (``weights`` carry no gradient)."""
-    return (weights.detach().to(losses.dtype) * losses).sum()
-
-
-def normalize_over_present(values: Tensor, present: Tensor) -> Tensor:
-    """w_t = v_t / Σ_{s present} v_s for present tasks, 0 for absent ones.
-
-    ``values`` must be non-negative. When no task is present, or the present values sum to 0,
-    the result is all zeros (never NaN).
-    """
-    v = torch.where(present, values, torch.zeros_like(values))
-    total = v.sum()
-    return torch.where(total > 0, v / torch.where(total > 0, total, 1.0), 0.0)
 
 
 def softmax_over_present(logits: Tensor, present: Tensor) -> Tensor:
@@ -84,9 +70,7 @@ def positive_losses(method: Weighting, losses: Tensor, present: Tensor, who: str
                 "the task absent with mask=, or use a weighted sum)"
             )
         return present
-    method._monitor.report(
-        bad, f"loss ({who} takes its logarithm)", method.step, problem="non-positive"
-    )
+    method._report_invalid(bad, f"loss ({who} takes its logarithm)", problem="non-positive")
     return present & ~bad
 
 
@@ -102,19 +86,6 @@ def weighted_geometric_mean(losses: Tensor, weights: Tensor, present: Tensor) ->
     return torch.where(present.any(), torch.exp((w * torch.log(safe)).sum()), 0.0)
 
 
-def _as_float_list(values: Any, what: str) -> list[float]:
-    """Host numbers from a sequence / tensor / array (configuration, not the hot path)."""
-    if isinstance(values, Tensor):
-        values = values.detach().cpu().tolist()
-    try:
-        out = [float(v) for v in values]
-    except TypeError:
-        raise TypeError(f"{what} must be a sequence of numbers; got {values!r}") from None
-    if not out:
-        raise ValueError(f"{what} is empty")
-    return out
-
-
 # --------------------------------------------------------------------------- methods
 
 
@@ -127,7 +98,7 @@ class EqualWeighting(Weighting):
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return torch.ones(num_tasks, device=device)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         self._set_weights(present.to(losses.dtype))
         return losses.sum()
 
@@ -165,7 +136,7 @@ class StaticWeighting(Weighting):
         w = self._given / self._given.sum() if self.normalize else self._given
         return w.to(device=device, dtype=torch.float32)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         static = self._state["static"]
         if static.device != losses.device:  # moved once, then kept on the losses' device
             static = self._state["static"] = static.to(losses.device, non_blocking=True)
@@ -204,7 +175,7 @@ class GLS(Weighting):
         "this one was added to it after the H200 run of 2026-12-04."
     )
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         present = positive_losses(self, losses, present, "GLS")
         # Not linear in the losses: under torch.distributed, the geometric mean of the losses
         # averaged across processes, linearised (Weighting._linearised_total).
@@ -249,7 +220,7 @@ class RLW(Weighting):
         super().__init__(num_tasks, **kwargs)
         self._init_generator(seed)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         T = losses.shape[0]
         gen = self._generator(losses.device)
         eps = torch.randn(T, generator=gen, device=gen.device, dtype=torch.float64)
@@ -300,7 +271,6 @@ class DWA(EpochPeriods, Weighting):
         accumulator: str = "auto",
         **kwargs,
     ) -> None:
-        from mtl_fast.methods.lsb import PeriodAverages
 
         super().__init__(num_tasks, **kwargs)
         if not temperature > 0:
@@ -333,7 +303,7 @@ class DWA(EpochPeriods, Weighting):
         if periods.observe(values, avail):
             periods.end_period()
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         periods = self._state["periods"]
         rate = periods.rate(losses.device) if periods.period > 2 else None  # taken first
         # The period averages are read only when the period closes: their update is deferred

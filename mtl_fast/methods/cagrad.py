@@ -212,7 +212,7 @@ class CAGrad(Weighting):
         self.rescale = rescale
         self.iters = iters
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         return cagrad_weights(
             G, self.c, rescale=self.rescale, iters=self.iters, backend=self.backend
         )

@@ -13,19 +13,16 @@ Functional core (one function per formula; the class below is a thin stateful wr
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import torch
 from torch import Tensor
 
-from mtl_fast.methods.baselines import normalize_over_present, weighted_sum
-from mtl_fast.running_stats import RunningStats, TorchRunningStats
+from mtl_fast.methods._shared import normalize_over_present, weighted_sum
+from mtl_fast.methods._statistics import LossStatistics
 from mtl_fast.weighting import Weighting
 
 __all__ = ["CVWeighting", "LossStatistics", "cv_weights", "loss_ratios"]
 
 #: ``accumulator=`` choices: ``"auto"`` (C++ on the CPU, torch elsewhere) or ``"torch"``.
-ACCUMULATORS = ("auto", "torch")
 #: ``denominator=`` choices of :class:`CVWeighting`.
 DENOMINATORS = ("mean", "current")
 #: ε in σ = sqrt(var + ε) (the published code's value).
@@ -75,91 +72,6 @@ def cv_weights(
 
 
 # --------------------------------------------------------------------------- accumulator
-
-
-class LossStatistics:
-    """K running statistics kept where the losses are.
-
-    Losses on the CPU are accumulated by the C++ :class:`mtl_fast.RunningStats`
-    (``mtl_fast._C``); losses on another device (CUDA) by the device-resident
-    :class:`mtl_fast.TorchRunningStats` (torch ops only, no host synchronisation). Both follow
-    the same rules and give the same numbers (float64). The first update on a new device moves
-    the state there (a one-time copy); ``accumulator="torch"`` uses the torch accumulator on
-    every device (e.g. to compare both on the CPU).
-
-    Args:
-        num_streams: K.
-        decay, decay_variance: as in :class:`mtl_fast.RunningStats` (``None``: Welford's plain
-            running mean, eq. 7–8 of Groenendijk et al. 2021).
-        accumulator: ``"auto"`` or ``"torch"``.
-
-    :meth:`state_dict` / :meth:`load_state_dict` use the accumulators' common format, so a state
-    saved on one device loads on another.
-    """
-
-    def __init__(
-        self,
-        num_streams: int,
-        *,
-        decay: float | None = None,
-        decay_variance: bool = True,
-        accumulator: str = "auto",
-    ) -> None:
-        if accumulator not in ACCUMULATORS:
-            raise ValueError(f"accumulator must be one of {ACCUMULATORS}; got {accumulator!r}")
-        self.num_streams = int(num_streams)
-        self.kind = accumulator
-        self._config: dict[str, Any] = {"decay": decay, "decay_variance": decay_variance}
-        self.accumulator: RunningStats | TorchRunningStats = self._make(torch.device("cpu"))
-
-    def _make(self, device: torch.device) -> RunningStats | TorchRunningStats:
-        if device.type == "cpu" and self.kind == "auto":
-            return RunningStats(self.num_streams, **self._config)
-        return TorchRunningStats(self.num_streams, device=device, **self._config)
-
-    def _on(self, device: torch.device) -> RunningStats | TorchRunningStats:
-        """The accumulator for ``device``, moving the state there when it is elsewhere."""
-        acc = self.accumulator
-        if isinstance(acc, RunningStats):
-            if device.type == "cpu" and self.kind == "auto":
-                return acc
-        elif acc.device == device and (device.type != "cpu" or self.kind == "torch"):
-            return acc
-        new = self._make(device)
-        new.load_state_dict(acc.state_dict())
-        self.accumulator = new
-        return new
-
-    def update(self, values: Tensor, mask: Tensor) -> None:
-        """Add ``values`` [K] to the streams selected by ``mask`` (bool [K], same device)."""
-        self._on(values.device).update(values.detach().to(torch.float64), mask)
-
-    def snapshot(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """(mean, population variance, count) as tensors on ``device`` (float64, int64)."""
-        acc = self._on(device)
-        if isinstance(acc, RunningStats):
-            return (
-                torch.from_numpy(acc.mean),
-                torch.from_numpy(acc.var),
-                torch.from_numpy(acc.count),
-            )
-        return acc.mean, acc.var, acc.count
-
-    @property
-    def device(self) -> torch.device:
-        """Where the statistics are (the CPU for the C++ accumulator)."""
-        acc = self.accumulator
-        return torch.device("cpu") if isinstance(acc, RunningStats) else acc.device
-
-    def reset(self) -> None:
-        """Forget every observation."""
-        self.accumulator.reset()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.accumulator.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.accumulator.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------- method
@@ -263,7 +175,7 @@ class CVWeighting(Weighting):
     def _deferred_update(self, values: Tensor, avail: Tensor) -> None:
         self._update_statistics(values, avail)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         T = losses.shape[0]
         stats: LossStatistics = self._state["stats"]
         mean, var, count = stats.snapshot(losses.device)  # the earlier steps' statistics

@@ -175,7 +175,7 @@ class DBMTL(Weighting):
             return self.initial_weights(self.num_tasks)  # type: ignore[arg-type]
         return a
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         # Log-losses are not linear in the losses: under torch.distributed, those of the losses
         # averaged across processes, linearised (Weighting._linearised_total), so the heads and
         # the Gram matrix see c_t = 1/(L̄_t + ε) on every process.
@@ -188,10 +188,10 @@ class DBMTL(Weighting):
         self._step_scales = torch.where(present, 1.0 / safe.detach(), 0.0)
         return torch.where(present, torch.log(safe), 0.0).sum()
 
-    def _loss_gradient_scales(self) -> Tensor | None:
+    def loss_gradient_scales(self) -> Tensor | None:
         return self._step_scales
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         alpha, ema, counts = dbmtl_weights(
             G, self._state["ema_norms"], self._state["counts"], self.beta, self.sigma
         )
@@ -199,14 +199,11 @@ class DBMTL(Weighting):
         self._state["counts"] = counts
         return alpha
 
-    def _balance_gram(self, G: Tensor, *, reduced: bool = False) -> Tensor:
-        alpha = super()._balance_gram(G, reduced=reduced)
+    def effective_weights(self, alpha: Tensor) -> Tensor:
         self._state["alpha"] = alpha.detach()
         c = self._step_scales
         self._step_scales = None
-        if c is not None:
-            self._set_weights(alpha * c.to(alpha.device, alpha.dtype))
-        return alpha
+        return alpha if c is None else alpha * c.to(alpha.device, alpha.dtype)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, beta={self.beta}, sigma={self.sigma}"

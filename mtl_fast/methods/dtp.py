@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mtl_fast.methods._shared import weighted_sum
 from mtl_fast.methods.amtl import (
     AccuracyTracker,
     DirectionLike,
@@ -20,7 +21,6 @@ from mtl_fast.methods.amtl import (
     _average_accuracies,
     directions,
 )
-from mtl_fast.methods.baselines import weighted_sum
 from mtl_fast.weighting import Weighting
 
 __all__ = ["DTP", "dtp_weights"]
@@ -119,7 +119,7 @@ class DTP(Weighting):
         if tracker.ready:
             self._state["kpi_weights"] = dtp_weights(tracker.value, self.gamma)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         w = self._state["kpi_weights"]
         if w.device != losses.device:  # moved once per KPI update
             w = self._state["kpi_weights"] = w.to(losses.device, non_blocking=True)

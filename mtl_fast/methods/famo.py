@@ -203,7 +203,8 @@ class FAMO(Weighting):
                 "FAMO.update() needs a preceding training step: call method.loss(losses) (in "
                 "training mode), optimizer.step(), then update() once"
             )
-        safe, present = self._prepare_losses(losses, mask)
+        prepared = self.prepare_losses(losses, mask)
+        safe, present = prepared.safe, prepared.present
         self._state_on(safe.device)
         values, present = self._synced_losses(safe, present)
         d, present = self._shifted(values, present)
@@ -256,7 +257,7 @@ class FAMO(Weighting):
             self._state["updates"] = n
         self._state["logits"] = torch.where(present, new, xi)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         self._state_on(losses.device)
         values, avail = self._synced_losses(losses, present)
         d, avail = self._shifted(values, avail)

@@ -130,7 +130,7 @@ class GradNorm(Weighting):
         """The last L_grad (detached, float64), or None before the first step."""
         return self._state["grad_norm_loss"]
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         T = G.shape[0]
         if self.closed_form:
             return inverse_norm_weights(G, float(T))

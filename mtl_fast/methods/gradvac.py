@@ -201,7 +201,7 @@ class GradVac(Weighting):
             return torch.zeros(self.num_tasks, self.num_tasks, dtype=torch.float64)
         return phi
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         T = G.shape[0]
         phi = self._state["targets"]
         if phi is None:

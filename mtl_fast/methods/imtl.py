@@ -44,7 +44,7 @@ class IMTLG(Weighting):
 
     gradient_based = True
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         return ops.imtl_g_weights(G, backend=self.backend)
 
 
@@ -122,7 +122,7 @@ class IMTLL(_LossScales, Weighting):
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return torch.ones(num_tasks, device=device)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         total, e = self._scaled_total(losses, present)
         self._set_weights(torch.where(present, e, 0.0))
         return total
@@ -170,22 +170,20 @@ class IMTL(_LossScales, Weighting):
             return self.initial_weights(self.num_tasks)  # type: ignore[arg-type]
         return a
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         total, e = self._scaled_total(losses, present)
         self._step_scales = e
         return total
 
-    def _loss_gradient_scales(self) -> Tensor | None:
+    def loss_gradient_scales(self) -> Tensor | None:
         return self._step_scales
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         return ops.imtl_g_weights(G, backend=self.backend)
 
-    def _balance_gram(self, G: Tensor, *, reduced: bool = False) -> Tensor:
-        alpha = super()._balance_gram(G, reduced=reduced)
+    def effective_weights(self, alpha: Tensor) -> Tensor:
         e = self._step_scales
         if e is None:  # loss() was not used: the gradients are those of the raw losses
             e = self.scales
         self._state["alpha"] = alpha.detach()
-        self._set_weights(alpha * e.to(alpha.device, alpha.dtype))
-        return alpha
+        return alpha * e.to(alpha.device, alpha.dtype)

@@ -15,14 +15,14 @@ uses it too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from mtl_fast.methods._periods import EpochPeriods
-from mtl_fast.methods.baselines import _as_float_list, weighted_sum
-from mtl_fast.methods.cv import LossStatistics
+from mtl_fast.methods._shared import _as_float_list, weighted_sum
+from mtl_fast.methods._statistics import PeriodAverages
 from mtl_fast.weighting import Weighting
 
 __all__ = [
@@ -94,98 +94,6 @@ def linear_beta(period: int, expected_periods: int) -> float:
 
 
 # --------------------------------------------------------------------------- period averages
-
-
-class PeriodAverages:
-    """Per-task average loss over training periods (epochs), for LSB and DWA.
-
-    :meth:`observe` adds one step's losses to the current period (per task, only where present);
-    :meth:`end_period` closes it: its averages L_k^t become the newest history entry and a new
-    period starts. A task absent during a whole period carries its previous average forward
-    (L_k^t = L_k^{t−1}). An average is *valid* when the task has been observed and its average
-    is > 0.
-
-    Args:
-        num_tasks: T.
-        period_steps: when set, :meth:`observe` reports a full period after that many steps.
-        accumulator: see :class:`mtl_fast.methods.cv.LossStatistics`.
-
-    Attributes:
-        period: the current period, 1-based.
-        steps: training steps seen in the current period.
-    """
-
-    def __init__(
-        self, num_tasks: int, *, period_steps: int | None = None, accumulator: str = "auto"
-    ) -> None:
-        if period_steps is not None and (not isinstance(period_steps, int) or period_steps < 1):
-            raise ValueError(f"period_steps must be None or a positive int; got {period_steps!r}")
-        self.num_tasks = int(num_tasks)
-        self.period_steps = period_steps
-        self.period = 1
-        self.steps = 0
-        self.stats = LossStatistics(num_tasks, accumulator=accumulator)
-        #: averages of the last two closed periods, newest first (float64 [T] or None)
-        self.history: list[Tensor | None] = [None, None]
-        #: validity of those averages (bool [T] or None)
-        self.valid: list[Tensor | None] = [None, None]
-
-    def observe(self, values: Tensor, present: Tensor) -> bool:
-        """Add one step; True when ``period_steps`` steps are in the period (time to close)."""
-        self.stats.update(values, present)
-        self.steps += 1
-        return self.period_steps is not None and self.steps >= self.period_steps
-
-    def closing_averages(self) -> tuple[Tensor, Tensor]:
-        """(L_k^t, valid) of the current period, carried over where a task was not observed."""
-        device = self.stats.device
-        mean, _, count = self.stats.snapshot(device)
-        seen = count > 0
-        prev, prev_valid = self.history[0], self.valid[0]
-        if prev is None or prev_valid is None:
-            return mean, seen & (mean > 0)
-        prev, prev_valid = prev.to(device), prev_valid.to(device)
-        return torch.where(seen, mean, prev), torch.where(seen, mean > 0, prev_valid)
-
-    def close(self, averages: Tensor, valid: Tensor) -> None:
-        """Push the closed period's averages into the history and start the next period."""
-        self.history = [averages, self.history[0]]
-        self.valid = [valid, self.valid[0]]
-        self.stats.reset()
-        self.steps = 0
-        self.period += 1
-
-    def end_period(self) -> bool:
-        """Close the current period; no-op (False) when it had no step."""
-        if self.steps == 0:
-            return False
-        self.close(*self.closing_averages())
-        return True
-
-    def rate(self, device: torch.device) -> Tensor:
-        """L_k^{t−1} / L_k^{t−2} (the DWA ratio); 1 where either average is not valid."""
-        h0, h1, v0, v1 = (*self.history, *self.valid)
-        if h0 is None or h1 is None or v0 is None or v1 is None:
-            return torch.ones(self.num_tasks, dtype=torch.float64, device=device)
-        h0, h1 = h0.to(device), h1.to(device)
-        ok = v0.to(device) & v1.to(device)
-        return torch.where(ok, h0 / torch.where(ok, h1, 1.0), 1.0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "period": self.period,
-            "steps": self.steps,
-            "stats": self.stats.state_dict(),
-            "history": list(self.history),
-            "valid": list(self.valid),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.stats.load_state_dict(state["stats"])
-        self.period = int(state["period"])
-        self.steps = int(state["steps"])
-        self.history = list(state["history"])
-        self.valid = list(state["valid"])
 
 
 # --------------------------------------------------------------------------- method
@@ -376,7 +284,7 @@ class LSB(EpochPeriods, Weighting):
         if self._state["periods"].observe(values, avail):
             self._end_period()
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         w, d, alpha = self._factors(losses.device)  # this period's factors, taken first
         # The period averages are read only when the period closes: their update is deferred
         # under torch.distributed (applied at the next step, end_period(), state_dict()).

@@ -111,7 +111,7 @@ class MGDA(Weighting):
         self.apply_to = apply_to
         self.needs_losses_in_backward = normalization in ("loss", "loss+")
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         if self.normalization == "none":
             return ops.mgda_weights(
                 G, constrained=self.constrained, solver=self.solver, backend=self.backend

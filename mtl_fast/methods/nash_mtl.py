@@ -239,7 +239,7 @@ class NashMTL(Weighting):
             return self.initial_weights(self.num_tasks)  # type: ignore[arg-type]
         return a
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         calls = int(self._state["nash_calls"])
         self._state["nash_calls"] = calls + 1
         stored = self._state["nash_alpha"]

@@ -107,7 +107,7 @@ class PCGrad(Weighting):
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return torch.ones(num_tasks, device=device)
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         T = G.shape[0]
         orders = random_orders(T, self._generator(G.device)).to(G.device)
         return pcgrad_weights(G, orders)

@@ -208,7 +208,7 @@ class STCH(Weighting):
             v = self._state[key] = v.to(device)
         return v
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         # The losses averaged across processes under torch.distributed (as given otherwise):
         # for the reference estimate and, as the totals are not linear in the losses, for the
         # linearised total (Weighting._linearised_total) that makes DDP's averaged gradient the

@@ -95,7 +95,7 @@ class UncertaintyWeighting(Weighting):
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return uncertainty_factors(self.log_vars.detach(), self.coefficients).to(device)
 
-    def _total(self, losses: Tensor, present: Tensor) -> Tensor:
+    def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         w = uncertainty_factors(self.log_vars.detach(), self.coefficients)
         self._set_weights(torch.where(present, w, 0.0).to(losses.dtype))
         return uncertainty_total(losses, self.log_vars, self.coefficients, present)

@@ -401,7 +401,7 @@ class UPGrad(_DualConeMethod):
         "been re-checked on a GPU."
     )
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)
         return upgrad_weights(
             G,
@@ -430,7 +430,7 @@ class DualProj(_DualConeMethod):
     T×T QP.
     """
 
-    def _gradient_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
+    def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)
         return dualproj_weights(
             G,

@@ -52,7 +52,7 @@ def test_equals_direct_transcription(seed, eigensolver):
     for J in (_problem(seed, Tn), _problem(seed, Tn, D=max(1, Tn - 1))):  # full rank, deficient
         w = torch.full((Tn,), 1.0 / Tn, dtype=F64)
         m = AlignedMTL(eigensolver=eigensolver, rank_eps=1e-10)
-        alpha = m._gradient_weights(J @ J.T, _inputs(Tn))
+        alpha = m.gram_weights(J @ J.T, _inputs(Tn))
         expected = aligned_transcription(J, w, 1e-10)
         torch.testing.assert_close(alpha @ J, expected, rtol=1e-8, atol=1e-12)
 
@@ -90,7 +90,7 @@ def test_agrees_with_torchjd(Tn, mode):
         expected = jd.AlignedMTL(scale_mode=mode)(J)
         for solver in ("eigh", "jacobi"):
             m = AlignedMTL(scale_mode=mode, eigensolver=solver)
-            got = m._gradient_weights(J @ J.T, _inputs(Tn)) @ J
+            got = m.gram_weights(J @ J.T, _inputs(Tn)) @ J
             torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12 * expected.norm())
 
 
@@ -99,7 +99,7 @@ def test_agrees_with_torchjd_preference_vector():
     J = _problem(2, 4)
     pref = torch.tensor([1.0, 0.0, 0.5, 2.0], dtype=F64)
     expected = jd.AlignedMTL(pref_vector=pref)(J)
-    got = AlignedMTL(pref_vector=pref)._gradient_weights(J @ J.T, _inputs(4)) @ J
+    got = AlignedMTL(pref_vector=pref).gram_weights(J @ J.T, _inputs(4)) @ J
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
 
 
@@ -232,7 +232,7 @@ def test_no_host_reads_on_meta_device():
     G = torch.empty(5, 5, device="meta")
     for mode in ("min", "median", "rmse"):
         m = AlignedMTL(scale_mode=mode)
-        assert m._gradient_weights(G, _inputs(5, device="meta")).shape == (5,)
+        assert m.gram_weights(G, _inputs(5, device="meta")).shape == (5,)
 
 
 def test_cuda_sync_free(device):
@@ -241,12 +241,12 @@ def test_cuda_sync_free(device):
     J = _problem(1, 6).to(device)
     G = (J @ J.T).float()
     m = AlignedMTL()
-    ref = AlignedMTL(eigensolver="eigh")._gradient_weights(G, _inputs(6, device=device))
-    m._gradient_weights(G, _inputs(6, device=device))  # first call: caches the schedule
+    ref = AlignedMTL(eigensolver="eigh").gram_weights(G, _inputs(6, device=device))
+    m.gram_weights(G, _inputs(6, device=device))  # first call: caches the schedule
     inputs = _inputs(6, device=device)  # built before: moving the mask to the GPU syncs
     torch.cuda.set_sync_debug_mode("error")
     try:
-        alpha = m._gradient_weights(G, inputs)
+        alpha = m.gram_weights(G, inputs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(alpha, ref, rtol=1e-9, atol=1e-12)

@@ -132,7 +132,7 @@ def test_method_through_split(device):
     d = (g0 + 0.4 * g0.norm() / gw.norm() * gw) / (1 + 0.4**2)
     torch.testing.assert_close((m.weights.double().cpu() @ Jf), d, rtol=1e-3, atol=1e-6)
     inputs = StepInputs(torch.zeros(T), torch.ones(T, dtype=torch.bool))
-    assert m._gradient_weights(Jf @ Jf.T, inputs).dtype == torch.float64
+    assert m.gram_weights(Jf @ Jf.T, inputs).dtype == torch.float64
 
 
 def test_mask_and_nan_policy():

@@ -218,7 +218,7 @@ def test_degenerate_and_arguments():
     with pytest.raises(ValueError):
         DBMTL(2, beta=1.0)
     with pytest.raises(ValueError, match="DBMTL"):
-        DBMTL(2).loss(torch.tensor([1.0, -1.0]))
+        DBMTL(2).total_loss(torch.tensor([1.0, -1.0]), torch.ones(2, dtype=torch.bool))
 
 
 def test_resume_equals_unbroken():

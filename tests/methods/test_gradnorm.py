@@ -36,11 +36,11 @@ def test_weight_gradient_equals_transcription(gamma):
     L1 = torch.tensor([1.0, 0.9, 0.1, 3.0], dtype=torch.float64)
     m = GradNorm(4, gamma=gamma)
     present = torch.ones(4, dtype=torch.bool)
-    m._gradient_weights(J @ J.T, StepInputs(L0, present))  # step 1: records L(0)
+    m.gram_weights(J @ J.T, StepInputs(L0, present))  # step 1: records L(0)
     with torch.no_grad():
         m.loss_weights.copy_(torch.tensor([0.5, 1.5, 1.2, 0.8]))  # sums to T = 4
     m.loss_weights.grad = None
-    alpha = m._gradient_weights(J @ J.T, StepInputs(L1, present))
+    alpha = m.gram_weights(J @ J.T, StepInputs(L1, present))
     expected_grad, expected_loss = gradnorm_transcription(J, m.loss_weights, L1, L0, gamma)
     torch.testing.assert_close(m.loss_weights.grad.double(), expected_grad)
     torch.testing.assert_close(m.grad_norm_loss, expected_loss)
@@ -82,17 +82,17 @@ def test_gamma0_converges_to_inverse_norm_closed_form():
     inputs = StepInputs(torch.ones(T), torch.ones(T, dtype=torch.bool))
     for _ in range(400):  # subgradient steps on the L1 loss, decaying step size
         opt.zero_grad()
-        m._gradient_weights(G, inputs)
+        m.gram_weights(G, inputs)
         opt.step()
         sched.step()
-    final = m._gradient_weights(G, inputs)
+    final = m.gram_weights(G, inputs)
     closed = inverse_norm_weights(G, float(T))
     torch.testing.assert_close(final.double(), closed, rtol=2e-3, atol=0)
     norms = G.diagonal().sqrt()
     closed_sum1 = (1 / norms) / (1 / norms).sum()  # Corollary 4 with Σα = 1
     torch.testing.assert_close(closed, T * closed_sum1.double())
     cf = GradNorm(T, gamma=0.0, closed_form=True)
-    torch.testing.assert_close(cf._gradient_weights(G, inputs).double(), closed)
+    torch.testing.assert_close(cf.gram_weights(G, inputs).double(), closed)
     with pytest.raises(ValueError, match="gamma=0"):
         GradNorm(T, closed_form=True)
 
@@ -100,11 +100,11 @@ def test_gamma0_converges_to_inverse_norm_closed_form():
 def test_initial_loss_from_first_steps_and_masks():
     m = GradNorm(T, initial_loss_steps=2)
     G = torch.eye(T)
-    m._gradient_weights(G, StepInputs(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1, 1, 0]) > 0))
+    m.gram_weights(G, StepInputs(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1, 1, 0]) > 0))
     torch.testing.assert_close(m.initial_losses[:2], torch.tensor([1.0, 2.0], dtype=torch.float64))
     assert torch.isnan(m.initial_losses[2])  # absent: not recorded
-    m._gradient_weights(G, StepInputs(torch.tensor([3.0, 4.0, 5.0]), torch.ones(T) > 0))
-    m._gradient_weights(G, StepInputs(torch.tensor([9.0, 9.0, 7.0]), torch.ones(T) > 0))
+    m.gram_weights(G, StepInputs(torch.tensor([3.0, 4.0, 5.0]), torch.ones(T) > 0))
+    m.gram_weights(G, StepInputs(torch.tensor([9.0, 9.0, 7.0]), torch.ones(T) > 0))
     # task 0, 1: mean of the first two present steps; task 2: first two present are 5 and 7
     torch.testing.assert_close(m.initial_losses, torch.tensor([2.0, 3.0, 6.0], dtype=torch.float64))
 
@@ -113,7 +113,7 @@ def test_absent_task_gets_no_weight_gradient():
     m = GradNorm(T)
     G = torch.diag(torch.tensor([1.0, 4.0, 9.0]))
     present = torch.tensor([True, False, True])
-    alpha = m._gradient_weights(G, StepInputs(torch.tensor([1.0, 2.0, 3.0]), present))
+    alpha = m.gram_weights(G, StepInputs(torch.tensor([1.0, 2.0, 3.0]), present))
     assert alpha[1] == 0 and m.loss_weights.grad[1] == 0
     assert m.loss_weights.grad[0] != 0
 

@@ -39,7 +39,7 @@ def test_imtlg_equals_algorithm1(seed):
     Tn = 2 + seed % 4
     J = torch.randn(Tn, 20, generator=gen, dtype=torch.float64)
     J = J * torch.logspace(-2, 2, Tn, dtype=torch.float64)[:, None]
-    alpha = IMTLG(Tn)._gradient_weights(J @ J.T, _inputs(Tn))
+    alpha = IMTLG(Tn).gram_weights(J @ J.T, _inputs(Tn))
     torch.testing.assert_close(alpha.double(), imtl_g_algorithm1(J), rtol=1e-5, atol=1e-7)
     g = alpha.double() @ J
     proj = (J @ g) / J.norm(dim=1)  # eq. 1: equal projections onto the unit gradients
@@ -175,9 +175,14 @@ def test_imtl_shared_gradient_is_imtlg_of_scaled_losses(device):
 
 def test_imtl_loss_value_and_initial_weights():
     m = IMTL(T)
-    torch.testing.assert_close(m.weights, torch.full((T,), 1 / T))
+    torch.testing.assert_close(m.initial_weights(T), torch.full((T,), 1 / T))
+    with pytest.raises(RuntimeError, match="no weights yet"):
+        _ = m.weights  # a gradient method has no weights before its first solve
     torch.testing.assert_close(m.gradient_weights, torch.full((T,), 1 / T))
     L = torch.tensor([1.0, 2.0, 3.0])
-    torch.testing.assert_close(m.loss(L), L.sum())  # s = 0: Σ(e^0 L − 0)
+    present = torch.ones(T, dtype=torch.bool)
+    torch.testing.assert_close(m.total_loss(L, present), L.sum())  # s = 0: Σ(e^0 L − 0)
+    with pytest.raises(RuntimeError, match="no split is pending"):
+        m.loss(L)  # training without split would apply no weights
     m.eval()
-    torch.testing.assert_close(m.loss(L), L.sum())
+    torch.testing.assert_close(m.loss(L), L.sum())  # evaluation before a solve: Σ L_t

@@ -67,7 +67,7 @@ def test_weights_equal_direct_transcription(normalization, apply_to, seed):
     J, losses = _problem(seed, Tn=2 + seed)
     m = MGDA(normalization=normalization, apply_to=apply_to)
     inputs = StepInputs(losses=losses, present=torch.ones(J.shape[0], dtype=torch.bool))
-    alpha = m._gradient_weights(J @ J.T, inputs)
+    alpha = m.gram_weights(J @ J.T, inputs)
     expected = original_mgda(J, losses, normalization, apply_to)
     torch.testing.assert_close(alpha.double(), expected, rtol=1e-5, atol=1e-7)
 
@@ -103,7 +103,7 @@ def test_nonpositive_divisors_are_left_unnormalised():
 def test_unconstrained_closed_form_is_perpendicular_to_differences():
     """Paper 004 §4 eq. 7: g ⊥ (g_1 − g_t), i.e. g·g_t equal for all t."""
     J, _ = _problem(5, Tn=4)
-    alpha = MGDA(constrained=False)._gradient_weights(
+    alpha = MGDA(constrained=False).gram_weights(
         J @ J.T, StepInputs(torch.zeros(4), torch.ones(4, dtype=torch.bool))
     )
     g = alpha.double() @ J
@@ -115,8 +115,8 @@ def test_unconstrained_closed_form_is_perpendicular_to_differences():
 def test_frank_wolfe_solver_is_close():
     J, _ = _problem(7, Tn=3)
     inputs = StepInputs(torch.zeros(3), torch.ones(3, dtype=torch.bool))
-    exact = MGDA()._gradient_weights(J @ J.T, inputs)
-    fw = MGDA(solver="frank_wolfe")._gradient_weights(J @ J.T, inputs)
+    exact = MGDA().gram_weights(J @ J.T, inputs)
+    fw = MGDA(solver="frank_wolfe").gram_weights(J @ J.T, inputs)
     torch.testing.assert_close(fw, exact, rtol=0, atol=5e-3)
 
 

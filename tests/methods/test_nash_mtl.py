@@ -57,7 +57,7 @@ def test_equals_direct_transcription(seed):
     Tn = 2 + seed
     J = _problem(seed, Tn)
     G = J @ J.T
-    alpha = NashMTL(max_norm=0.0)._gradient_weights(G, _inputs(Tn))
+    alpha = NashMTL(max_norm=0.0).gram_weights(G, _inputs(Tn))
     expected = nash_transcription(J)
     torch.testing.assert_close(alpha, expected, rtol=1e-8, atol=0)
     torch.testing.assert_close(alpha * (G @ alpha), torch.ones(Tn, dtype=torch.float64))
@@ -106,7 +106,7 @@ def test_agrees_with_torchjd_or_skips():
     )
     J = J * torch.tensor([[0.5], [1.0], [2.0]], dtype=torch.float64)
     expected = agg(J)
-    got = NashMTL(max_norm=0.0)._gradient_weights(J @ J.T, _inputs(3)) @ J
+    got = NashMTL(max_norm=0.0).gram_weights(J @ J.T, _inputs(3)) @ J
     torch.testing.assert_close(got, expected, rtol=2e-3, atol=1e-4)
 
 
@@ -144,11 +144,11 @@ def test_permutation_equivariance():
 def test_max_norm():
     J = _problem(4, 4)
     G = J @ J.T
-    raw = NashMTL(max_norm=0.0)._gradient_weights(G, _inputs(4))
-    clipped = NashMTL()._gradient_weights(G, _inputs(4))  # default max_norm = 1
+    raw = NashMTL(max_norm=0.0).gram_weights(G, _inputs(4))
+    clipped = NashMTL().gram_weights(G, _inputs(4))  # default max_norm = 1
     torch.testing.assert_close(clipped, raw / 2.0)  # ‖Σ α g‖ = √T = 2 → scaled to 1
     torch.testing.assert_close((clipped @ J).norm(), torch.tensor(1.0, dtype=G.dtype))
-    loose = NashMTL(max_norm=5.0)._gradient_weights(G, _inputs(4))
+    loose = NashMTL(max_norm=5.0).gram_weights(G, _inputs(4))
     torch.testing.assert_close(loose, raw)
     zero = clip_to_max_norm(torch.zeros(4, dtype=G.dtype), G, 1.0)
     assert torch.equal(zero, torch.zeros(4, dtype=G.dtype))
@@ -242,7 +242,7 @@ def test_no_host_reads_on_meta_device():
     G = torch.empty(5, 5, device="meta")
     m = NashMTL(update_weights_every=2)
     for _ in range(3):
-        assert m._gradient_weights(G, _inputs(5, device="meta")).shape == (5,)
+        assert m.gram_weights(G, _inputs(5, device="meta")).shape == (5,)
 
 
 def test_cuda_sync_free(device):
@@ -251,11 +251,11 @@ def test_cuda_sync_free(device):
     J = _problem(1, 5).to(device)
     G = (J @ J.T).float()
     m = NashMTL()
-    m._gradient_weights(G, _inputs(5, device=device))
+    m.gram_weights(G, _inputs(5, device=device))
     inputs = _inputs(5, device=device)  # built before: moving the mask to the GPU syncs
     torch.cuda.set_sync_debug_mode("error")
     try:
-        m._gradient_weights(G, inputs)
+        m.gram_weights(G, inputs)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -270,5 +270,7 @@ def test_invalid_options():
     with pytest.raises(ValueError, match="ridge"):
         NashMTL(ridge=-1.0)
     m = NashMTL(3)
-    assert torch.equal(m.weights, torch.ones(3)) and torch.equal(m.nash_weights, torch.ones(3))
+    assert torch.equal(m.initial_weights(3), torch.ones(3)) and torch.equal(
+        m.nash_weights, torch.ones(3)
+    )
     assert "update_weights_every=1" in repr(m)

@@ -71,7 +71,7 @@ def test_equal_direct_transcription(seed):
     pref = torch.full((Tn,), 1.0 / Tn, dtype=torch.float64)
     G = J @ J.T
     for cls, oracle in ((UPGrad, upgrad_transcription), (DualProj, dualproj_transcription)):
-        alpha = cls(reg_eps=0.0)._gradient_weights(G, _inputs(Tn))
+        alpha = cls(reg_eps=0.0).gram_weights(G, _inputs(Tn))
         expected = oracle(J, pref)
         torch.testing.assert_close(alpha @ J, expected, rtol=1e-6, atol=1e-8 * expected.norm())
 
@@ -80,9 +80,9 @@ def test_custom_preference_vector():
     J = _problem(11, 4)
     pref = torch.tensor([0.5, 0.0, 2.0, 1.0], dtype=torch.float64)
     G = J @ J.T
-    a = UPGrad(pref_vector=pref, reg_eps=0.0)._gradient_weights(G, _inputs(4))
+    a = UPGrad(pref_vector=pref, reg_eps=0.0).gram_weights(G, _inputs(4))
     torch.testing.assert_close(a @ J, upgrad_transcription(J, pref), rtol=1e-6, atol=1e-9)
-    a = DualProj(pref_vector=pref.tolist(), reg_eps=0.0)._gradient_weights(G, _inputs(4))
+    a = DualProj(pref_vector=pref.tolist(), reg_eps=0.0).gram_weights(G, _inputs(4))
     torch.testing.assert_close(a @ J, dualproj_transcription(J, pref), rtol=1e-6, atol=1e-9)
 
 
@@ -91,7 +91,7 @@ def test_mean_when_no_pair_conflicts():
     gen = torch.Generator().manual_seed(3)
     J = torch.rand(5, 9, generator=gen, dtype=torch.float64)  # non-negative: G ≥ 0
     for cls in (UPGrad, DualProj):
-        alpha = cls()._gradient_weights(J @ J.T, _inputs(5))
+        alpha = cls().gram_weights(J @ J.T, _inputs(5))
         torch.testing.assert_close(alpha, torch.full((5,), 0.2, dtype=torch.float64))
 
 
@@ -118,7 +118,7 @@ def test_agrees_with_torchjd(Tn, exact):
             (DualProj(reg_eps=reg), jd.DualProj),
         ):
             expected = theirs(projector=projector)(J)
-            got = ours._gradient_weights(G, _inputs(Tn)) @ J
+            got = ours.gram_weights(G, _inputs(Tn)) @ J
             torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9 * expected.norm())
 
 
@@ -128,7 +128,7 @@ def test_agrees_with_torchjd_preference_vector():
     pref = torch.tensor([0.1, 0.3, 0.2, 0.0, 0.4], dtype=torch.float64)
     for ours, theirs in ((UPGrad, jd.UPGrad), (DualProj, jd.DualProj)):
         expected = theirs(pref_vector=pref)(J)
-        got = ours(pref_vector=pref)._gradient_weights(J @ J.T, _inputs(5)) @ J
+        got = ours(pref_vector=pref).gram_weights(J @ J.T, _inputs(5)) @ J
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
 
 
@@ -144,7 +144,7 @@ def test_non_conflicting(seed, Tn, reg):
     G = J @ J.T
     tol = 1e-9 * G.diagonal().sum()
     for cls in (UPGrad, DualProj):
-        alpha = cls(reg_eps=reg)._gradient_weights(G, _inputs(Tn))
+        alpha = cls(reg_eps=reg).gram_weights(G, _inputs(Tn))
         assert torch.isfinite(alpha).all()
         assert (alpha >= 1.0 / Tn - 1e-12).all()  # α ≥ p: v ≥ u
         slack = G @ alpha + reg * G.diagonal().sum() * alpha
@@ -155,9 +155,9 @@ def test_non_conflicting(seed, Tn, reg):
 def test_permutation_equivariance(cls):
     J = _problem(21, 6)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
-    a = cls()._gradient_weights(J @ J.T, _inputs(6))
+    a = cls().gram_weights(J @ J.T, _inputs(6))
     Jp = J[perm]
-    ap = cls()._gradient_weights(Jp @ Jp.T, _inputs(6))
+    ap = cls().gram_weights(Jp @ Jp.T, _inputs(6))
     torch.testing.assert_close(ap, a[perm], rtol=1e-9, atol=1e-12)
 
 
@@ -165,10 +165,10 @@ def test_permutation_equivariance(cls):
 def test_global_scale(cls):
     """Scaling every gradient by k leaves α unchanged (ε is relative to tr G): update × k."""
     J = _problem(5, 4)
-    a = cls()._gradient_weights(J @ J.T, _inputs(4))
+    a = cls().gram_weights(J @ J.T, _inputs(4))
     for k in (1e-3, 1e3):
         Jk = k * J
-        torch.testing.assert_close(cls()._gradient_weights(Jk @ Jk.T, _inputs(4)), a)
+        torch.testing.assert_close(cls().gram_weights(Jk @ Jk.T, _inputs(4)), a)
 
 
 @pytest.mark.parametrize("k", [0.1, 7.0])
@@ -182,7 +182,7 @@ def test_upgrad_linear_under_scaling(k):
     c = torch.ones(4, dtype=torch.float64)
     c[j] = k
     Jk = c[:, None] * J
-    got = UPGrad(reg_eps=0.0)._gradient_weights(Jk @ Jk.T, _inputs(4)) @ Jk
+    got = UPGrad(reg_eps=0.0).gram_weights(Jk @ Jk.T, _inputs(4)) @ Jk
     torch.testing.assert_close(got, c @ parts, rtol=1e-8, atol=1e-10)
 
 
@@ -190,10 +190,10 @@ def test_dualproj_one_scaled_gradient_stays_non_conflicting():
     """DualProj is not scale-invariant per task: scaling g_j by k changes the preferred
     direction Σ p_t g_t (and the update), but the update still conflicts with no task."""
     J = _problem(13, 4)
-    a1 = DualProj(reg_eps=0.0)._gradient_weights(J @ J.T, _inputs(4)) @ J
+    a1 = DualProj(reg_eps=0.0).gram_weights(J @ J.T, _inputs(4)) @ J
     Jk = J.clone()
     Jk[1] *= 50.0
-    a2 = DualProj(reg_eps=0.0)._gradient_weights(Jk @ Jk.T, _inputs(4)) @ Jk
+    a2 = DualProj(reg_eps=0.0).gram_weights(Jk @ Jk.T, _inputs(4)) @ Jk
     assert (Jk @ a2 >= -1e-9 * a2.norm() * Jk.norm(dim=1)).all()
     cos = torch.nn.functional.cosine_similarity(a1, a2, dim=0)
     assert cos < 0.999
@@ -236,7 +236,7 @@ def test_singular_gram_is_finite():
     J = _problem(2, 6, D=3)
     J = torch.cat([J, J[:1]])
     for cls in (UPGrad, DualProj):
-        alpha = cls()._gradient_weights(J @ J.T, _inputs(7))
+        alpha = cls().gram_weights(J @ J.T, _inputs(7))
         assert torch.isfinite(alpha).all()
         G = J @ J.T  # stationarity of the regularised QP: (Gα)_t ≥ −ε tr(G) α_t
         slack = G @ alpha + 1e-4 * G.diagonal().sum() * alpha
@@ -247,8 +247,8 @@ def test_float32_gram():
     J = _problem(8, 5)
     G32 = (J @ J.T).float()
     for cls in (UPGrad, DualProj):
-        a32 = cls()._gradient_weights(G32, _inputs(5))
-        a64 = cls()._gradient_weights(J @ J.T, _inputs(5))
+        a32 = cls().gram_weights(G32, _inputs(5))
+        a64 = cls().gram_weights(J @ J.T, _inputs(5))
         torch.testing.assert_close(a32.double(), a64, rtol=1e-5, atol=1e-7)
 
 
@@ -258,7 +258,7 @@ def test_no_host_reads_on_meta_device():
     G = torch.empty(6, 6, device="meta")
     inputs = _inputs(6, device="meta")
     for m in (UPGrad(), DualProj(), UPGrad(pref_vector=[1.0] * 6)):
-        assert m._gradient_weights(G, inputs).shape == (6,)
+        assert m.gram_weights(G, inputs).shape == (6,)
 
 
 def test_cuda_sync_free(device):
@@ -268,10 +268,10 @@ def test_cuda_sync_free(device):
     G = (J @ J.T).float()
     inputs = _inputs(5, device=device)
     for m in (UPGrad(), DualProj()):
-        m._gradient_weights(G, inputs)  # first call: builds the cached constants
+        m.gram_weights(G, inputs)  # first call: builds the cached constants
         torch.cuda.set_sync_debug_mode("error")
         try:
-            m._gradient_weights(G, inputs)
+            m.gram_weights(G, inputs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -286,7 +286,7 @@ def test_split_matches_gram_solution(cls, device):
     m = cls()
     split_step(model, m, x, ys)
     _, J = feature_gradients(model, x, ys)
-    expected = cls()._gradient_weights(reference.gram(J).double(), _inputs(T, device))
+    expected = cls().gram_weights(reference.gram(J).double(), _inputs(T, device))
     torch.testing.assert_close(m.weights.double(), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -299,7 +299,7 @@ def test_mask_and_nan(cls):
     split_step(model, m, x, ys, mask=[True, True, False, True])
     _, J = feature_gradients(model, x, ys)
     sub = J[[0, 1, 3]].flatten(1).double()
-    expected = cls()._gradient_weights(sub @ sub.T, _inputs(3))
+    expected = cls().gram_weights(sub @ sub.T, _inputs(3))
     assert m.weights[2] == 0
     torch.testing.assert_close(m.weights[[0, 1, 3]].double(), expected, rtol=1e-4, atol=1e-6)
 
@@ -319,7 +319,9 @@ def test_invalid_options():
     with pytest.raises(ValueError, match="max_iter"):
         UPGrad(max_iter=0)
     with pytest.raises(ValueError, match="pref_vector"):
-        UPGrad(pref_vector=[1.0, 1.0])._gradient_weights(torch.eye(3), _inputs(3))
+        UPGrad(pref_vector=[1.0, 1.0]).gram_weights(torch.eye(3), _inputs(3))
     assert "pref_vector" in repr(UPGrad(pref_vector=[1.0]))
-    assert torch.equal(UPGrad(2, pref_vector=[0.25, 0.75]).weights, torch.tensor([0.25, 0.75]))
+    assert torch.equal(
+        UPGrad(2, pref_vector=[0.25, 0.75]).initial_weights(2), torch.tensor([0.25, 0.75])
+    )
     assert U.REG_EPS == 1e-4

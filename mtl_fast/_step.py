@@ -1,0 +1,123 @@
+"""The bookkeeping of one training step of a method, so that an abandoned step leaves nothing.
+
+A step opens with ``split`` (gradient methods: the split's backward will solve for the weights)
+and/or :meth:`mtl_fast.Weighting.loss`, and ends when the backward of the step's total runs.
+A training loop may abandon a step at any point: an exception between ``split`` and
+``backward`` (the library's own non-finite error included), or a trainer that skips the batch
+(Lightning's ``training_step`` returning ``None``). Then:
+
+* a new ``split`` replaces the stale one; the stale split's backward, if it ever runs, raises
+  (it would otherwise balance with the inputs of another step);
+* the state the abandoned ``loss()`` changed (statistics, step counter, periods, random
+  streams) is rolled back to what it was before, at the start of the next step: the snapshot
+  taken before the update is restored unless the step's backward reached its total.
+
+A total that is back-propagated after the next step began (summing the totals of several
+``loss()`` calls before one backward) raises with the fix: back-propagate each micro-batch, or
+use :meth:`mtl_fast.Weighting.accumulate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor
+
+from mtl_fast._losses import StepInputs
+
+
+class StepBook:
+    """Open split, recorded inputs and the rollback snapshot of the current step."""
+
+    def __init__(self) -> None:
+        self.split_token = 0  # increases with every split; 0: none yet
+        self.split_open = False  # a split (or a layer's balanced step) awaits its backward
+        self.inputs: StepInputs | None = None  # recorded by loss() for the split's backward
+        self.inputs_token = 0  # the update that recorded ``inputs`` (0: none)
+        self.loss_token = 0  # increases with every loss() that updates the state
+        self._snapshot: Any = None  # the state before the last uncommitted update, or None
+        self._snapshot_token = 0
+        self._rolled_back_token = 0
+
+    # ------------------------------------------------------------------ split
+
+    def open_split(self) -> int:
+        """Open a split, replacing a stale one; returns its token."""
+        self.split_token += 1
+        self.split_open = True
+        self.inputs = None
+        self.inputs_token = 0
+        return self.split_token
+
+    def record_inputs(self, inputs: StepInputs, token: int) -> None:
+        self.inputs = inputs
+        self.inputs_token = token
+
+    def close_split(self, token: int | None, owner: str) -> tuple[StepInputs | None, int]:
+        """Close the open split for its backward; returns the inputs ``loss()`` recorded and
+        the token of that update (0: none).
+
+        ``token``: the split's token (``None``: the caller drives the step itself and knows it
+        is current). Raises when the split is not the open one."""
+        if token is not None and (token != self.split_token or not self.split_open):
+            raise RuntimeError(
+                f"{owner}: the backward of a split that was replaced or discarded is running "
+                "(split was called again before this one was back-propagated). Pass all shared "
+                "features of a step to one call, method.split(z1, z2, ...), and back-propagate "
+                "each step before the next; to accumulate gradients over micro-batches use "
+                "method.accumulate(k)"
+            )
+        self.split_open = False
+        inputs, self.inputs = self.inputs, None
+        update, self.inputs_token = self.inputs_token, 0
+        return inputs, update
+
+    def discard_split(self) -> None:
+        self.split_open = False
+        self.inputs = None
+        self.inputs_token = 0
+
+    # ------------------------------------------------------------------ update transactions
+
+    def begin_update(self, snapshot: Any) -> int:
+        """A ``loss()`` is about to change the state; ``snapshot`` restores it. Returns the
+        update's token, which :meth:`commit` takes."""
+        self.loss_token += 1
+        self._snapshot = snapshot
+        self._snapshot_token = self.loss_token
+        return self.loss_token
+
+    def commit(self, token: int, owner: str) -> None:
+        """The step's backward reached its total (or its solve succeeded): keep the update."""
+        if token and token == self._rolled_back_token:
+            raise RuntimeError(
+                f"{owner}: a total from an earlier method.loss(...) call is being "
+                "back-propagated after a later call began a new step, so that step's update "
+                "was rolled back. Back-propagate each method.loss(...) before the next one, "
+                "or use method.accumulate(k) to sum the losses of k micro-batches"
+            )
+        if token == self._snapshot_token:
+            self._snapshot = None
+
+    def rollback(self, restore: Callable[[Any], None]) -> bool:
+        """Restore the state before an uncommitted update (an abandoned step); returns whether
+        there was one."""
+        if self._snapshot is None:
+            return False
+        snapshot, self._snapshot = self._snapshot, None
+        self._rolled_back_token = self._snapshot_token
+        restore(snapshot)
+        return True
+
+    def commit_hook(self, token: int, owner: str) -> Callable[[Tensor], None]:
+        """A tensor hook that commits update ``token`` when the backward reaches the total."""
+
+        def hook(grad: Tensor) -> None:
+            self.commit(token, owner)
+
+        return hook
+
+    def forget(self) -> None:
+        """Drop the step (a loaded state_dict replaces it)."""
+        self.discard_split()
+        self._snapshot = None
