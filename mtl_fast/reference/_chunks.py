@@ -62,6 +62,7 @@ def column_chunks(
     stacked = rows.stacked
     direct = stacked is not None and stacked.dtype == acc and select is None
     if direct and whole:
+        assert stacked is not None  # direct reads need the caller's stacked tensor
         yield 0, D, stacked
         return
     widen = max(1, torch.finfo(acc).bits // torch.finfo(rows.dtype).bits)
