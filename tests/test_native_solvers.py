@@ -24,14 +24,14 @@ TS = [1, 2, 3, 5, 8, 16, 40, 64, 128, 256]
 
 def _imtl(G, **override) -> np.ndarray:
     """``_C.imtl_g_solve`` with the float64 constants of mtl_fast._solve_constants."""
-    return _imtl(G, **{**SC.native_imtl_g_options(torch.float64), **override})
+    return _C.imtl_g_solve(G, **{**SC.native_imtl_g_options(torch.float64), **override})
 
 
 def _mgda(G, **override) -> np.ndarray:
     """``_C.mgda_solve`` with the constants of mtl_fast._solve_constants (budget for G's T; T = 1
     when G has no square shape, for the validation tests)."""
     T = np.shape(G)[0] if np.ndim(G) == 2 else 1
-    return _mgda(G, **{**SC.native_mgda_options(T), **override})
+    return _C.mgda_solve(G, **{**SC.native_mgda_options(T), **override})
 
 
 def _seeds(T: int) -> range:
