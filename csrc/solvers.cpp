@@ -1,9 +1,14 @@
 // pybind11 bindings of the Gram-space solves (solvers.h):
 //
-//   mtl_fast._C.imtl_g_solve(G, *, rel_eps, fallback_factor, steps, projections) -> float64 [T]
+//   mtl_fast._C.imtl_g_solve(G, *, rel_eps, fallback_factor, steps, projections, sum_rel_tol)
+//       -> float64 [T]
 //   mtl_fast._C.mgda_solve(G, *, apg_iters, power_iters, lipschitz_safety, support_rel, drop_tol,
-//                          ridge, tol, max_iter) -> float64 [T]
-//   mtl_fast._C.SOLVER_DEFAULTS: the keyword defaults, under the reference constants' names
+//                          ridge, tol, division_floor, max_iter) -> float64 [T]
+//
+// Every keyword is required: the native solvers hold no constants of their own.  The values come
+// from mtl_fast/_solve_constants.py (native_imtl_g_options / native_mgda_options), the module the
+// reference and the Triton kernels read too; tests/test_solve_constants.py checks that the keyword
+// sets match and that changing a constant there changes these solvers' results.
 //
 // G is anything NumPy turns into an array without a copy of its data type (an ndarray, a CPU
 // tensor's .numpy()): it must be 2-D, square with T >= 1, float64 and C-contiguous; nothing is
@@ -15,7 +20,6 @@
 
 #include <cmath>
 #include <cstddef>
-#include <optional>
 #include <string>
 
 #include "bindings.h"
@@ -87,13 +91,10 @@ py::array_t<double> run(const py::array& G, Solve solve) {
 }  // namespace
 
 void register_solvers(py::module_& m) {
-    const solvers::PinvOptions pinv;
-    const solvers::MgdaOptions mgda;
-
     m.def(
         "imtl_g_solve",
         [](const py::object& G, double rel_eps, double fallback_factor, int steps,
-           int projections) {
+           int projections, double sum_rel_tol) {
             const py::array a = checked_gram(G);
             require(std::isfinite(rel_eps) && rel_eps > 0,
                     "rel_eps must be a finite number > 0, got " + std::to_string(rel_eps));
@@ -103,29 +104,32 @@ void register_solvers(py::module_& m) {
             require(steps >= 1, "steps must be >= 1, got " + std::to_string(steps));
             require(projections >= 0,
                     "projections must be >= 0, got " + std::to_string(projections));
-            const solvers::PinvOptions opt{rel_eps, fallback_factor, steps, projections};
+            require(std::isfinite(sum_rel_tol) && sum_rel_tol >= 0,
+                    "sum_rel_tol must be a finite number >= 0, got " +
+                        std::to_string(sum_rel_tol));
+            const solvers::ImtlGOptions opt{{rel_eps, fallback_factor, steps, projections},
+                                            sum_rel_tol};
             return run(a, [&](const double* g, std::size_t T, double* o) {
                 solvers::imtl_g(g, T, o, opt);
             });
         },
-        py::arg("G"), py::kw_only(), py::arg("rel_eps") = pinv.rel_eps,
-        py::arg("fallback_factor") = pinv.fallback_factor, py::arg("steps") = pinv.steps,
-        py::arg("projections") = pinv.projections,
+        py::arg("G"), py::kw_only(), py::arg("rel_eps"), py::arg("fallback_factor"),
+        py::arg("steps"), py::arg("projections"), py::arg("sum_rel_tol"),
         R"doc(IMTL-G task weights (float64 [T]) from the Gram matrix G (float64 [T, T], C-contiguous).
 
 The algorithm of mtl_fast.reference.imtl_g_weights: C beta = 1 on the unit-gradient Gram
 C = N^-1 G N^-1 by the filtered pseudo-inverse psd_pinv_solve (one Cholesky of C + eps I,
 eps = rel_eps * sqrt(T), times fallback_factor if it fails; `steps` iterated-Tikhonov steps and
-`projections` range projections), alpha ~ beta / n, sum(alpha) = 1; inactive tasks (zero or
-non-finite gradient) get 0. rel_eps depends on the precision G was accumulated in: pass
-mtl_fast.reference.solves.pinv_rel_eps(dtype) (the default is the float64 value). The GIL is
-released.)doc");
+`projections` range projections), alpha ~ beta / n, sum(alpha) = 1 (by sum|alpha| when
+|sum alpha| <= sum_rel_tol * sum|alpha|); inactive tasks (zero or non-finite gradient) get 0.
+Every keyword is required: pass mtl_fast._solve_constants.native_imtl_g_options(dtype), whose
+rel_eps depends on the precision G was accumulated in. The GIL is released.)doc");
 
     m.def(
         "mgda_solve",
         [](const py::object& G, int apg_iters, int power_iters, double lipschitz_safety,
-           double support_rel, double drop_tol, double ridge, double tol,
-           std::optional<long> max_iter) {
+           double support_rel, double drop_tol, double ridge, double tol, double division_floor,
+           long max_iter) {
             const py::array a = checked_gram(G);
             require(apg_iters >= 0, "apg_iters must be >= 0, got " + std::to_string(apg_iters));
             require(power_iters >= 1,
@@ -141,22 +145,20 @@ released.)doc");
                     "ridge must be a finite number >= 0, got " + std::to_string(ridge));
             require(std::isfinite(tol) && tol >= 0,
                     "tol must be a finite number >= 0, got " + std::to_string(tol));
-            require(!max_iter || *max_iter >= 1,
-                    "max_iter must be None or >= 1, got " +
-                        std::to_string(max_iter ? *max_iter : 0));
-            const solvers::MgdaOptions opt{apg_iters, power_iters, lipschitz_safety, support_rel,
-                                           drop_tol,  ridge,       tol,
-                                           max_iter ? *max_iter : 0};
+            require(std::isfinite(division_floor) && division_floor > 0,
+                    "division_floor must be a finite number > 0, got " +
+                        std::to_string(division_floor));
+            require(max_iter >= 1, "max_iter must be >= 1, got " + std::to_string(max_iter));
+            const solvers::MgdaOptions opt{apg_iters, power_iters, lipschitz_safety,
+                                           support_rel, drop_tol,    ridge,
+                                           tol,         division_floor, max_iter};
             return run(a, [&](const double* g, std::size_t T, double* o) {
                 solvers::mgda(g, T, o, opt);
             });
         },
-        py::arg("G"), py::kw_only(), py::arg("apg_iters") = mgda.apg_iters,
-        py::arg("power_iters") = mgda.power_iters,
-        py::arg("lipschitz_safety") = mgda.lipschitz_safety,
-        py::arg("support_rel") = mgda.support_rel, py::arg("drop_tol") = mgda.drop_tol,
-        py::arg("ridge") = mgda.ridge, py::arg("tol") = mgda.tol,
-        py::arg("max_iter") = py::none(),
+        py::arg("G"), py::kw_only(), py::arg("apg_iters"), py::arg("power_iters"),
+        py::arg("lipschitz_safety"), py::arg("support_rel"), py::arg("drop_tol"), py::arg("ridge"),
+        py::arg("tol"), py::arg("division_floor"), py::arg("max_iter"),
         R"doc(Exact MGDA weights (float64 [T]): argmin a^T G a over the simplex.
 
 The algorithm of mtl_fast.reference.mgda_weights (active_set solver, as it runs on the CPU): G
@@ -165,24 +167,9 @@ scaled to unit largest active diagonal, `apg_iters` accelerated-projected-gradie
 start, then Wolfe's minimum-norm-point algorithm from the warm start's support (entries above
 support_rel * max), dropping corral coefficients <= drop_tol, affine minimiser with a ridge of
 ridge * max G_tt, stopping at a Frank-Wolfe gap <= tol (relative to the largest G_tt) or after
-max_iter iterations (default mgda_budget(T) = 5 T + 20). Inactive tasks (zero or non-finite
-gradient) get 0. The GIL is released.)doc");
-
-    // The keyword defaults under the names of the reference constants they mirror
-    // (tests/test_native_solvers.py checks them against mtl_fast.reference.solves).
-    py::dict defaults;
-    defaults["PINV_REL_EPS_FLOAT64"] = pinv.rel_eps;
-    defaults["PINV_FALLBACK_FACTOR"] = pinv.fallback_factor;
-    defaults["PINV_STEPS"] = pinv.steps;
-    defaults["PINV_PROJECTIONS"] = pinv.projections;
-    defaults["MGDA_APG_ITERS"] = mgda.apg_iters;
-    defaults["MGDA_POWER_ITERS"] = mgda.power_iters;
-    defaults["MGDA_LIPSCHITZ_SAFETY"] = mgda.lipschitz_safety;
-    defaults["MGDA_SUPPORT_REL"] = mgda.support_rel;
-    defaults["MGDA_DROP_TOL"] = mgda.drop_tol;
-    defaults["MGDA_RIDGE"] = mgda.ridge;
-    defaults["MGDA_TOL"] = mgda.tol;
-    m.attr("SOLVER_DEFAULTS") = defaults;
+max_iter iterations; norms, sums and step ratios are divided by at least division_floor.
+Inactive tasks (zero or non-finite gradient) get 0. Every keyword is required: pass
+mtl_fast._solve_constants.native_mgda_options(T). The GIL is released.)doc");
 }
 
 }  // namespace mtl_fast

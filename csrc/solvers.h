@@ -1,7 +1,7 @@
 // Gram-space weight solves for small T on the CPU: IMTL-G and exact MGDA.
 //
 // Pure C++17, no Python, no LAPACK: the pybind11 bindings live in solvers.cpp.  These are the
-// algorithms of the reference mtl_fast/reference/solves.py (the specification), step for step,
+// algorithms of the reference mtl_fast/reference/solve.py (the specification), step for step,
 // written with plain loops so that a T <= 256 solve costs microseconds instead of the hundreds of
 // PyTorch ops (each ~5-10 us of dispatch) of the reference.  Results agree with the reference up
 // to rounding (the order of floating-point sums differs); tests/test_native_solvers.py checks it.
@@ -40,26 +40,32 @@
 namespace mtl_fast {
 namespace solvers {
 
-// Defaults are the values of the reference constants (mtl_fast/reference/solves.py); the Python
-// dispatcher passes the reference's constants explicitly, so those stay the single source.
+// The options hold no values of their own: every tolerance, iteration count and floor comes from
+// the caller, i.e. from mtl_fast/_solve_constants.py (the one source the reference and the Triton
+// kernels read too) through the bindings in solvers.cpp.
 struct PinvOptions {
-    // PINV_REL_EPS[float64]: shift eps = rel_eps * sqrt(T).  The reference picks it by the dtype
-    // of G (pinv_rel_eps(G.dtype): 1e-5 for a Gram matrix accumulated in fp32), so callers pass it.
-    double rel_eps = 1e-10;
-    double fallback_factor = 100.0;  // PINV_FALLBACK_FACTOR: eps *= this if Cholesky fails
-    int steps = 3;                   // PINV_STEPS: k, iterated-Tikhonov steps
-    int projections = 4;             // PINV_PROJECTIONS: p, range projections
+    // Shift eps = rel_eps * sqrt(T) (PINV_REL_EPS, by the precision G was accumulated in).
+    double rel_eps;
+    double fallback_factor;  // PINV_FALLBACK_FACTOR: eps *= this if Cholesky fails
+    int steps;               // PINV_STEPS: k, iterated-Tikhonov steps
+    int projections;         // PINV_PROJECTIONS: p, range projections
+};
+
+struct ImtlGOptions {
+    PinvOptions pinv;
+    double sum_rel_tol;  // SUM_REL_TOL: normalise by sum|alpha| when |sum alpha| <= this * sum|alpha|
 };
 
 struct MgdaOptions {
-    int apg_iters = 100;            // MGDA_APG_ITERS: accelerated-projected-gradient warm start
-    int power_iters = 20;           // MGDA_POWER_ITERS: power iterations for lambda_max(M)
-    double lipschitz_safety = 2.5;  // MGDA_LIPSCHITZ_SAFETY: APG step 1 / (this * lambda_max)
-    double support_rel = 1e-9;      // MGDA_SUPPORT_REL: warm-start entries kept in the corral
-    double drop_tol = 1e-15;        // MGDA_DROP_TOL: corral coefficients <= this are dropped
-    double ridge = 1e-14;           // MGDA_RIDGE: ridge of the affine minimiser, * max_t M_tt
-    double tol = 1e-14;             // MGDA_TOL: Wolfe's stopping gap, * the largest active M_tt
-    long max_iter = 0;              // Wolfe's budget; <= 0: mgda_budget(T) = 5 T + 20
+    int apg_iters;            // MGDA_APG_ITERS: accelerated-projected-gradient warm start
+    int power_iters;          // MGDA_POWER_ITERS: power iterations for lambda_max(M)
+    double lipschitz_safety;  // MGDA_LIPSCHITZ_SAFETY: APG step 1 / (this * lambda_max)
+    double support_rel;       // MGDA_SUPPORT_REL: warm-start entries kept in the corral
+    double drop_tol;          // MGDA_DROP_TOL: corral coefficients <= this are dropped
+    double ridge;             // MGDA_RIDGE: ridge of the affine minimiser, * max_t M_tt
+    double tol;               // MGDA_TOL: Wolfe's stopping gap, * the largest active M_tt
+    double division_floor;    // DIVISION_FLOOR: smallest divisor of a norm, sum or step ratio
+    long max_iter;            // Wolfe's budget (mgda_budget(T) = 5 T + 20 from the dispatcher)
 };
 
 namespace detail {
@@ -343,15 +349,15 @@ inline Vec psd_pinv_solve(const Mat& A, const Vec& b, const PinvOptions& opt) {
     return x;
 }
 
-// alpha / sum(alpha); by sum|alpha| when the sum vanishes (|sum| <= 1e-12 sum|alpha|); all zeros
-// when sum|alpha| <= tiny or is NaN (reference: _normalise_sum).
-inline void normalise_sum(Vec& alpha) {
+// alpha / sum(alpha); by sum|alpha| when the sum vanishes (|sum| <= sum_rel_tol sum|alpha|); all
+// zeros when sum|alpha| <= tiny or is NaN (reference: _normalise_sum).
+inline void normalise_sum(Vec& alpha, double sum_rel_tol) {
     double total = 0.0, mass = 0.0;
     for (double v : alpha) {
         total += v;
         mass += std::fabs(v);
     }
-    const double denom = std::fabs(total) > 1e-12 * mass ? total : mass;
+    const double denom = std::fabs(total) > sum_rel_tol * mass ? total : mass;
     const bool ok = mass > kTiny;
     for (double& v : alpha) {
         v = ok ? v / denom : 0.0;
@@ -426,13 +432,13 @@ inline Vec apg_simplex(const Mat& Mt, const Mask& active, const MgdaOptions& opt
     }
     for (int it = 0; it < opt.power_iters; ++it) {
         matvec_t(Mt, v, Mv);
-        const double nrm = std::max(std::sqrt(dot(Mv.data(), Mv.data(), T)), 1e-300);
+        const double nrm = std::max(std::sqrt(dot(Mv.data(), Mv.data(), T)), opt.division_floor);
         for (std::size_t i = 0; i < T; ++i) {
             v[i] = Mv[i] / nrm;
         }
     }
     matvec_t(Mt, v, Mv);
-    const double lip = opt.lipschitz_safety * std::max(dot(v.data(), Mv.data(), T), 1e-300);
+    const double lip = opt.lipschitz_safety * std::max(dot(v.data(), Mv.data(), T), opt.division_floor);
 
     matvec_t(Mt, x, Mx);
     double fx = dot(x.data(), Mx.data(), T);
@@ -504,7 +510,7 @@ inline void lu_solve(Mat& K, Vec& rhs) {
 //
 // from the KKT system of the support  [M_SS + rho I   1] [y_S]   [0]
 //                                     [1^T            0] [ mu] = [1],
-// rho = 1e-14 max_t M_tt (keeps it regular when the corral is numerically affinely dependent).
+// rho = ridge * max_t M_tt (keeps it regular when the corral is numerically affinely dependent).
 inline void affine_min_norm(const Mat& M, const Mask& support, double ridge,
                             std::vector<std::size_t>& idx, Vec& y) {
     idx.clear();
@@ -702,7 +708,7 @@ inline Vec wolfe_min_norm(const Mat& M, const Mat& Mt, const Mask& active, long 
         }
         dmax = std::max(dmax, M(t, t));
     }
-    const double ridge = opt.ridge * std::max(dmax, 1e-300);
+    const double ridge = opt.ridge * std::max(dmax, opt.division_floor);
     const double smax = *std::max_element(start.begin(), start.end());
 
     Mask support(T, 0);
@@ -714,7 +720,7 @@ inline Vec wolfe_min_norm(const Mat& M, const Mat& Mt, const Mask& active, long 
         in_minor = in_minor || support[t];
     }
     auto normalise = [&]() {
-        const double s = std::max(sum(lam), 1e-300);
+        const double s = std::max(sum(lam), opt.division_floor);
         for (double& v : lam) {
             v /= s;
         }
@@ -762,7 +768,7 @@ inline Vec wolfe_min_norm(const Mat& M, const Mat& Mt, const Mask& active, long 
         for (std::size_t t = 0; t < T; ++t) {
             const bool dec = support[t] && y[t] <= 0.0;
             all_inside = all_inside && (y[t] > 0.0 || !support[t]);
-            ratio[t] = dec ? lam[t] / std::max(lam[t] - y[t], 1e-300) : kBig;
+            ratio[t] = dec ? lam[t] / std::max(lam[t] - y[t], opt.division_floor) : kBig;
             theta = std::min(theta, ratio[t]);
         }
         if (all_inside) {
@@ -804,7 +810,7 @@ inline Vec wolfe_min_norm(const Mat& M, const Mat& Mt, const Mask& active, long 
 // normalised to sum 1; beta = C^+ 1 by the filtered pseudo-inverse (psd_pinv_solve).  Inactive
 // tasks get n_t = 1 and an identity row/column in C, and weight 0.
 MTL_FAST_SOLVER_ENTRY inline void imtl_g(const double* G, std::size_t T, double* out,
-                                             const PinvOptions& opt = {}) {
+                                             const ImtlGOptions& opt) {
     using namespace detail;
     const Mask active = active_tasks(G, T);
     Vec n(T), b(T);
@@ -814,12 +820,12 @@ MTL_FAST_SOLVER_ENTRY inline void imtl_g(const double* G, std::size_t T, double*
     }
     // C = N^{-1} G N^{-1}
     const Mat C = masked(G, T, active, [&](std::size_t i, std::size_t j) { return n[i] * n[j]; });
-    const Vec beta = psd_pinv_solve(C, b, opt);
+    const Vec beta = psd_pinv_solve(C, b, opt.pinv);
     Vec alpha(T);
     for (std::size_t t = 0; t < T; ++t) {
         alpha[t] = active[t] ? beta[t] / n[t] : 0.0;
     }
-    normalise_sum(alpha);
+    normalise_sum(alpha, opt.sum_rel_tol);
     std::copy(alpha.begin(), alpha.end(), out);
 }
 
@@ -832,7 +838,7 @@ MTL_FAST_SOLVER_ENTRY inline void imtl_g(const double* G, std::size_t T, double*
 // where alpha_t > 0.  Solved on M = G / max_{t active} G_tt (inactive tasks masked to identity
 // rows and given weight 0) by Wolfe's algorithm warm-started by accelerated projected gradient.
 MTL_FAST_SOLVER_ENTRY inline void mgda(const double* G, std::size_t T, double* out,
-                                           const MgdaOptions& opt = {}) {
+                                           const MgdaOptions& opt) {
     using namespace detail;
     const Mask active = active_tasks(G, T);
     double scale = 0.0;
@@ -848,8 +854,7 @@ MTL_FAST_SOLVER_ENTRY inline void mgda(const double* G, std::size_t T, double* o
     const Mat Mt_copy = symmetric ? Mat(0) : transposed(M);
     const Mat& Mt = symmetric ? M : Mt_copy;
     const Vec start = apg_simplex(Mt, active, opt);
-    const long budget = opt.max_iter > 0 ? opt.max_iter : 5 * static_cast<long>(T) + 20;  // mgda_budget
-    const Vec lam = wolfe_min_norm(M, Mt, active, budget, opt, start);
+    const Vec lam = wolfe_min_norm(M, Mt, active, opt.max_iter, opt, start);
     for (std::size_t t = 0; t < T; ++t) {
         out[t] = active[t] ? lam[t] : 0.0;
     }

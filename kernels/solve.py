@@ -7,8 +7,9 @@ substitution and iteration runs on that tile with masked reductions. Loops whose
 data (Wolfe's algorithm) are ``while`` loops inside the kernel, so the host never reads a device
 value: the launchers allocate the output, launch and return (capturable in a CUDA graph).
 
-They reproduce :mod:`mtl_fast.reference.solves` (the specification) step by step, with the same
-constants (imported from there), the same degenerate-input rules (a task whose diagonal G_tt is
+They reproduce :mod:`mtl_fast.reference.solve` (the specification) step by step, with the same
+constants (read from :mod:`mtl_fast._solve_constants` at each launch, as compile-time constants
+of the kernels), the same degenerate-input rules (a task whose diagonal G_tt is
 zero or not finite, or whose row is not finite against the healthy tasks, is inactive: weight 0)
 and float64 arithmetic. Only the order of floating-point operations differs (sums, Cholesky
 solves through an explicit L⁻¹, the affine solve by a symmetric sweep instead of an LU of the
@@ -34,20 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mtl_fast.reference.solves import (
-    MGDA_APG_ITERS,
-    MGDA_DROP_TOL,
-    MGDA_LIPSCHITZ_SAFETY,
-    MGDA_POWER_ITERS,
-    MGDA_RIDGE,
-    MGDA_SUPPORT_REL,
-    MGDA_TOL,
-    PINV_FALLBACK_FACTOR,
-    PINV_PROJECTIONS,
-    PINV_STEPS,
-    mgda_budget,
-    pinv_rel_eps,
-)
+from mtl_fast import _solve_constants as SC
 
 #: Largest T the single-program kernels accept (the whole problem is one register tile).
 MAX_TASKS = 64
@@ -82,7 +70,7 @@ def _load_gram(g_ptr, T, stride_r, stride_c, BLOCK: tl.constexpr):
     """Load G into a float64 BLOCK×BLOCK tile (zeros outside T×T) and find the active tasks.
 
     active_t ⇔ t < T, G_tt finite and > 0, and G_tu finite for every u with a healthy diagonal
-    (:func:`mtl_fast.reference.solves.active_tasks`). Returns (tile, diag, active, idx, eye).
+    (:func:`mtl_fast.reference.solve.active_tasks`). Returns (tile, diag, active, idx, eye).
     """
     idx = tl.arange(0, BLOCK)
     ii = idx[:, None]
@@ -170,6 +158,7 @@ def _imtl_g_kernel(
     FALLBACK_REL_EPS: tl.constexpr,
     STEPS: tl.constexpr,
     PROJECTIONS: tl.constexpr,
+    SUM_REL_TOL: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """IMTL-G: solve C β = 1 with the filtered pseudo-inverse of C, α ∝ β / n, Σα = 1."""
@@ -205,7 +194,7 @@ def _imtl_g_kernel(
     total = tl.sum(alpha, axis=0)
     mass = tl.sum(tl.abs(alpha), axis=0)
     tiny = _f64(_F64_TINY)
-    denom = tl.where(tl.abs(total) > _f64(1e-12) * mass, total, mass)
+    denom = tl.where(tl.abs(total) > _f64(SUM_REL_TOL) * mass, total, mass)
     denom = tl.where(mass > tiny, denom, 1.0)
     alpha = tl.where(mass > tiny, alpha / denom, 0.0)
     tl.store(out_ptr + idx, alpha, mask=idx < T)
@@ -236,7 +225,7 @@ def _project_simplex(v, active, idx):
 
 
 @triton.jit
-def _affine_min_norm(m, support, idx, ridge, T):
+def _affine_min_norm(m, support, idx, ridge, floor, T):
     """y = argmin yᵀMy s.t. Σ_S y = 1, y = 0 off the corral S.
 
     The KKT conditions give (M_S + ρI) y ∝ 1_S, so y = u / Σu with u = (M_S + ρI)⁻¹ 1_S
@@ -257,7 +246,7 @@ def _affine_min_norm(m, support, idx, ridge, T):
     a = tl.where(pair, m, eye.to(tl.float64))
     a = tl.where(eye & support[:, None], a + ridge, a)
     s_i32 = support.to(tl.int32)
-    tiny = tl.full([], 1e-300, tl.float64)
+    tiny = floor
     for k in range(0, T):
         if tl.sum(tl.where(idx == k, s_i32, 0), axis=0) > 0:
             col = tl.sum(tl.where(jj == k, a, 0.0), axis=1)
@@ -288,14 +277,15 @@ def _mgda_kernel(
     DROP_TOL: tl.constexpr,
     TOL: tl.constexpr,
     RIDGE: tl.constexpr,
+    FLOOR: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """MGDA: min αᵀGα over the simplex; APG warm start, then Wolfe's algorithm (exact).
-    ``budget`` caps Wolfe's iterations (:func:`mtl_fast.reference.solves.mgda_budget`)."""
+    ``budget`` caps Wolfe's iterations (:func:`mtl_fast._solve_constants.mgda_budget`)."""
     g, diag, active, idx, eye = _load_gram(g_ptr, T, stride_r, stride_c, BLOCK)
     valid = idx < T
     big = _f64(_F64_MAX)
-    tiny = _f64(1e-300)
+    tiny = _f64(FLOOR)
     act_f = active.to(tl.float64)
 
     # Scale to unit largest active diagonal; identity rows/columns for inactive and padded tasks.
@@ -353,7 +343,7 @@ def _mgda_kernel(
         if done == 0:
             # Minor cycle: λ ← affine minimiser y over S if y > 0 on S, else move towards y until
             # a coordinate hits 0 and drop it from S.
-            ya = _affine_min_norm(m, support, idx, ridge, T)
+            ya = _affine_min_norm(m, support, idx, ridge, tiny, T)
             all_inside = tl.min(((ya > 0.0) | ~support).to(tl.int32), axis=0)
             dec = support & ~(ya > 0.0)
             ratio = tl.where(dec, lam / tl.maximum(lam - ya, tiny), big)
@@ -383,7 +373,7 @@ def _block(G: Tensor, what: str) -> int:
     if T > MAX_TASKS:
         raise ValueError(
             f"{what}: the single-program Triton solve takes T <= {MAX_TASKS} tasks; got T = {T} "
-            "(use the reference solve, mtl_fast.reference.solves)"
+            "(use the reference solve, mtl_fast.reference.solve)"
         )
     return max(MIN_BLOCK, triton.next_power_of_2(T))
 
@@ -398,6 +388,34 @@ def _out(G: Tensor) -> Tensor:
     return torch.empty(G.shape[0], dtype=dtype, device=G.device)
 
 
+def imtl_g_constants(dtype: torch.dtype) -> dict[str, float | int]:
+    """The compile-time constants of the IMTL-G kernel for a Gram matrix of ``dtype``, read from
+    :mod:`mtl_fast._solve_constants` at each launch."""
+    eps = SC.pinv_rel_eps(dtype)
+    return {
+        "REL_EPS": eps,
+        "FALLBACK_REL_EPS": eps * SC.PINV_FALLBACK_FACTOR,
+        "STEPS": SC.PINV_STEPS,
+        "PROJECTIONS": SC.PINV_PROJECTIONS,
+        "SUM_REL_TOL": SC.SUM_REL_TOL,
+    }
+
+
+def mgda_constants() -> dict[str, float | int]:
+    """The compile-time constants of the MGDA kernel, read from :mod:`mtl_fast._solve_constants`
+    at each launch (the iteration budget is a runtime argument, ``mgda_budget(T)``)."""
+    return {
+        "APG_ITERS": SC.MGDA_APG_ITERS,
+        "POWER": SC.MGDA_POWER_ITERS,
+        "LIP_SAFETY": SC.MGDA_LIPSCHITZ_SAFETY,
+        "SUPPORT_REL": SC.MGDA_SUPPORT_REL,
+        "DROP_TOL": SC.MGDA_DROP_TOL,
+        "TOL": SC.MGDA_TOL,
+        "RIDGE": SC.MGDA_RIDGE,
+        "FLOOR": SC.DIVISION_FLOOR,
+    }
+
+
 def _launch_imtl_g(G: Tensor, num_warps: int | None = None) -> tuple[Tensor, Any]:
     """Launch the IMTL-G kernel; returns (α, Triton's launch handle: on CUDA the compiled
     kernel, whose ``n_regs`` / ``n_spills`` show the register pressure)."""
@@ -409,10 +427,7 @@ def _launch_imtl_g(G: Tensor, num_warps: int | None = None) -> tuple[Tensor, Any
         G.shape[0],
         G.stride(0),
         G.stride(1),
-        REL_EPS=pinv_rel_eps(G.dtype),
-        FALLBACK_REL_EPS=pinv_rel_eps(G.dtype) * PINV_FALLBACK_FACTOR,
-        STEPS=PINV_STEPS,
-        PROJECTIONS=PINV_PROJECTIONS,
+        **imtl_g_constants(G.dtype),
         BLOCK=block,
         num_warps=num_warps or _num_warps(block),
     )
@@ -429,14 +444,8 @@ def _launch_mgda(G: Tensor, num_warps: int | None = None) -> tuple[Tensor, Any]:
         G.shape[0],
         G.stride(0),
         G.stride(1),
-        mgda_budget(G.shape[0]),
-        APG_ITERS=MGDA_APG_ITERS,
-        POWER=MGDA_POWER_ITERS,
-        LIP_SAFETY=MGDA_LIPSCHITZ_SAFETY,
-        SUPPORT_REL=MGDA_SUPPORT_REL,
-        DROP_TOL=MGDA_DROP_TOL,
-        TOL=MGDA_TOL,
-        RIDGE=MGDA_RIDGE,
+        SC.mgda_budget(G.shape[0]),
+        **mgda_constants(),
         BLOCK=block,
         num_warps=num_warps or _num_warps(block),
     )
@@ -451,8 +460,8 @@ def imtl_g_solve(G: Tensor) -> Tensor:
         (Gα)_t / n_t = const  ⇔  C β = 1 with C = N⁻¹GN⁻¹, n_t = sqrt(G_tt),  α_t ∝ β_t / n_t,
 
     which equals the paper's α_{2..T} = g_1Uᵀ(DUᵀ)⁻¹, α_1 = 1 − Σ_{t≥2} α_t where that is
-    defined. As :func:`mtl_fast.reference.solves.imtl_g_weights`: β = the filtered
-    pseudo-inverse of :func:`~mtl_fast.reference.solves.psd_pinv_solve` (one Cholesky of C + εI,
+    defined. As :func:`mtl_fast.reference.solve.imtl_g_weights`: β = the filtered
+    pseudo-inverse of :func:`~mtl_fast.reference.solve.psd_pinv_solve` (one Cholesky of C + εI,
     ε = PINV_REL_EPS·tr C, or PINV_FALLBACK_REL_EPS·tr C if a pivot is not positive; PINV_STEPS
     iterated-Tikhonov steps and the range projection), inactive tasks 0, normalised to Σα = 1
     (by Σ|α| when Σα vanishes; all zeros when no task is active).
@@ -472,13 +481,14 @@ def mgda_solve(G: Tensor) -> Tensor:
 
     Sener & Koltun (2018), eq. 3: min_α αᵀGα over {α ≥ 0, Σα = 1}; optimal iff
     (Gα)_t ≥ αᵀGα for all t with equality where α_t > 0. As the reference
-    (:func:`mtl_fast.reference.solves.mgda_weights`, ``solver="active_set"``): on G scaled to
+    (:func:`mtl_fast.reference.solve.mgda_weights`, ``solver="active_set"``): on G scaled to
     unit largest active diagonal, a warm start by FISTA with function-value restart (step 1/L,
-    L = 2.5·λ_max from power iteration; exact sort-free simplex projection), then Wolfe's (1976)
-    minimum-norm-point algorithm — major cycle: stop when min_t (Mλ)_t ≥ λᵀMλ − 1e-14, else
-    add the most violating vertex; minor cycle: affine minimiser y ∝ (M_S + ρI)⁻¹1 over the
-    corral S, step to it or to the boundary and drop the blocking vertex — in a device ``while``
-    loop of at most 5T + 20 iterations. Inactive tasks get 0; no active task gives all zeros.
+    L = MGDA_LIPSCHITZ_SAFETY·λ_max from power iteration; exact sort-free simplex projection),
+    then Wolfe's (1976) minimum-norm-point algorithm — major cycle: stop when
+    min_t (Mλ)_t ≥ λᵀMλ − MGDA_TOL, else add the most violating vertex; minor cycle: affine
+    minimiser y ∝ (M_S + ρI)⁻¹1 over the corral S, step to it or to the boundary and drop the
+    blocking vertex — in a device ``while`` loop of at most ``mgda_budget(T)`` = 5T + 20
+    iterations. Inactive tasks get 0; no active task gives all zeros.
 
     Args:
         G: [T, T] float tensor, T ≤ 64, any strides (see :func:`imtl_g_solve`).

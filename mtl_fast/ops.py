@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast import _backend
+from mtl_fast import _solve_constants as SC
 from mtl_fast._validation import (
     GradsLike,
     TaskRows,
@@ -26,8 +27,12 @@ from mtl_fast._validation import (
     check_out,
     check_weights,
 )
-from mtl_fast.reference import passes as _ref_passes
-from mtl_fast.reference import solves as _ref_solves
+from mtl_fast.reference import imtl_g_weights as _ref_imtl_g_weights
+from mtl_fast.reference import mgda_weights as _ref_mgda_weights
+from mtl_fast.reference._chunks import accumulation_dtype
+from mtl_fast.reference.combine import combine_rows as _ref_combine_rows
+from mtl_fast.reference.gram import gram_rows as _ref_gram_rows
+from mtl_fast.reference.gram import raise_if_nonfinite
 
 #: Largest T served by the native CPU IMTL-G solver (beyond it LAPACK's blocked Cholesky through
 #: PyTorch is faster than the native unblocked one).
@@ -84,10 +89,10 @@ def gram_rows(rows: TaskRows, *, backend: str = "auto", check_finite: bool = Fal
         use = "torch"
     if use == "triton":
         return _kernels().gram_rows(rows)
-    G = _ref_passes._gram_rows(rows)
+    G = _ref_gram_rows(rows)
     if check_finite and (rows.device.type == "cpu" or backend == "torch"):
-        _ref_passes.raise_if_nonfinite(G)
-    return G.to(_ref_passes.accumulation_dtype(rows.dtype))
+        raise_if_nonfinite(G)
+    return G.to(accumulation_dtype(rows.dtype))
 
 
 def _solve_backend(G: Tensor, backend: str) -> str:
@@ -108,17 +113,8 @@ def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
     if backend == "auto" and G.device.type == "cpu" and T <= NATIVE_IMTL_G_MAX_T:
         solve = _native("imtl_g_solve")
         if solve is not None:
-            return _from_native(
-                solve(
-                    _to_native(G),
-                    rel_eps=_ref_solves.pinv_rel_eps(G.dtype),
-                    fallback_factor=_ref_solves.PINV_FALLBACK_FACTOR,
-                    steps=_ref_solves.PINV_STEPS,
-                    projections=_ref_solves.PINV_PROJECTIONS,
-                ),
-                G,
-            )
-    return _ref_solves.imtl_g_weights(G)
+            return _from_native(solve(_to_native(G), **SC.native_imtl_g_options(G.dtype)), G)
+    return _ref_imtl_g_weights(G)
 
 
 def mgda_weights(
@@ -151,23 +147,8 @@ def mgda_weights(
         if backend == "auto" and G.device.type == "cpu":
             solve = _native("mgda_solve")
             if solve is not None:
-                return _from_native(
-                    solve(
-                        _to_native(G),
-                        apg_iters=_ref_solves.MGDA_APG_ITERS,
-                        power_iters=_ref_solves.MGDA_POWER_ITERS,
-                        lipschitz_safety=_ref_solves.MGDA_LIPSCHITZ_SAFETY,
-                        support_rel=_ref_solves.MGDA_SUPPORT_REL,
-                        drop_tol=_ref_solves.MGDA_DROP_TOL,
-                        ridge=_ref_solves.MGDA_RIDGE,
-                        tol=_ref_solves.MGDA_TOL,
-                        max_iter=_ref_solves.mgda_budget(T),
-                    ),
-                    G,
-                )
-    return _ref_solves.mgda_weights(
-        G, constrained=constrained, solver=solver, max_iter=max_iter, tol=tol
-    )
+                return _from_native(solve(_to_native(G), **SC.native_mgda_options(T)), G)
+    return _ref_mgda_weights(G, constrained=constrained, solver=solver, max_iter=max_iter, tol=tol)
 
 
 def combine(
@@ -194,7 +175,7 @@ def combine_rows(
     """:func:`combine` on validated rows and weights."""
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
         return _kernels().combine_rows(rows, weights, out)
-    return _ref_passes._combine_rows(rows, weights, out)
+    return _ref_combine_rows(rows, weights, out)
 
 
 def _to_native(G: Tensor):

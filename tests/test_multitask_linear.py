@@ -24,13 +24,12 @@ from torch import Tensor, nn
 
 import mtl_fast.methods
 from mtl_fast import multitask_linear as mtl
-from mtl_fast.multitask_linear import (
-    MultiTaskLinear,
-    balanced_input_grad,
-    structured_gram,
-    structured_gram_reference,
-)
+from mtl_fast.multitask_linear import MultiTaskLinear, balanced_input_grad, structured_gram
+from mtl_fast.reference import structured_gram as structured_gram_reference
 from mtl_fast.weighting import Weighting
+
+#: The module (``mtl_fast.reference.structured_gram`` is the function of the same name).
+structured_gram_module = importlib.import_module("mtl_fast.reference.structured_gram")
 
 # ------------------------------------------------------------------------ the methods under test
 
@@ -542,8 +541,8 @@ def test_reference_blocking_and_chunking(monkeypatch):
     delta = torch.randn(N, T * k, generator=g)
     weight = torch.randn(T * k, C, generator=g)
     full = structured_gram_reference(delta, weight, T)
-    monkeypatch.setattr(mtl, "REF_BLOCK_ELEMS", 5 * T * k * k)
-    monkeypatch.setattr(mtl, "REF_SAMPLE_CHUNK", 8)
+    monkeypatch.setattr(structured_gram_module, "BLOCK_ELEMS", 5 * T * k * k)
+    monkeypatch.setattr(structured_gram_module, "SAMPLE_CHUNK", 8)
     blocked = structured_gram_reference(delta, weight, T)
     assert torch.equal(blocked, blocked.T)
     torch.testing.assert_close(blocked, full, rtol=1e-5, atol=1e-5 * full.abs().max().item())

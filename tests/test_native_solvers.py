@@ -1,5 +1,8 @@
 """Tests of the native CPU solves mtl_fast._C.imtl_g_solve / mgda_solve against the reference
-(mtl_fast.reference.solves, the specification), and of their use by mtl_fast.ops on the CPU."""
+(mtl_fast.reference.solve, the specification), and of their use by mtl_fast.ops on the CPU.
+
+The native solvers take every constant as a required keyword; :func:`_imtl` and :func:`_mgda`
+call them with the values of mtl_fast._solve_constants, overridden by the keywords given."""
 
 from __future__ import annotations
 
@@ -12,10 +15,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mtl_fast._C as _C
+from mtl_fast import _solve_constants as SC
 from mtl_fast import ops
-from mtl_fast.reference import solves as S
+from mtl_fast.reference import imtl_g_weights, mgda_weights
 
 TS = [1, 2, 3, 5, 8, 16, 40, 64, 128, 256]
+
+
+def _imtl(G, **override) -> np.ndarray:
+    """``_C.imtl_g_solve`` with the float64 constants of mtl_fast._solve_constants."""
+    return _C.imtl_g_solve(G, **{**SC.native_imtl_g_options(torch.float64), **override})
+
+
+def _mgda(G, **override) -> np.ndarray:
+    """``_C.mgda_solve`` with the constants of mtl_fast._solve_constants (budget for G's T; T = 1
+    when G has no square shape, for the validation tests)."""
+    T = np.shape(G)[0] if np.ndim(G) == 2 else 1
+    return _C.mgda_solve(G, **{**SC.native_mgda_options(T), **override})
 
 
 def _seeds(T: int) -> range:
@@ -37,11 +53,11 @@ def _gram(T: int, D: int | None = None, seed: int = 0) -> np.ndarray:
 
 
 def _ref_imtl(G: np.ndarray | torch.Tensor) -> np.ndarray:
-    return S.imtl_g_weights(torch.as_tensor(G)).double().numpy()
+    return imtl_g_weights(torch.as_tensor(G)).double().numpy()
 
 
 def _ref_mgda(G: np.ndarray) -> np.ndarray:
-    return S.mgda_weights(torch.as_tensor(G)).numpy()
+    return mgda_weights(torch.as_tensor(G)).numpy()
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,7 +99,7 @@ def _assert_kkt(G: np.ndarray, a: np.ndarray, tol: float = 1e-10) -> None:
 def test_imtl_g_matches_reference(T: int) -> None:
     for seed in _seeds(T):
         G = _gram(T, seed=seed)
-        a = _C.imtl_g_solve(G)
+        a = _imtl(G)
         assert a.dtype == np.float64 and a.shape == (T,)
         assert _rel_err(a, _ref_imtl(G)) <= 1e-10
         assert abs(a.sum() - 1.0) <= 1e-12
@@ -93,7 +109,7 @@ def test_imtl_g_matches_reference(T: int) -> None:
 def test_mgda_matches_reference(T: int) -> None:
     for seed in _seeds(T):
         G = _gram(T, seed=seed)  # positive definite: the minimiser is unique
-        a, ref = _C.mgda_solve(G), _ref_mgda(G)
+        a, ref = _mgda(G), _ref_mgda(G)
         assert a.dtype == np.float64 and a.shape == (T,)
         _assert_same_objective(G, a, ref)
         np.testing.assert_allclose(a, ref, rtol=0, atol=1e-9)
@@ -104,7 +120,7 @@ def test_mgda_matches_reference(T: int) -> None:
 def test_mgda_rank_deficient(T: int) -> None:
     """T > D: the minimiser need not be unique; the objective is, and the KKT conditions hold."""
     G = _gram(T, D=max(T // 2, 1), seed=T)
-    a = _C.mgda_solve(G)
+    a = _mgda(G)
     _assert_kkt(G, a)
     if T <= 128:
         _assert_same_objective(G, a, _ref_mgda(G))
@@ -118,10 +134,10 @@ def test_imtl_g_rank_deficient(T: int) -> None:
     aggregated gradient Jᵀα."""
     J = _jacobian(T, max(T // 2, 1), seed=T)
     G32 = torch.from_numpy(J @ J.T).float()
-    a32 = _C.imtl_g_solve(G32.double().numpy(), rel_eps=S.pinv_rel_eps(torch.float32))
+    a32 = _imtl(G32.double().numpy(), rel_eps=SC.pinv_rel_eps(torch.float32))
     assert _rel_err(a32, _ref_imtl(G32)) <= 1e-6
     G = J @ J.T
-    a, ref = _C.imtl_g_solve(G), _ref_imtl(G)
+    a, ref = _imtl(G), _ref_imtl(G)
     assert _rel_err(a, ref) <= 1e-3
     ga, gr = J.T @ a, J.T @ ref
     assert ga @ gr / (np.linalg.norm(ga) * np.linalg.norm(gr)) >= 1 - 1e-9
@@ -132,8 +148,8 @@ def test_non_symmetric_input() -> None:
     G = _gram(12, seed=5)
     G = G + 1e-13 * np.triu(np.ones_like(G), 1) * np.abs(G).max()
     assert not np.array_equal(G, G.T)
-    assert _rel_err(_C.imtl_g_solve(G), _ref_imtl(G)) <= 1e-10
-    np.testing.assert_allclose(_C.mgda_solve(G), _ref_mgda(G), rtol=0, atol=1e-9)
+    assert _rel_err(_imtl(G), _ref_imtl(G)) <= 1e-10
+    np.testing.assert_allclose(_mgda(G), _ref_mgda(G), rtol=0, atol=1e-9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,9 +161,9 @@ def test_published_case() -> None:
     """J = [[-4, 1, 1], [6, 1, 1]] (the IMTL/MGDA comparison example)."""
     J = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
     G = J @ J.T
-    np.testing.assert_allclose(_C.imtl_g_solve(G), [0.5923, 0.4077], atol=5e-5)
-    np.testing.assert_allclose(_C.mgda_solve(G), [0.6, 0.4], rtol=0, atol=1e-14)
-    g = J.T @ _C.imtl_g_solve(G)  # equal projections onto the unit gradients
+    np.testing.assert_allclose(_imtl(G), [0.5923, 0.4077], atol=5e-5)
+    np.testing.assert_allclose(_mgda(G), [0.6, 0.4], rtol=0, atol=1e-14)
+    g = J.T @ _imtl(G)  # equal projections onto the unit gradients
     u = J / np.linalg.norm(J, axis=1, keepdims=True)
     assert abs(u[0] @ g - u[1] @ g) <= 1e-12 * np.linalg.norm(g)
 
@@ -170,12 +186,12 @@ def test_inactive_task(value: float) -> None:
     t = 2
     base = _gram(6, seed=1)
     G = _bad_row(base, t, value)
-    for solve, tol in ((_C.imtl_g_solve, 1e-10), (_C.mgda_solve, 1e-9)):
+    for solve, tol in ((_imtl, 1e-10), (_mgda, 1e-9)):
         a = solve(G)
         assert a[t] == 0.0
         np.testing.assert_allclose(np.delete(a, t), solve(_without(base, t)), rtol=0, atol=tol)
-    np.testing.assert_allclose(_C.imtl_g_solve(G), _ref_imtl(G), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(_C.mgda_solve(G), _ref_mgda(G), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_imtl(G), _ref_imtl(G), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(_mgda(G), _ref_mgda(G), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -189,8 +205,8 @@ def test_inactive_task(value: float) -> None:
 def test_inactive_like_reference(edit) -> None:
     G = _gram(5, seed=2)
     edit(G)
-    np.testing.assert_allclose(_C.imtl_g_solve(G), _ref_imtl(G), rtol=0, atol=1e-10)
-    np.testing.assert_allclose(_C.mgda_solve(G), _ref_mgda(G), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(_imtl(G), _ref_imtl(G), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(_mgda(G), _ref_mgda(G), rtol=0, atol=1e-9)
 
 
 def test_duplicate_rows() -> None:
@@ -199,11 +215,11 @@ def test_duplicate_rows() -> None:
     J = _jacobian(5, 9, seed=3)
     Jd = np.vstack([J, J[1:2]])  # task 5 duplicates task 1
     G, Gd = J @ J.T, Jd @ Jd.T
-    a, ad = _C.imtl_g_solve(G), _C.imtl_g_solve(Gd)
+    a, ad = _imtl(G), _imtl(Gd)
     np.testing.assert_allclose(ad[1], ad[5], rtol=1e-5)
     np.testing.assert_allclose(np.r_[ad[0], ad[1] + ad[5], ad[2:5]], a, rtol=0, atol=1e-5)
     np.testing.assert_allclose(ad, _ref_imtl(Gd), rtol=0, atol=1e-5)
-    m, md = _C.mgda_solve(G), _C.mgda_solve(Gd)
+    m, md = _mgda(G), _mgda(Gd)
     _assert_kkt(Gd, md)
     _assert_same_objective(Gd, md, _ref_mgda(Gd))
     _assert_same_objective(G, m, np.r_[md[0], md[1] + md[5], md[2:5]])
@@ -212,23 +228,23 @@ def test_duplicate_rows() -> None:
 def test_all_zero_and_single_task() -> None:
     for T in (1, 2, 7):
         Z = np.zeros((T, T))
-        assert np.array_equal(_C.imtl_g_solve(Z), np.zeros(T))
-        assert np.array_equal(_C.mgda_solve(Z), np.zeros(T))
+        assert np.array_equal(_imtl(Z), np.zeros(T))
+        assert np.array_equal(_mgda(Z), np.zeros(T))
     for g in (1e-30, 3.0, 1e30):
-        assert np.array_equal(_C.imtl_g_solve(np.array([[g]])), [1.0])
-        assert np.array_equal(_C.mgda_solve(np.array([[g]])), [1.0])
+        assert np.array_equal(_imtl(np.array([[g]])), [1.0])
+        assert np.array_equal(_mgda(np.array([[g]])), [1.0])
 
 
 def test_antipodal_pair() -> None:
     """g_2 = −g_1: 0 lies in the hull, α = (½, ½); also through the bordered-system fallback
     (ridge 0 makes the corral's matrix exactly singular, so its Cholesky factorisation fails)."""
     G = np.array([[4.0, -4.0], [-4.0, 4.0]])
-    for ridge in (S.MGDA_RIDGE, 0.0):
-        np.testing.assert_allclose(_C.mgda_solve(G, ridge=ridge), [0.5, 0.5], atol=1e-12)
+    for ridge in (SC.MGDA_RIDGE, 0.0):
+        np.testing.assert_allclose(_mgda(G, ridge=ridge), [0.5, 0.5], atol=1e-12)
     J = _jacobian(4, 6, seed=4)
     Jd = np.vstack([J, J, -J[:1]])  # every task twice, and one reversed: singular corrals
     Gd = Jd @ Jd.T
-    a = _C.mgda_solve(Gd)
+    a = _mgda(Gd)
     _assert_kkt(Gd, a)
     _assert_same_objective(Gd, a, _ref_mgda(Gd))
 
@@ -244,7 +260,7 @@ def test_pinv_fallback_shift() -> None:
     for depth in (1e-9, 1e-3):  # below / above the fallback shift 1e-8 sqrt(3)
         G = C - depth * np.outer(null, null)
         assert np.linalg.eigvalsh(G).min() < 0
-        np.testing.assert_allclose(_C.imtl_g_solve(G), _ref_imtl(G), rtol=1e-6)
+        np.testing.assert_allclose(_imtl(G), _ref_imtl(G), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,54 +268,38 @@ def test_pinv_fallback_shift() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_defaults_are_the_reference_constants() -> None:
-    ref = {
-        "PINV_REL_EPS_FLOAT64": S.PINV_REL_EPS[torch.float64],
-        "PINV_FALLBACK_FACTOR": S.PINV_FALLBACK_FACTOR,
-        "PINV_STEPS": S.PINV_STEPS,
-        "PINV_PROJECTIONS": S.PINV_PROJECTIONS,
-        "MGDA_APG_ITERS": S.MGDA_APG_ITERS,
-        "MGDA_POWER_ITERS": S.MGDA_POWER_ITERS,
-        "MGDA_LIPSCHITZ_SAFETY": S.MGDA_LIPSCHITZ_SAFETY,
-        "MGDA_SUPPORT_REL": S.MGDA_SUPPORT_REL,
-        "MGDA_DROP_TOL": S.MGDA_DROP_TOL,
-        "MGDA_RIDGE": S.MGDA_RIDGE,
-        "MGDA_TOL": S.MGDA_TOL,
-    }
-    assert dict(_C.SOLVER_DEFAULTS) == ref
+@pytest.mark.parametrize(
+    ("solve", "options"),
+    [
+        (_C.imtl_g_solve, SC.native_imtl_g_options(torch.float64)),
+        (_C.mgda_solve, SC.native_mgda_options(7)),
+    ],
+    ids=["imtl_g", "mgda"],
+)
+def test_every_constant_is_a_required_keyword(solve, options: dict) -> None:
+    """The native solvers have no constants of their own: each keyword of the options that
+    mtl_fast._solve_constants builds is required (leaving one out raises, no hidden default),
+    and they take no other keyword (one the module does not know raises)."""
     G = _gram(7, seed=6)
-    explicit = _C.mgda_solve(
-        G,
-        apg_iters=S.MGDA_APG_ITERS,
-        power_iters=S.MGDA_POWER_ITERS,
-        lipschitz_safety=S.MGDA_LIPSCHITZ_SAFETY,
-        support_rel=S.MGDA_SUPPORT_REL,
-        drop_tol=S.MGDA_DROP_TOL,
-        ridge=S.MGDA_RIDGE,
-        tol=S.MGDA_TOL,
-        max_iter=S.mgda_budget(7),
-    )
-    assert np.array_equal(explicit, _C.mgda_solve(G))
-    explicit = _C.imtl_g_solve(
-        G,
-        rel_eps=S.pinv_rel_eps(torch.float64),
-        fallback_factor=S.PINV_FALLBACK_FACTOR,
-        steps=S.PINV_STEPS,
-        projections=S.PINV_PROJECTIONS,
-    )
-    assert np.array_equal(explicit, _C.imtl_g_solve(G))
+    assert np.all(np.isfinite(solve(G, **options)))
+    for name in options:
+        partial = {k: v for k, v in options.items() if k != name}
+        with pytest.raises(TypeError):
+            solve(G, **partial)
+    with pytest.raises(TypeError):
+        solve(G, **options, unknown_constant=1.0)
 
 
 def test_warm_start_does_not_change_the_minimiser() -> None:
     """Wolfe's algorithm is exact from any warm start (apg_iters = 0: from the barycentre)."""
     G = _gram(30, seed=7)
-    np.testing.assert_allclose(_C.mgda_solve(G, apg_iters=0), _C.mgda_solve(G), atol=1e-9)
+    np.testing.assert_allclose(_mgda(G, apg_iters=0), _mgda(G), atol=1e-9)
 
 
 def test_float32_precision_shift() -> None:
     """rel_eps is the caller's: the fp32 shift gives the reference's weights for a float32 G."""
     G32 = torch.from_numpy(_gram(10, D=6, seed=8)).float()
-    a = _C.imtl_g_solve(G32.double().numpy(), rel_eps=S.pinv_rel_eps(torch.float32))
+    a = _imtl(G32.double().numpy(), rel_eps=SC.pinv_rel_eps(torch.float32))
     assert _rel_err(a, _ref_imtl(G32)) <= 1e-6
 
 
@@ -320,7 +320,7 @@ def test_float32_precision_shift() -> None:
     ],
 )
 def test_validation(G, match: str) -> None:
-    for solve in (_C.imtl_g_solve, _C.mgda_solve):
+    for solve in (_imtl, _mgda):
         with pytest.raises(ValueError, match=match):
             solve(G)
 
@@ -328,19 +328,19 @@ def test_validation(G, match: str) -> None:
 @pytest.mark.parametrize(
     ("solve", "kwargs", "match"),
     [
-        (_C.imtl_g_solve, {"rel_eps": 0.0}, "rel_eps"),
-        (_C.imtl_g_solve, {"rel_eps": float("nan")}, "rel_eps"),
-        (_C.imtl_g_solve, {"fallback_factor": 0.5}, "fallback_factor"),
-        (_C.imtl_g_solve, {"steps": 0}, "steps"),
-        (_C.imtl_g_solve, {"projections": -1}, "projections"),
-        (_C.mgda_solve, {"apg_iters": -1}, "apg_iters"),
-        (_C.mgda_solve, {"power_iters": 0}, "power_iters"),
-        (_C.mgda_solve, {"lipschitz_safety": 0.0}, "lipschitz_safety"),
-        (_C.mgda_solve, {"support_rel": 1.0}, "support_rel"),
-        (_C.mgda_solve, {"drop_tol": -1.0}, "drop_tol"),
-        (_C.mgda_solve, {"ridge": float("inf")}, "ridge"),
-        (_C.mgda_solve, {"tol": -1e-3}, "tol"),
-        (_C.mgda_solve, {"max_iter": 0}, "max_iter"),
+        (_imtl, {"rel_eps": 0.0}, "rel_eps"),
+        (_imtl, {"rel_eps": float("nan")}, "rel_eps"),
+        (_imtl, {"fallback_factor": 0.5}, "fallback_factor"),
+        (_imtl, {"steps": 0}, "steps"),
+        (_imtl, {"projections": -1}, "projections"),
+        (_mgda, {"apg_iters": -1}, "apg_iters"),
+        (_mgda, {"power_iters": 0}, "power_iters"),
+        (_mgda, {"lipschitz_safety": 0.0}, "lipschitz_safety"),
+        (_mgda, {"support_rel": 1.0}, "support_rel"),
+        (_mgda, {"drop_tol": -1.0}, "drop_tol"),
+        (_mgda, {"ridge": float("inf")}, "ridge"),
+        (_mgda, {"tol": -1e-3}, "tol"),
+        (_mgda, {"max_iter": 0}, "max_iter"),
     ],
 )
 def test_keyword_validation(solve, kwargs, match: str) -> None:
@@ -352,9 +352,9 @@ def test_input_untouched_and_threads() -> None:
     """G is only read; concurrent calls (the GIL is released) give the serial results."""
     mats = [_gram(T, seed=T) for T in (5, 20, 60, 90) for _ in range(2)]
     copies = [G.copy() for G in mats]
-    serial = [(_C.imtl_g_solve(G), _C.mgda_solve(G)) for G in mats]
+    serial = [(_imtl(G), _mgda(G)) for G in mats]
     with ThreadPoolExecutor(4) as pool:
-        threaded = list(pool.map(lambda G: (_C.imtl_g_solve(G), _C.mgda_solve(G)), mats * 2))
+        threaded = list(pool.map(lambda G: (_imtl(G), _mgda(G)), mats * 2))
     for (a, m), (b, n) in zip(serial * 2, threaded):
         assert np.array_equal(a, b) and np.array_equal(m, n)
     assert all(np.array_equal(G, C) for G, C in zip(mats, copies))
@@ -392,18 +392,19 @@ def test_ops_auto_uses_native(monkeypatch, dtype: torch.dtype, T: int) -> None:
         assert len(calls) == 1  # backend="torch" stays on the reference
 
 
-def test_ops_passes_reference_constants(monkeypatch) -> None:
-    """The dispatcher passes the reference's constants, with the shift for G's precision."""
+def test_ops_passes_the_solve_constants(monkeypatch) -> None:
+    """The dispatcher passes the constants of mtl_fast._solve_constants, with the shift for G's
+    precision and the budget for its T."""
     for dtype in (torch.float32, torch.float64):
         G = torch.from_numpy(_gram(6, seed=9)).to(dtype)
         calls = _spy(monkeypatch, "imtl_g_solve")
         ops.imtl_g_weights(G)
-        assert calls[0].get("rel_eps") == S.pinv_rel_eps(dtype), calls[0]
-        assert calls[0].get("projections") == S.PINV_PROJECTIONS
+        assert calls == [SC.native_imtl_g_options(dtype)]
+        assert calls[0]["rel_eps"] == SC.PINV_REL_EPS[dtype]
         calls = _spy(monkeypatch, "mgda_solve")
         ops.mgda_weights(G)
-        assert calls[0].get("apg_iters") == S.MGDA_APG_ITERS, calls[0]
-        assert calls[0].get("max_iter") == S.mgda_budget(6)
+        assert calls == [SC.native_mgda_options(6)]
+        assert calls[0]["max_iter"] == SC.mgda_budget(6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,10 +418,10 @@ def test_permutation_equivariance(T: int, seed: int, data) -> None:
     G = _gram(T, D=T + 3, seed=seed)
     perm = np.array(data.draw(st.permutations(range(T))))
     Gp = G[np.ix_(perm, perm)]
-    a, ap = _C.imtl_g_solve(G), _C.imtl_g_solve(Gp)
+    a, ap = _imtl(G), _imtl(Gp)
     assert abs(a.sum() - 1) <= 1e-12 and abs(ap.sum() - 1) <= 1e-12
     assert _rel_err(ap, a[perm]) <= 1e-9
-    m, mp = _C.mgda_solve(G), _C.mgda_solve(Gp)
+    m, mp = _mgda(G), _mgda(Gp)
     assert np.all(m >= 0) and abs(m.sum() - 1) <= 1e-12
     np.testing.assert_allclose(mp, m[perm], rtol=0, atol=1e-9)
     _assert_kkt(G, m)

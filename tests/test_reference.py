@@ -17,6 +17,7 @@ The Triton kernels and the native solvers are checked against the reference else
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import numpy as np
@@ -26,7 +27,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mtl_fast import reference as ref
-from mtl_fast.reference import passes as P
+from mtl_fast.reference import _chunks
+
+#: The module (``mtl_fast.reference.gram`` is the function of the same name).
+gram_module = importlib.import_module("mtl_fast.reference.gram")
 
 U32 = 2.0**-24
 U64 = 2.0**-53
@@ -160,7 +164,10 @@ def _gram_bound(J: torch.Tensor) -> np.ndarray:
     if J.dtype == torch.float64:
         return (D + 2) * U64 * B
     widen = max(1, 32 // torch.finfo(J.dtype).bits)
-    block = P.fine_block(T) if T <= P.FINE_MAX_T else P._chunk_size(D, widen, P.FINE_BLOCK)
+    if T <= gram_module.FINE_MAX_T:
+        block = gram_module.fine_block(T)
+    else:
+        block = _chunks.chunk_size(D, widen, gram_module.FINE_BLOCK)
     return (min(block, D) + 2) * U32 * B
 
 
@@ -181,7 +188,7 @@ def test_gram_matches_float64_oracle(T: int, dtype: torch.dtype) -> None:
     assert torch.equal(G, G.T)
 
 
-@pytest.mark.parametrize("shape", [(17, 241), (5, (P.MIN_CHUNK + 1) // 5)], ids=str)
+@pytest.mark.parametrize("shape", [(17, 241), (5, (_chunks.MIN_CHUNK + 1) // 5)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gram_deterministic_and_layout_independent(
     dtype: torch.dtype, shape: tuple[int, int]
@@ -213,9 +220,9 @@ def test_gram_deterministic_and_layout_independent(
 
 
 def _chunk_dims() -> list[int]:
-    C = P._chunk_size(10**5, 1, P.FINE_BLOCK)
-    assert C == P.MIN_CHUNK and C % P.FINE_BLOCK == 0
-    return [C - 1, C, C + 1, C + P.FINE_BLOCK // 2 + 3, 2 * C + 1]
+    C = _chunks.chunk_size(10**5, 1, gram_module.FINE_BLOCK)
+    assert C == _chunks.MIN_CHUNK and C % gram_module.FINE_BLOCK == 0
+    return [C - 1, C, C + 1, C + gram_module.FINE_BLOCK // 2 + 3, 2 * C + 1]
 
 
 @pytest.mark.parametrize("D", _chunk_dims())
@@ -243,8 +250,8 @@ def test_many_chunks(monkeypatch, dtype: torch.dtype) -> None:
     J = torch.tensor(_jacobian(6, 5 * 2048 + 517, seed=7), dtype=torch.float32).to(dtype)
     w = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0, 3.0])
     G_default, c_default = ref.gram(J), ref.combine(J, w)
-    monkeypatch.setattr(P, "MIN_CHUNK", 2048)
-    assert P._chunk_size(J.shape[1], 1, P.FINE_BLOCK) == 2048
+    monkeypatch.setattr(_chunks, "MIN_CHUNK", 2048)
+    assert _chunks.chunk_size(J.shape[1], 1, gram_module.FINE_BLOCK) == 2048
     for grads in (J, list(J)):
         G = ref.gram(grads)
         assert np.all(np.abs(G.double().numpy() - _np_gram(J.double().numpy())) <= _gram_bound(J))
@@ -308,7 +315,7 @@ def test_combine_out_accumulates() -> None:
     torch.testing.assert_close(out64, ref.combine(J, w).double())
 
 
-@pytest.mark.parametrize("D", [300, 2 * P.MIN_CHUNK + 5])
+@pytest.mark.parametrize("D", [300, 2 * _chunks.MIN_CHUNK + 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_combine_skips_zero_weight_nonfinite_rows(dtype: torch.dtype, D: int) -> None:
     """Zero-weight rows are never read on the CPU (only the kept rows are gathered, chunk by
@@ -744,7 +751,7 @@ def test_psd_pinv_solve_leaves_a_unless_overwrite() -> None:
 def test_combine_out_layouts_and_dtypes(dtype, layout: str, out_dtype) -> None:
     """``out=`` of any floating dtype and layout receives the fp32 chunk sums (several chunks,
     a zero weight): the same as adding the fp32 total computed separately."""
-    T, rows, cols = 5, 130, 2 * P.MIN_CHUNK // 128
+    T, rows, cols = 5, 130, 2 * _chunks.MIN_CHUNK // 128
     J = torch.tensor(_jacobian(T, rows * cols, seed=9), dtype=torch.float32).to(dtype)
     J = J.reshape(T, rows, cols)
     w = torch.tensor([0.5, 0.0, -1.0, 2.0, 0.25])
@@ -764,11 +771,11 @@ def test_combine_out_layouts_and_dtypes(dtype, layout: str, out_dtype) -> None:
 def test_fine_gram_groups_match_one_batched_gemm(monkeypatch) -> None:
     """Grouping the fine blocks (bounded fp32 partial products) changes only the float64
     reduction order: the same Gram to float64 rounding as one batched GEMM over all blocks."""
-    J = torch.tensor(_jacobian(5, 40 * P.FINE_BLOCK + 77, seed=11), dtype=torch.float32)
+    J = torch.tensor(_jacobian(5, 40 * gram_module.FINE_BLOCK + 77, seed=11), dtype=torch.float32)
     grouped = ref.gram(J)
-    monkeypatch.setattr(P, "FINE_GROUP_ELEMS", 1 << 40)  # one group
+    monkeypatch.setattr(gram_module, "FINE_GROUP_ELEMS", 1 << 40)  # one group
     whole = ref.gram(J)
-    monkeypatch.setattr(P, "FINE_GROUP_ELEMS", 3 * 25)  # three blocks per group
+    monkeypatch.setattr(gram_module, "FINE_GROUP_ELEMS", 3 * 25)  # three blocks per group
     small = ref.gram(J)
     torch.testing.assert_close(grouped, whole, rtol=1e-7, atol=0)
     torch.testing.assert_close(small, whole, rtol=1e-7, atol=0)

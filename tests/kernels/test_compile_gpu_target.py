@@ -82,16 +82,10 @@ SCRIPT = textwrap.dedent(
                  "stride_c": "i32"}
     for T in (16, 64):
         block = S._block(torch.empty(T, T, device="meta"), "compile check")
-        eps = S.pinv_rel_eps(torch.float32)
         build(f"imtl_g_T{T}", S._imtl_g_kernel, solve_sig,
-              dict(REL_EPS=eps, FALLBACK_REL_EPS=eps * S.PINV_FALLBACK_FACTOR,
-                   STEPS=S.PINV_STEPS, PROJECTIONS=S.PINV_PROJECTIONS, BLOCK=block),
-              S._num_warps(block))
+              dict(S.imtl_g_constants(torch.float32), BLOCK=block), S._num_warps(block))
         build(f"mgda_T{T}", S._mgda_kernel, {**solve_sig, "budget": "i32"},
-              dict(APG_ITERS=S.MGDA_APG_ITERS, POWER=S.MGDA_POWER_ITERS,
-                   LIP_SAFETY=S.MGDA_LIPSCHITZ_SAFETY, SUPPORT_REL=S.MGDA_SUPPORT_REL,
-                   DROP_TOL=S.MGDA_DROP_TOL, TOL=S.MGDA_TOL, RIDGE=S.MGDA_RIDGE, BLOCK=block),
-              S._num_warps(block))
+              dict(S.mgda_constants(), BLOCK=block), S._num_warps(block))
     for dtype, T, K in [(torch.float32, 1024, 1), (torch.bfloat16, 40, 3)]:
         cfg = SG.structured_gram_config(T, 256, 512, dtype, cuda, splits=4)
         build(f"structured_{str(dtype)[6:]}_T{T}_k{K}", SG._structured_gram_kernel,

@@ -13,6 +13,11 @@ Nothing here branches on tensor values on the host, so the solves run on a CUDA 
 synchronisation (capturable in a CUDA graph). The only loops with a data-dependent exit (Wolfe's
 algorithm) stop early on the CPU, where reading a flag is free, and run a fixed budget of masked
 no-op iterations elsewhere.
+
+The tolerances, iteration counts and floors are read at call time from
+:mod:`mtl_fast._solve_constants`, the one module the Triton kernels (``kernels/solve.py``) and the
+native solvers (:mod:`mtl_fast._C`) take them from too. Mirrors: ``kernels/solve.py``,
+``tests/kernels/test_solve.py``.
 """
 
 from __future__ import annotations
@@ -20,49 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mtl_fast import _solve_constants as SC
 from mtl_fast._validation import check_gram
-
-#: Shift ε of :func:`psd_pinv_solve` relative to sqrt(T) for a unit-diagonal T×T matrix, by the
-#: precision of the Gram matrix it came from. Rounding noise in a Gram matrix accumulated in fp32
-#: is ~1e-7 per entry of C (eigenvalue noise ~1e-7·sqrt(T)); ε sits two orders of magnitude above
-#: it, so directions at the noise level are cut and genuine ones (λ ≫ ε) are kept. The dtype of
-#: G must reflect its precision: a Gram matrix accumulated in fp32 and then cast to float64
-#: should be passed as float32.
-PINV_REL_EPS = {torch.float32: 1e-5, torch.float64: 1e-10}
-#: Multiplier of ε when the first Cholesky factorisation fails (an indefinite, very noisy matrix).
-PINV_FALLBACK_FACTOR = 100.0
-#: Iterated-Tikhonov steps k: relative bias (ε/λ)^k on an eigenvalue λ ≫ ε.
-PINV_STEPS = 3
-#: Applications p of the range projection I − (ε(A+εI)⁻¹)^k: near-null directions (λ ≪ ε) are
-#: suppressed like (λ/ε)^p.
-PINV_PROJECTIONS = 4
-#: Accelerated-projected-gradient iterations that warm-start Wolfe's algorithm in MGDA.
-MGDA_APG_ITERS = 100
-#: Power iterations estimating λ_max(G) for the APG step, and the safety factor on 2·λ_max.
-MGDA_POWER_ITERS = 20
-MGDA_LIPSCHITZ_SAFETY = 2.5
-#: Warm-start entries below this fraction of the largest one are left out of the first corral.
-MGDA_SUPPORT_REL = 1e-9
-#: A corral coefficient at or below this is dropped in a minor cycle.
-MGDA_DROP_TOL = 1e-15
-#: Ridge (relative to the largest diagonal) of the affine minimiser's KKT system.
-MGDA_RIDGE = 1e-14
-#: Stopping tolerance of Wolfe's algorithm: Frank-Wolfe gap relative to the largest G_tt.
-MGDA_TOL = 1e-14
-#: Wolfe iterations after the warm start off the CPU for T > 64 (a fixed budget: no host sync).
-MGDA_DEVICE_BUDGET = 16
-
-
-def mgda_budget(num_tasks: int) -> int:
-    """Iteration cap of Wolfe's algorithm (each task enters and leaves the corral a few times
-    at most in practice); the loop exits earlier on convergence."""
-    return 5 * num_tasks + 20
-
-
-def pinv_rel_eps(dtype: torch.dtype) -> float:
-    """The relative shift of :func:`psd_pinv_solve` for a Gram matrix of this dtype (fp16/bf16
-    Gram matrices do not occur: Gram matrices are accumulated in fp32 at least)."""
-    return PINV_REL_EPS[torch.float64 if dtype == torch.float64 else torch.float32]
 
 
 def _out_dtype(G: Tensor) -> torch.dtype:
@@ -134,7 +98,7 @@ def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float, *, overwrite_a: bool = 
     L, info = torch.linalg.cholesky_ex(shifted)
     ok = info == 0
     if A.device.type != "cpu" or not bool(ok):  # on the CPU the flag is free to read
-        eps_fb = eps * PINV_FALLBACK_FACTOR
+        eps_fb = eps * SC.PINV_FALLBACK_FACTOR
         shifted.diagonal().add_(eps_fb - eps)
         L_fb, _ = torch.linalg.cholesky_ex(shifted)
         L = torch.where(ok, L, L_fb)
@@ -146,13 +110,13 @@ def psd_pinv_solve(A: Tensor, b: Tensor, rel_eps: float, *, overwrite_a: bool = 
 
     x = torch.zeros_like(b)
     y = b
-    for _ in range(PINV_STEPS):
+    for _ in range(SC.PINV_STEPS):
         y = shrink(y)
         x = x + y
     x = x / eps
-    for _ in range(PINV_PROJECTIONS):
+    for _ in range(SC.PINV_PROJECTIONS):
         z = x
-        for _ in range(PINV_STEPS):
+        for _ in range(SC.PINV_STEPS):
             z = shrink(z)
         x = x - z
     return x
@@ -163,7 +127,7 @@ def _normalise_sum(alpha: Tensor) -> Tensor:
     total = alpha.sum()
     mass = alpha.abs().sum()
     tiny = torch.finfo(alpha.dtype).tiny
-    denom = torch.where(total.abs() > 1e-12 * mass, total, mass)
+    denom = torch.where(total.abs() > SC.SUM_REL_TOL * mass, total, mass)
     return torch.where(mass > tiny, alpha / torch.where(mass > tiny, denom, 1.0), 0.0)
 
 
@@ -185,7 +149,7 @@ def imtl_g_weights(G: Tensor) -> Tensor:
     """
     check_gram(G)
     C, n, active = unit_gram(G)
-    beta = psd_pinv_solve(C, active.to(C.dtype), pinv_rel_eps(G.dtype), overwrite_a=True)
+    beta = psd_pinv_solve(C, active.to(C.dtype), SC.pinv_rel_eps(G.dtype), overwrite_a=True)
     alpha = torch.where(active, beta / n, 0.0)
     return _normalise_sum(alpha).to(_out_dtype(G))
 
@@ -201,7 +165,7 @@ def mgda_unconstrained_weights(G: Tensor) -> Tensor:
     check_gram(G)
     C, n, active = unit_gram(G)
     gamma = psd_pinv_solve(
-        C, torch.where(active, 1.0 / n, 0.0), pinv_rel_eps(G.dtype), overwrite_a=True
+        C, torch.where(active, 1.0 / n, 0.0), SC.pinv_rel_eps(G.dtype), overwrite_a=True
     )
     return _normalise_sum(torch.where(active, gamma / n, 0.0)).to(_out_dtype(G))
 
@@ -223,7 +187,11 @@ def _affine_min_norm(G: Tensor, support: Tensor) -> Tensor:
         k = idx.numel()
         K = torch.zeros((k + 1, k + 1), dtype=G.dtype)
         K[:k, :k] = G[idx][:, idx]
-        K[:k, :k] += MGDA_RIDGE * G.diagonal().max().clamp_min(1e-300) * torch.eye(k, dtype=G.dtype)
+        K[:k, :k] += (
+            SC.MGDA_RIDGE
+            * G.diagonal().max().clamp_min(SC.DIVISION_FLOOR)
+            * torch.eye(k, dtype=G.dtype)
+        )
         K[:k, k] = 1.0
         K[k, :k] = 1.0
         rhs = torch.zeros(k + 1, dtype=G.dtype)
@@ -238,7 +206,9 @@ def _affine_min_norm(G: Tensor, support: Tensor) -> Tensor:
     K = torch.zeros((T + 1, T + 1), dtype=G.dtype, device=G.device)
     K[:T, :T] = torch.where(pair, G, eye)
     # Tiny ridge keeps the system regular when the corral is (numerically) affinely dependent.
-    K[:T, :T] += MGDA_RIDGE * G.diagonal().max().clamp_min(1e-300) * eye * ones[:, None]
+    K[:T, :T] += (
+        SC.MGDA_RIDGE * G.diagonal().max().clamp_min(SC.DIVISION_FLOOR) * eye * ones[:, None]
+    )
     K[:T, T] = ones
     K[T, :T] = ones
     rhs = torch.zeros(T + 1, dtype=G.dtype, device=G.device)
@@ -267,16 +237,16 @@ def project_simplex(v: Tensor, active: Tensor) -> Tensor:
 
 def _apg_simplex(G: Tensor, active: Tensor, iters: int) -> Tensor:
     """Accelerated projected gradient (FISTA with function-value restart) for min αᵀGα on the
-    simplex. Step 1/L with L = MGDA_LIPSCHITZ_SAFETY·λ_max(G), λ_max from MGDA_POWER_ITERS power
-    iterations (2·λ_max is the Lipschitz constant of the gradient; the margin covers the power
-    method's underestimate)."""
+    simplex. Step 1/L with L = MGDA_LIPSCHITZ_SAFETY·λ_max(G), λ_max from MGDA_POWER_ITERS
+    power iterations (2·λ_max is the Lipschitz constant of the gradient; the margin covers the
+    power method's underestimate)."""
     T = G.shape[0]
     x = active.to(G.dtype) / active.sum().clamp_min(1)
     v = torch.ones(T, dtype=G.dtype, device=G.device)
-    for _ in range(MGDA_POWER_ITERS):
+    for _ in range(SC.MGDA_POWER_ITERS):
         v = G @ v
-        v = v / v.norm().clamp_min(1e-300)
-    lip = MGDA_LIPSCHITZ_SAFETY * (v @ (G @ v)).clamp_min(1e-300)
+        v = v / v.norm().clamp_min(SC.DIVISION_FLOOR)
+    lip = SC.MGDA_LIPSCHITZ_SAFETY * (v @ (G @ v)).clamp_min(SC.DIVISION_FLOOR)
     y = x
     t = torch.ones((), dtype=G.dtype, device=G.device)
     fx = x @ (G @ x)
@@ -320,9 +290,9 @@ def _wolfe_min_norm(
         lam = support.to(G.dtype)
         in_minor = torch.zeros((), dtype=torch.bool, device=G.device)
     else:
-        support = active & (start > MGDA_SUPPORT_REL * start.max())
+        support = active & (start > SC.MGDA_SUPPORT_REL * start.max())
         lam = torch.where(support, start, 0.0)
-        lam = lam / lam.sum().clamp_min(1e-300)
+        lam = lam / lam.sum().clamp_min(SC.DIVISION_FLOOR)
         in_minor = support.any()
     done = torch.zeros((), dtype=torch.bool, device=G.device)
     stop_early = G.device.type == "cpu"
@@ -342,17 +312,17 @@ def _wolfe_min_norm(
         all_inside = inside.all()
         # Largest step θ ∈ [0, 1] keeping λ + θ(y − λ) ≥ 0 on S.
         dec = support & (y <= 0)
-        ratio = torch.where(dec, lam / (lam - y).clamp_min(1e-300), big)
+        ratio = torch.where(dec, lam / (lam - y).clamp_min(SC.DIVISION_FLOOR), big)
         theta = torch.clamp(ratio.min(), 0.0, 1.0)
         step_y = ~done & all_inside
         step_partial = ~done & ~all_inside
         lam_partial = lam + theta * (y - lam)
         blocking = dec & (ratio <= theta)
-        drop = support & step_partial & (blocking | (lam_partial <= MGDA_DROP_TOL))
+        drop = support & step_partial & (blocking | (lam_partial <= SC.MGDA_DROP_TOL))
         lam_partial = torch.where(drop, 0.0, lam_partial)
         lam = torch.where(step_y, y.clamp_min(0.0), torch.where(step_partial, lam_partial, lam))
         support = support & ~drop
-        lam = lam / lam.sum().clamp_min(1e-300)
+        lam = lam / lam.sum().clamp_min(SC.DIVISION_FLOOR)
         in_minor = step_partial
         if stop_early and bool(done):
             break
@@ -373,7 +343,9 @@ def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int, tol: float) 
     d = G.diagonal()
     # Best pair (i, j): γ = clamp((G_jj − G_ij) / (G_ii + G_jj − 2G_ij), 0, 1) on g_i.
     denom = d[:, None] + d[None, :] - 2 * G
-    gamma = torch.where(denom > 0, (d[None, :] - G) / denom.clamp_min(1e-300), 1.0).clamp(0, 1)
+    gamma = torch.where(
+        denom > 0, (d[None, :] - G) / denom.clamp_min(SC.DIVISION_FLOOR), 1.0
+    ).clamp(0, 1)
     cost = gamma**2 * d[:, None] + (1 - gamma) ** 2 * d[None, :] + 2 * gamma * (1 - gamma) * G
     pair_ok = active[:, None] & active[None, :]
     cost = torch.where(pair_ok, cost, big)
@@ -390,7 +362,7 @@ def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int, tol: float) 
         t = torch.argmin(torch.where(active, w, big)).view(1)
         v11, v12, v22 = lam @ w, w.gather(0, t)[0], d.gather(0, t)[0]
         den = v11 + v22 - 2 * v12
-        g = torch.where(den > 0, (v22 - v12) / den.clamp_min(1e-300), 1.0).clamp(0, 1)
+        g = torch.where(den > 0, (v22 - v12) / den.clamp_min(SC.DIVISION_FLOOR), 1.0).clamp(0, 1)
         new = g * lam + (1 - g) * (ar == t).to(G.dtype)
         change = (new - lam).abs().sum()
         lam = torch.where(done, lam, new)
@@ -419,10 +391,10 @@ def mgda_weights(
         constrained: ``False`` drops α ≥ 0 and returns the closed form G α ∝ 1 of Liu et al. 2021 §4
             (:func:`mgda_unconstrained_weights`).
         solver: ``"active_set"`` (default): Wolfe's minimum-norm-point algorithm, exact up to
-            rounding (stops when the Frank-Wolfe gap is below ``tol`` = 1e-14 of the largest
+            rounding (stops when the Frank-Wolfe gap is below ``tol`` = MGDA_TOL of the largest
             squared norm, then the corral's affine solve is exact); ``"frank_wolfe"``: the
-            original code's Frank-Wolfe iteration (default 250 iterations, tol 1e-5), kept for
-            fidelity.
+            original code's Frank-Wolfe iteration (default MGDA_FW_ITERS iterations, tol
+            MGDA_FW_TOL), kept for fidelity.
         max_iter, tol: override the solver's iteration budget / stopping tolerance.
 
     Inactive tasks (zero or non-finite gradient) get weight 0. The problem is solved on G scaled
@@ -438,13 +410,15 @@ def mgda_weights(
     M = torch.where(active[:, None] & active[None, :], M / scale, M)
     T = G.shape[0]
     if solver == "active_set":
-        start = _apg_simplex(M, active, MGDA_APG_ITERS)
+        start = _apg_simplex(M, active, SC.MGDA_APG_ITERS)
         budget = max_iter or (
-            mgda_budget(T) if M.device.type == "cpu" or T <= 64 else MGDA_DEVICE_BUDGET
+            SC.mgda_budget(T) if M.device.type == "cpu" or T <= 64 else SC.MGDA_DEVICE_BUDGET
         )
-        lam = _wolfe_min_norm(M, active, budget, MGDA_TOL if tol is None else tol, start=start)
+        lam = _wolfe_min_norm(M, active, budget, SC.MGDA_TOL if tol is None else tol, start=start)
     elif solver == "frank_wolfe":
-        lam = _frank_wolfe_min_norm(M, active, max_iter or 250, 1e-5 if tol is None else tol)
+        lam = _frank_wolfe_min_norm(
+            M, active, max_iter or SC.MGDA_FW_ITERS, SC.MGDA_FW_TOL if tol is None else tol
+        )
     else:
         raise ValueError(f"unknown MGDA solver {solver!r}; expected 'active_set' or 'frank_wolfe'")
     lam = torch.where(active, lam, 0.0)

@@ -3,7 +3,7 @@
 G_ab = Σ_{i,j} (Δ_aᵀΔ_b)_{ij} (W_a W_bᵀ)_{ij} for Δ [N, T·k], W [T·k, C]: the Gram matrix of the
 feature gradients g_t = Δ_t W_t of a multi-task linear head. Checked against a float64 oracle
 (the explicit Gram of the g_t, built from the exact input values) and against the reference
-:func:`mtl_fast.multitask_linear.structured_gram_reference` (the specification). Without a GPU
+:func:`mtl_fast.reference.structured_gram` (the specification). Without a GPU
 the kernel runs in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET), so the cases
 are small; with one the same tests also run on CUDA through the ``device`` fixture.
 
@@ -22,7 +22,8 @@ from torch import Tensor
 pytest.importorskip("triton")
 
 from mtl_fast import _backend
-from mtl_fast.multitask_linear import structured_gram, structured_gram_reference
+from mtl_fast.multitask_linear import structured_gram
+from mtl_fast.reference import structured_gram as structured_gram_reference
 
 if not _backend.triton_available():  # pragma: no cover - Triton installed but kernels broken
     pytest.skip(

@@ -1,6 +1,6 @@
 """Tests of the single-program Triton solves (kernels/solve.py): IMTL-G and MGDA for T ≤ 64.
 
-Checked against the reference (:mod:`mtl_fast.reference.solves`, the specification), against
+Checked against the reference (:mod:`mtl_fast.reference.solve`, the specification), against
 independent float64 NumPy oracles (IMTL-G: the paper's α_{2..T} = g_1Uᵀ(DUᵀ)⁻¹; MGDA: KKT
 systems enumerated over every support for T ≤ 6, and the KKT stationarity conditions), on the
 published two-task case, on degenerate input, and through the public API. Without a GPU the
@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 from mtl_fast import _backend, ops
-from mtl_fast.reference import solves as ref
+from mtl_fast import _solve_constants as SC
+from mtl_fast import reference as ref
 
 if not _backend.triton_available():  # pragma: no cover - Triton installed but kernels broken
     pytest.skip(
@@ -174,7 +175,7 @@ def test_imtl_g_matches_paper_formula(dev, T):
 def test_imtl_g_fallback_shift(dev):
     """C + εI indefinite through noise between ε and the fallback shift: the kernel refactors
     with the fallback shift, like the reference."""
-    eps = ref.pinv_rel_eps(torch.float64) * 3**0.5
+    eps = SC.pinv_rel_eps(torch.float64) * 3**0.5
     delta = 10 * eps  # C_01 = 1 + δ: λ_min(C) ≈ −δ, beyond ε but within the fallback shift
     G = torch.tensor(
         [[1.0, 1.0 + delta, 0.1], [1.0 + delta, 1.0, 0.1], [0.1, 0.1, 2.0]],
@@ -184,7 +185,7 @@ def test_imtl_g_fallback_shift(dev):
     C = G / (n[:, None] * n[None, :])
     eye = torch.eye(3, dtype=torch.float64)
     assert int(torch.linalg.cholesky_ex(C + eps * eye)[1]) != 0  # the first factorisation fails
-    fallback = eps * ref.PINV_FALLBACK_FACTOR
+    fallback = eps * SC.PINV_FALLBACK_FACTOR
     assert int(torch.linalg.cholesky_ex(C + fallback * eye)[1]) == 0  # the fallback succeeds
     want = ref.imtl_g_weights(G)
     _assert_rel(imtl_g_solve(G.to(dev)), want, 1e-9, "fallback")
