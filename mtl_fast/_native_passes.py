@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast import _backend
-from mtl_fast._validation import TaskRows
+from mtl_fast._validation import TaskRows, nonfinite_task_message
 
 _DTYPE_NAMES = {
     torch.float32: "float32",
@@ -62,8 +62,6 @@ def gram_rows(rows: TaskRows, *, check_finite: bool) -> Tensor:
             naming the tasks.
     """
     import mtl_fast._C as C
-
-    from mtl_fast._validation import nonfinite_task_message
 
     T = rows.num_tasks
     dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
