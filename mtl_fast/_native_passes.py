@@ -9,7 +9,11 @@
 
 The instruction set (AVX-512, AVX2 or portable) is chosen at run time by the extension;
 :func:`mtl_fast._C.set_cpu_isa` or ``$MTL_FAST_CPU_ISA`` force one (the tests force the portable
-path). Threads: ``torch.get_num_threads()``.
+path). Threads: ``torch.get_num_threads()`` for passes over at least :data:`PARALLEL_MIN_ELEMS`
+elements, one below. The extension's OpenMP runtime is not PyTorch's: each leaves its worker
+threads spinning for a while after a parallel region, so on a machine with few cores a small
+parallel pass next to PyTorch ops was measured to cost ~8 ms of contention (2-core EPYC) where the
+single-threaded pass takes tens of µs.
 """
 
 from __future__ import annotations
@@ -45,6 +49,14 @@ def serves(rows: TaskRows) -> bool:
     return rows.device.type == "cpu" and rows.dtype in _DTYPE_NAMES and available()
 
 
+#: Elements (T·D) from which a pass runs on ``torch.get_num_threads()`` threads.
+PARALLEL_MIN_ELEMS = 1 << 24
+
+
+def _threads(rows: TaskRows) -> int:
+    return torch.get_num_threads() if rows.num_tasks * rows.numel >= PARALLEL_MIN_ELEMS else 1
+
+
 def _addresses(rows: TaskRows) -> list[int]:
     """The address of each row's first element (rows are contiguous: see ``as_task_rows``)."""
     stacked = rows.stacked
@@ -72,7 +84,7 @@ def gram_rows(rows: TaskRows, *, check_finite: bool) -> Tensor:
         _DTYPE_NAMES[rows.dtype],
         G.data_ptr(),
         _DTYPE_NAMES[dtype],
-        torch.get_num_threads(),
+        _threads(rows),
     )
     if check_finite and bad:
         raise ValueError(nonfinite_task_message(bad))
@@ -106,7 +118,7 @@ def combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
         target.data_ptr(),
         _DTYPE_NAMES[target.dtype],
         direct,
-        torch.get_num_threads(),
+        _threads(rows),
     )
     if out is None or direct:
         return target
