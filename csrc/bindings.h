@@ -12,5 +12,7 @@ void register_all(pybind11::module_& m);
 void register_welford(pybind11::module_& m);
 // solvers.cpp: mtl_fast._C.imtl_g_solve / mgda_solve, the Gram-space weight solves.
 void register_solvers(pybind11::module_& m);
+// cpu_passes.cpp: mtl_fast._C.gram_rows / combine_rows, the native CPU passes over the rows.
+void register_cpu_passes(pybind11::module_& m);
 
 }  // namespace mtl_fast

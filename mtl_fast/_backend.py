@@ -3,9 +3,10 @@
 * ``"torch"``: :mod:`mtl_fast.reference`, pure PyTorch, any device.
 * ``"triton"``: :mod:`mtl_fast.kernels`; CUDA tensors, or CPU tensors when ``TRITON_INTERPRET=1``
   (how the tests run the kernels on a machine without a GPU).
-* ``"auto"``: Triton for CUDA tensors when Triton imports; otherwise the reference, with the small
-  T×T solves served by the native extension ``mtl_fast._C`` on the CPU when it is built (the same
-  algorithms, without PyTorch's per-op overhead, tested against the reference).
+* ``"auto"``: Triton for CUDA tensors when Triton imports; otherwise the reference, with the
+  Gram and combine passes and the small T×T solves served by the native extension ``mtl_fast._C``
+  on the CPU when it is built (the same contracts and algorithms, without PyTorch's per-op
+  overhead, tested against the reference; see :mod:`mtl_fast._native_passes`).
 """
 
 from __future__ import annotations

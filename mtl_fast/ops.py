@@ -5,8 +5,9 @@ The math lives in :mod:`mtl_fast.reference` (the specification); the Triton kern
 (:mod:`mtl_fast.kernels`) and the native CPU solvers (:mod:`mtl_fast._C`) are tested against it.
 
 Non-finite gradients:
-    * reference path (``backend="torch"``, and ``"auto"`` on the CPU): :func:`gram` raises
-      ``ValueError`` naming the task (this reads one flag from the device).
+    * CPU (the reference, ``backend="torch"``, or the native passes, ``"auto"``), and the
+      reference on any device: :func:`gram` raises ``ValueError`` naming the task (this reads
+      one flag from the device).
     * Triton path: no host sync. The NaN/Inf reaches the task's diagonal entry of G; the solves
       treat such a task as inactive (weight 0) and the combine kernel skips zero-weight tasks.
       The methods record the flag and report it lazily (:class:`mtl_fast.Weighting`).
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_fast import _backend
+from mtl_fast import _backend, _native_passes
 from mtl_fast import _solve_constants as SC
 from mtl_fast._validation import (
     GradsLike,
@@ -81,14 +82,18 @@ TRITON_GRAM_MAX_T = 256
 
 
 def gram_rows(rows: TaskRows, *, backend: str = "auto", check_finite: bool = False) -> Tensor:
-    """:func:`gram` on validated rows. ``check_finite`` applies to the reference path on the CPU
-    only (the device paths never sync); the autograd layer passes ``False`` and handles
-    non-finite tasks itself (:class:`mtl_fast.Weighting`)."""
+    """:func:`gram` on validated rows. ``check_finite`` applies on the CPU only (the device paths
+    never sync); the autograd layer passes ``False`` and handles non-finite tasks itself
+    (:class:`mtl_fast.Weighting`). ``backend="auto"`` on the CPU uses the native one-pass kernel
+    (:mod:`mtl_fast._native_passes`: rows read in place, upper triangle only) when the extension
+    is built; ``"torch"`` always runs the reference."""
     use = _backend.resolve(backend, rows.device, rows.dtype)
     if use == "triton" and backend == "auto" and rows.num_tasks > TRITON_GRAM_MAX_T:
         use = "torch"
     if use == "triton":
         return _kernels().gram_rows(rows)
+    if backend == "auto" and _native_passes.serves(rows):
+        return _native_passes.gram_rows(rows, check_finite=check_finite)
     G = _ref_gram_rows(rows)
     if check_finite and (rows.device.type == "cpu" or backend == "torch"):
         raise_if_nonfinite(G)
@@ -175,6 +180,8 @@ def combine_rows(
     """:func:`combine` on validated rows and weights."""
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
         return _kernels().combine_rows(rows, weights, out)
+    if backend == "auto" and _native_passes.serves(rows):
+        return _native_passes.combine_rows(rows, weights, out)
     return _ref_combine_rows(rows, weights, out)
 
 

@@ -105,14 +105,19 @@ def test_resolve_triton_on_cpu_needs_interpreter(monkeypatch, value: str | None)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_torch_backend_is_the_reference(dtype: torch.dtype) -> None:
-    """backend="torch" (and "auto" for the passes on the CPU) returns the reference's results."""
+    """backend="torch" returns the reference's results; "auto" on the CPU (the native passes when
+    built, tests/kernels/test_cpu_passes_native.py) agrees to rounding."""
     J = _grads(5, 300, seed=1, dtype=dtype)
     w = torch.tensor([0.1, 0.4, 0.2, 0.0, 0.3])
-    for backend in ("torch", "auto"):
-        G = mtl_fast.gram(J, backend=backend)
-        assert torch.equal(G, ref.gram(J))
-        assert G.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-        assert torch.equal(mtl_fast.combine(J, w, backend=backend), ref.combine(J, w))
+    G = mtl_fast.gram(J, backend="torch")
+    assert torch.equal(G, ref.gram(J))
+    assert G.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert torch.equal(mtl_fast.combine(J, w, backend="torch"), ref.combine(J, w))
+    G_auto = mtl_fast.gram(J, backend="auto")
+    assert G_auto.dtype == G.dtype
+    torch.testing.assert_close(G_auto, G, rtol=1e-6, atol=1e-6 * float(G.abs().max()))
+    c = ref.combine(J, w)
+    torch.testing.assert_close(mtl_fast.combine(J, w, backend="auto"), c)
     G = ref.gram(J)
     assert torch.equal(mtl_fast.imtl_g_weights(G, backend="torch"), ref.imtl_g_weights(G))
     assert torch.equal(mtl_fast.mgda_weights(G, backend="torch"), ref.mgda_weights(G))

@@ -1,0 +1,125 @@
+"""The native CPU passes of ``mtl_fast._C`` (``csrc/cpu_passes.h``) on :class:`TaskRows`.
+
+* :func:`gram_rows`: G = J Jᵀ with the reference's accumulation contract (fp32 products summed
+  within blocks of columns, float64 across blocks; float64 throughout for float64 rows), only
+  the upper triangle computed, the T rows read in place through their addresses (no slicing,
+  stacking or widening copy), the non-finite check folded into the diagonal.
+* :func:`combine_rows`: Σ_t α_t g_t (Liu et al. 2021, eq. 2) over column chunks kept in cache,
+  zero-weight tasks skipped, ``out=`` accumulated in place.
+
+The instruction set (AVX-512, AVX2 or portable) is chosen at run time by the extension;
+:func:`mtl_fast._C.set_cpu_isa` or ``$MTL_FAST_CPU_ISA`` force one (the tests force the portable
+path). Threads: ``torch.get_num_threads()`` for passes over at least :data:`PARALLEL_MIN_ELEMS`
+elements, one below. The extension's OpenMP runtime is not PyTorch's: each leaves its worker
+threads spinning for a while after a parallel region, so on a machine with few cores a small
+parallel pass next to PyTorch ops was measured to cost ~8 ms of contention (2-core EPYC) where the
+single-threaded pass takes tens of µs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from mtl_fast import _backend
+from mtl_fast._validation import TaskRows, nonfinite_task_message
+
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
+
+
+@functools.cache
+def available() -> bool:
+    """The extension is built and has the CPU passes (an older build may lack them)."""
+    if not _backend.native_available():
+        return False
+    import mtl_fast._C as C
+
+    return hasattr(C, "gram_rows") and hasattr(C, "combine_rows")
+
+
+def serves(rows: TaskRows) -> bool:
+    """The native passes can read these rows: CPU tensors of a supported dtype."""
+    return rows.device.type == "cpu" and rows.dtype in _DTYPE_NAMES and available()
+
+
+#: Elements (T·D) from which a pass runs on ``torch.get_num_threads()`` threads.
+PARALLEL_MIN_ELEMS = 1 << 24
+
+
+def _threads(rows: TaskRows) -> int:
+    return torch.get_num_threads() if rows.num_tasks * rows.numel >= PARALLEL_MIN_ELEMS else 1
+
+
+def _addresses(rows: TaskRows) -> list[int]:
+    """The address of each row's first element (rows are contiguous: see ``as_task_rows``)."""
+    stacked = rows.stacked
+    if stacked is not None:
+        base, step = stacked.data_ptr(), stacked.stride(0) * stacked.element_size()
+        return [base + t * step for t in range(stacked.shape[0])]
+    return [r.data_ptr() for r in rows.rows]
+
+
+def gram_rows(rows: TaskRows, *, check_finite: bool) -> Tensor:
+    """The Gram matrix of CPU rows: float32 [T, T] (float64 for float64 rows).
+
+    Raises:
+        ValueError: ``check_finite`` and a row holds NaN/Inf (its squared norm is non-finite),
+            naming the tasks.
+    """
+    import mtl_fast._C as C
+
+    T = rows.num_tasks
+    dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    G = torch.empty((T, T), dtype=dtype)
+    bad = C.gram_rows(
+        _addresses(rows),
+        rows.numel,
+        _DTYPE_NAMES[rows.dtype],
+        G.data_ptr(),
+        _DTYPE_NAMES[dtype],
+        _threads(rows),
+    )
+    if check_finite and bad:
+        raise ValueError(nonfinite_task_message(bad))
+    return G
+
+
+def combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
+    """Σ_t α_t g_t of CPU rows in their dtype (``out += …`` when given; returned).
+
+    Weights are read as float32, or float64 for float64 rows (as the reference rounds them);
+    an ``out`` that is not contiguous or not of a gradient dtype receives the sum through one
+    temporary.
+    """
+    import mtl_fast._C as C
+
+    w = weights.detach()
+    w_dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    if w.dtype != w_dtype or not w.is_contiguous():
+        w = w.to(w_dtype).contiguous()
+    direct = out is not None and out.is_contiguous() and out.dtype in _DTYPE_NAMES
+    if out is None or direct:
+        target = torch.empty(rows.shape, dtype=rows.dtype) if out is None else out
+    else:
+        target = torch.empty(rows.shape, dtype=w_dtype)
+    C.combine_rows(
+        _addresses(rows),
+        rows.numel,
+        _DTYPE_NAMES[rows.dtype],
+        w.data_ptr(),
+        _DTYPE_NAMES[w_dtype],
+        target.data_ptr(),
+        _DTYPE_NAMES[target.dtype],
+        direct,
+        _threads(rows),
+    )
+    if out is None or direct:
+        return target
+    return out.add_(target)
