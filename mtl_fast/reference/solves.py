@@ -427,7 +427,7 @@ def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int | None, tol: 
         new = g * lam + (1 - g) * (ar == t).to(G.dtype)
         done = done | ((new - lam).abs().sum() < tol)
         lam = torch.where(done, lam, new)
-        if (cpu or max_iter is None and k % FRANK_WOLFE_POLL == 0) and bool(done):
+        if (cpu or (max_iter is None and k % FRANK_WOLFE_POLL == 0)) and bool(done):
             break
     return lam
 
