@@ -39,8 +39,9 @@ the Nash solution (an independent check found this on 2 of 30 random 4-task prob
 gradient norms spread over e^±2; how often it happens depends on the problem mix, so no rate is
 claimed here), and their α depends on the previous steps. Here (1) is solved to rounding
 precision from a fixed start, so α depends only on the current G. Where their iteration does
-reach the Nash point the two agree to its tolerance (~1e-5 relative on the update). Their max-norm clipping acts on the gradient of the
-shared parameters; here on the combined feature gradient (what ``split`` sees).
+reach the Nash point the two agree to its tolerance (~1e-5 relative on the update). Their
+max-norm clipping acts on the gradient of the shared parameters; here on the combined feature
+gradient (what ``split`` sees).
 """
 
 from __future__ import annotations
