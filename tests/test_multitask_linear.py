@@ -166,7 +166,16 @@ def _weights_via_balance_only(method: Weighting) -> bool:
     return cls._balance is not Weighting._balance and cls._balance_gram is Weighting._balance_gram
 
 
+#: Methods whose solve amplifies the two routes' Gram rounding differences (~1e-7): SDMGrad's
+#: 20 unconverged projected-gradient steps with learning rate 10 (the authors' settings) move
+#: by 2.5e-5 at T = 40 and by 3e-2 at T = 300, where the step exceeds 2/λ_max(Ĝ) and the
+#: projected iteration oscillates (the Gram matrices themselves agree, see
+#: test_gram_matches_jacobian_route_300_tasks).
+ROUTE_TOLERANCE = {"SDMGrad": 1e-1}
+
+
 def _compare(name: str, T: int, k: int, *, tol: float = 1e-5, mask=None, stacked=False, **kw):
+    tol = max(tol, ROUTE_TOLERANCE.get(name, tol))
     make = FACTORIES[name]
     z, W, b, y = _problem(T, k, **kw)
     m_s, m_j = make(T), make(T)
