@@ -368,6 +368,11 @@ MGDA_SOLVERS = ("active_set", *FRANK_WOLFE_SOLVERS)
 #: Stopping tolerance (L1 norm of the step) and LibMTL's cap of the Frank-Wolfe loop.
 FRANK_WOLFE_TOL = 1e-5
 FRANK_WOLFE_CAP = 250
+#: A safety stop of the published loop: it has no cap and, where the minimum-norm point is 0
+#: or nearly so (e.g. T > D), its steps can stay above the tolerance indefinitely. 20,000 is
+#: well above what the published loop needed on our test problems (up to 5,652 steps at
+#: T = 12, tests/methods/test_mgda.py).
+FRANK_WOLFE_SAFETY = 20_000
 #: On accelerators the uncapped loop reads its convergence flag every this many iterations
 #: (one host synchronisation each; the extra iterations are masked no-ops).
 FRANK_WOLFE_POLL = 32
@@ -388,7 +393,8 @@ def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int | None, tol: 
     Start: the best pair (i < j, first minimum of the two-point cost, γ on g_i by
     :func:`_two_point`). Step: t = argmin_s (Gλ)_s, γ = two-point(λᵀGλ, (Gλ)_t, G_tt),
     λ' = γλ + (1 − γ)e_t; when ‖λ' − λ‖₁ < ``tol`` the loop returns λ (not λ'), as the
-    published code does. ``max_iter=None``: no cap (the published loop); otherwise at most
+    published code does. ``max_iter=None``: the published loop, stopped only by
+    :data:`FRANK_WOLFE_SAFETY` (the published code would run on); otherwise at most
     ``max_iter`` steps (LibMTL). T ≤ 2 returns the best pair, as the published code does.
 
     On the CPU the loop exits as soon as it converges; elsewhere it reads the flag every
@@ -417,9 +423,9 @@ def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int | None, tol: 
     if T < 3:
         return lam
     cpu = G.device.type == "cpu"
-    done = torch.zeros((), dtype=torch.bool, device=G.device)
+    done = active.sum() < 2  # nothing to move: no task, or one with weight 1
     k = 0
-    while max_iter is None or k < max_iter:
+    while k < (FRANK_WOLFE_SAFETY if max_iter is None else max_iter):
         k += 1
         w = G @ lam
         t = torch.argmin(torch.where(active, w, big)).view(1)
@@ -455,7 +461,9 @@ def mgda_weights(
             squared norm, then the corral's affine solve is exact); ``"frank_wolfe"``: the
             published Frank-Wolfe loop (Sener & Koltun 2018, ``find_min_norm_element_FW``),
             which runs until the step is below ``tol`` = 1e-5 with no iteration cap (its
-            counter is never incremented; problems at T = 12 can need thousands of steps);
+            counter is never incremented; problems at T = 12 can need thousands of steps;
+            here a safety stop at :data:`FRANK_WOLFE_SAFETY` steps ends the cases where it
+            would never stop, e.g. T > D);
             ``"frank_wolfe_capped"``: the same loop stopped after 250 steps, as LibMTL's copy
             does. Neither is what the published training script calls: it uses the
             projected-gradient ``find_min_norm_element``, whose fixed point is the same
