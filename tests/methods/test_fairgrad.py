@@ -58,7 +58,8 @@ def test_optimality_condition(Tn, seed, alpha, spread):
     G = J @ J.T
     w = fairgrad_weights(G, alpha)
     assert bool((w > 0).all())
-    torch.testing.assert_close(G @ w, w.pow(-1.0 / alpha), rtol=1e-7, atol=0)
+    # rtol: the ridge ε I (float64 ε) on G, amplified by its conditioning (norm spreads e^±4)
+    torch.testing.assert_close(G @ w, w.pow(-1.0 / alpha), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("seed", range(4))
