@@ -34,6 +34,7 @@ from mtl_fast.reference._chunks import accumulation_dtype
 from mtl_fast.reference.combine import combine_rows as _ref_combine_rows
 from mtl_fast.reference.gram import gram_rows as _ref_gram_rows
 from mtl_fast.reference.gram import raise_if_nonfinite
+from mtl_fast.reference.solve import MGDA_SOLVERS
 
 #: Largest T served by the native CPU IMTL-G solver (beyond it LAPACK's blocked Cholesky through
 #: PyTorch is faster than the native unblocked one).
@@ -135,12 +136,14 @@ def mgda_weights(
 
     min αᵀGα over the simplex (Sener & Koltun 2018). ``solver="active_set"`` (default) is exact
     (Wolfe's minimum-norm-point algorithm, warm-started by accelerated projected gradient);
-    ``solver="frank_wolfe"`` reproduces the original code's Frank-Wolfe iteration.
+    ``solver="frank_wolfe"`` is the published Frank-Wolfe loop (no iteration cap, until the step
+    is below 1e-5), ``solver="frank_wolfe_capped"`` LibMTL's copy of it (at most 250 steps);
+    see :func:`mtl_fast.reference.mgda_weights`.
     ``constrained=False`` gives the closed form G α ∝ 1 (Liu et al. 2021 §4).
     """
     check_gram(G)
-    if solver not in ("active_set", "frank_wolfe"):
-        raise ValueError(f"unknown MGDA solver {solver!r}; expected 'active_set' or 'frank_wolfe'")
+    if solver not in MGDA_SOLVERS:
+        raise ValueError(f"unknown MGDA solver {solver!r}; expected one of {MGDA_SOLVERS}")
     T = G.shape[0]
     be = _solve_backend(G, backend)
     default_budget = max_iter is None and tol is None

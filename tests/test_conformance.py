@@ -122,6 +122,11 @@ def _state_equal(a: dict, b: dict) -> bool:
         elif isinstance(x, dict):
             if not (isinstance(y, dict) and _state_equal(x, y)):
                 return False
+        elif isinstance(x, (list, tuple)):  # e.g. one state tensor per feature tensor
+            if not (type(y) is type(x) and len(x) == len(y)):
+                return False
+            if not _state_equal(dict(enumerate(x)), dict(enumerate(y))):
+                return False
         elif x != y:
             return False
     return True

@@ -158,17 +158,32 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 def _weights_via_balance_only(method: Weighting) -> bool:
-    """A method that sets its weights in ``_balance`` (not ``_balance_gram``): the structured
-    route, which calls ``_balance_gram``, cannot see that override (IMTL at the time of
-    writing; the fix is to override ``_balance_gram`` instead)."""
+    """A method that sets its weights in ``balance`` (not ``balance_gram``): the structured
+    route, which calls ``balance_gram``, cannot see that override (IMTL at the time of
+    writing; the fix is to override ``balance_gram`` instead)."""
     cls = type(method)
     return cls.balance is not Weighting.balance and cls.balance_gram is Weighting.balance_gram
 
 
+#: Methods whose solve amplifies the two routes' Gram rounding differences (~1e-7): SDMGrad's
+#: 20 unconverged projected-gradient steps with learning rate 10 (the authors' settings) move
+#: by 2.5e-5 at T = 40 and by 3e-2 at T = 300, where the step exceeds 2/λ_max(Ĝ) and the
+#: projected iteration oscillates (the Gram matrices themselves agree, see
+#: test_gram_matches_jacobian_route_300_tasks).
+ROUTE_TOLERANCE = {"SDMGrad": 1e-1}
+
+
 def _compare(name: str, T: int, k: int, *, tol: float = 1e-5, mask=None, stacked=False, **kw):
+    tol = max(tol, ROUTE_TOLERANCE.get(name, tol))
     make = FACTORIES[name]
     z, W, b, y = _problem(T, k, **kw)
     m_s, m_j = make(T), make(T)
+    if getattr(m_s, "needs_gradient_rows", False):
+        # A method that acts on the gradient rows themselves (mtl_fast.methods._rows): the
+        # structured route forms only G and must refuse it with a clear error.
+        with pytest.raises(RuntimeError, match="needs their rows"):
+            _run("structured", m_s, T, k, z, W, b, y, mask=mask, stacked=stacked)
+        return None
     s = _run("structured", m_s, T, k, z, W, b, y, mask=mask, stacked=stacked)
     j = _run("jacobian", m_j, T, k, z, W, b, y, mask=mask, stacked=stacked)
     assert s[0].shape == z.shape
@@ -179,7 +194,7 @@ def _compare(name: str, T: int, k: int, *, tol: float = 1e-5, mask=None, stacked
     for n in s[4]:
         assert _rel(s[4][n], j[4][n]) < tol, f"method param {n}.grad"
     if _weights_via_balance_only(m_s):
-        pytest.xfail(f"{type(m_s).__name__} sets .weights in _balance, not _balance_gram")
+        pytest.xfail(f"{type(m_s).__name__} sets .weights in balance, not balance_gram")
     assert _rel(s[3], j[3]) < tol, f"weights: rel err {_rel(s[3], j[3]):.2e}"
     return m_s, s
 
@@ -249,7 +264,10 @@ def test_host_mask(name):
     """Absent tasks (a host mask): weight 0, no gradient to their head, as on the Jacobian route."""
     T = 40
     mask = [t % 7 != 3 for t in range(T)]
-    m, s = _compare(name, T, 2, mask=mask)
+    compared = _compare(name, T, 2, mask=mask)
+    if compared is None:  # refused by the structured route (checked in _compare)
+        return
+    m, s = compared
     absent = torch.tensor([not p for p in mask])
     if not _weights_via_balance_only(m):
         assert bool((s[3][absent] == 0).all())

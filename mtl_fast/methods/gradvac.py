@@ -155,8 +155,9 @@ class GradVac(Weighting):
       ε = 1e-8 to the denominators, where this implementation leaves inactive tasks out instead
       (so the result is invariant to the scale of the gradients). With the same orders and
       ε = 0 the two agree to rounding (tests/methods/test_gradvac.py).
-    * LibMTL updates the goal only when a correction happened; the paper (and this class)
-      updates it after every comparison.
+    * LibMTL's ``GradVac`` updated the goal only when a correction happened until its
+      February 2024 update; it now updates it after every comparison, as the paper and this
+      class do (an older LibMTL checkout differs from this class there).
     * One parameter group: the gradients handed to ``split`` (or the parameters given to
       :func:`mtl_fast.backward`) form a single group; the paper's per-component goals φ̂_ijk
       (one per layer/module) need one method instance per group.

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast import ops
+from mtl_fast.reference.solves import MGDA_SOLVERS
 from mtl_fast.weighting import StepInputs, Weighting
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -72,8 +73,11 @@ class MGDA(Weighting):
             unnormalised).
         constrained: ``False`` drops α ≥ 0: the closed form G α ∝ 1 of Liu et al. 2021 §4 (the
             minimum-norm point of the affine hull), on Ĝ.
-        solver: ``"active_set"`` (exact, default) or ``"frank_wolfe"`` (the original code's
-            iteration), passed to :func:`mtl_fast.mgda_weights`.
+        solver: ``"active_set"`` (exact, default), ``"frank_wolfe"`` (the published
+            Frank-Wolfe loop: no iteration cap, until the step is below 1e-5) or
+            ``"frank_wolfe_capped"`` (LibMTL's copy: at most 250 steps), passed to
+            :func:`mtl_fast.mgda_weights`. The published training script itself calls the
+            projected-gradient solver, whose solution ``"active_set"`` computes exactly.
         apply_to: ``"raw"`` (default) or ``"normalized"``, see above.
         **kwargs: see :class:`~mtl_fast.Weighting`.
 
@@ -101,8 +105,8 @@ class MGDA(Weighting):
             raise ValueError(
                 f"normalization must be one of {NORMALIZATIONS}; got {normalization!r}"
             )
-        if solver not in ("active_set", "frank_wolfe"):
-            raise ValueError(f"solver must be 'active_set' or 'frank_wolfe'; got {solver!r}")
+        if solver not in MGDA_SOLVERS:
+            raise ValueError(f"solver must be one of {MGDA_SOLVERS}; got {solver!r}")
         if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be one of {APPLY_TO}; got {apply_to!r}")
         self.normalization = normalization

@@ -329,45 +329,81 @@ def _wolfe_min_norm(
     return lam
 
 
-def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int, tol: float) -> Tensor:
-    """Frank-Wolfe with exact line search, as the original MGDA code solves the problem.
+#: The Frank-Wolfe solvers: ``"frank_wolfe"`` is the published loop (Sener & Koltun 2018,
+#: ``find_min_norm_element_FW``: its iteration counter is never incremented, so it runs until
+#: the step is below 1e-5), ``"frank_wolfe_capped"`` the same loop stopped after 250 iterations
+#: (LibMTL's copy increments the counter).
+FRANK_WOLFE_SOLVERS = ("frank_wolfe", "frank_wolfe_capped")
+MGDA_SOLVERS = ("active_set", *FRANK_WOLFE_SOLVERS)
+#: Stopping tolerance (L1 norm of the step) and LibMTL's cap of the Frank-Wolfe loop.
+FRANK_WOLFE_TOL = SC.MGDA_FW_TOL
+FRANK_WOLFE_CAP = SC.MGDA_FW_ITERS
+#: A safety stop of the published loop: it has no cap and, where the minimum-norm point is 0
+#: or nearly so (e.g. T > D), its steps can stay above the tolerance indefinitely. 20,000 is
+#: well above what the published loop needed on our test problems (up to 5,652 steps at
+#: T = 12, tests/methods/test_mgda.py).
+FRANK_WOLFE_SAFETY = 20_000
+#: On accelerators the uncapped loop reads its convergence flag every this many iterations
+#: (one host synchronisation each; the extra iterations are masked no-ops).
+FRANK_WOLFE_POLL = 32
 
-    Initialised at the best pair of gradients (the two-point minimum-norm solution over all
-    pairs), then at each step move towards the vertex e_t with the smallest (Gλ)_t by the exact
-    two-point line search; stop when the update is below ``tol`` (L1) or after ``max_iter``.
-    Kept for fidelity with published results; it does not reach 1e-6 relative accuracy on
-    gradients of very different norms (use ``solver="active_set"``).
+
+def _two_point(v11: Tensor, v12: Tensor, v22: Tensor) -> Tensor:
+    """γ of min_γ ‖γ x_1 + (1 − γ) x_2‖² as the published code computes it: 0.999 when
+    ⟨x_1, x_2⟩ ≥ ‖x_1‖², else 0.001 when ⟨x_1, x_2⟩ ≥ ‖x_2‖², else the interior minimiser
+    (‖x_2‖² − ⟨x_1, x_2⟩) / ‖x_1 − x_2‖² (elementwise over broadcast tensors)."""
+    den = v11 + v22 - 2 * v12
+    inner = (v22 - v12) / torch.where(den > 0, den, 1.0)
+    return torch.where(v12 >= v11, 0.999, torch.where(v12 >= v22, 0.001, inner))
+
+
+def _frank_wolfe_min_norm(G: Tensor, active: Tensor, max_iter: int | None, tol: float) -> Tensor:
+    """Frank-Wolfe with the two-point line search, step for step as the published MGDA code.
+
+    Start: the best pair (i < j, first minimum of the two-point cost, γ on g_i by
+    :func:`_two_point`). Step: t = argmin_s (Gλ)_s, γ = two-point(λᵀGλ, (Gλ)_t, G_tt),
+    λ' = γλ + (1 − γ)e_t; when ‖λ' − λ‖₁ < ``tol`` the loop returns λ (not λ'), as the
+    published code does. ``max_iter=None``: the published loop, stopped only by
+    :data:`FRANK_WOLFE_SAFETY` (the published code would run on); otherwise at most
+    ``max_iter`` steps (LibMTL). T ≤ 2 returns the best pair, as the published code does.
+
+    On the CPU the loop exits as soon as it converges; elsewhere it reads the flag every
+    :data:`FRANK_WOLFE_POLL` iterations (a host synchronisation; not capturable in a CUDA
+    graph when uncapped).
     """
     T = G.shape[0]
     big = torch.finfo(G.dtype).max
     d = G.diagonal()
-    # Best pair (i, j): γ = clamp((G_jj − G_ij) / (G_ii + G_jj − 2G_ij), 0, 1) on g_i.
-    denom = d[:, None] + d[None, :] - 2 * G
-    gamma = torch.where(
-        denom > 0, (d[None, :] - G) / denom.clamp_min(SC.DIVISION_FLOOR), 1.0
-    ).clamp(0, 1)
-    cost = gamma**2 * d[:, None] + (1 - gamma) ** 2 * d[None, :] + 2 * gamma * (1 - gamma) * G
-    pair_ok = active[:, None] & active[None, :]
-    cost = torch.where(pair_ok, cost, big)
+    gamma = _two_point(d[:, None], G, d[None, :])
+    cost = torch.where(
+        gamma == 0.999,
+        d[:, None],
+        torch.where(gamma == 0.001, d[None, :], d[None, :] + gamma * (G - d[None, :])),
+    )
+    ar = torch.arange(T, device=G.device)
+    upper = active[:, None] & active[None, :] & (ar[:, None] < ar[None, :])
+    cost = torch.where(upper, cost, big)
     # Tensor indices only (gather / one-hot masks): a 0-d tensor index would read the host.
     flat = torch.argmin(cost)
-    ar = torch.arange(T, device=G.device)
     e_i, e_j = (ar == flat // T).to(G.dtype), (ar == flat % T).to(G.dtype)
     g_ij = gamma.reshape(-1).gather(0, flat.view(1))
-    lam = torch.where(active, g_ij * e_i + (1 - g_ij) * e_j, 0.0)
-    stop_early = G.device.type == "cpu"
-    done = torch.zeros((), dtype=torch.bool, device=G.device)
-    for _ in range(max_iter):
+    pair = torch.where(active, g_ij * e_i + (1 - g_ij) * e_j, 0.0)
+    # Fewer than two active tasks: no pair; the single active task (if any) gets weight 1.
+    lam = torch.where(active.sum() >= 2, pair, active.to(G.dtype))
+    if T < 3:
+        return lam
+    cpu = G.device.type == "cpu"
+    done = active.sum() < 2  # nothing to move: no task, or one with weight 1
+    k = 0
+    while k < (FRANK_WOLFE_SAFETY if max_iter is None else max_iter):
+        k += 1
         w = G @ lam
         t = torch.argmin(torch.where(active, w, big)).view(1)
-        v11, v12, v22 = lam @ w, w.gather(0, t)[0], d.gather(0, t)[0]
-        den = v11 + v22 - 2 * v12
-        g = torch.where(den > 0, (v22 - v12) / den.clamp_min(SC.DIVISION_FLOOR), 1.0).clamp(0, 1)
+        g = _two_point(lam @ w, w.gather(0, t)[0], d.gather(0, t)[0])
         new = g * lam + (1 - g) * (ar == t).to(G.dtype)
-        change = (new - lam).abs().sum()
+        done = done | ((new - lam).abs().sum() < tol)
         lam = torch.where(done, lam, new)
-        done = done | (change < tol)
-        if stop_early and bool(done):
+        if (cpu or (max_iter is None and k % FRANK_WOLFE_POLL == 0)) and bool(done):
             break
     return lam
 
@@ -393,9 +429,17 @@ def mgda_weights(
         solver: ``"active_set"`` (default): Wolfe's minimum-norm-point algorithm, exact up to
             rounding (stops when the Frank-Wolfe gap is below ``tol`` = MGDA_TOL of the largest
             squared norm, then the corral's affine solve is exact); ``"frank_wolfe"``: the
-            original code's Frank-Wolfe iteration (default MGDA_FW_ITERS iterations, tol
-            MGDA_FW_TOL), kept for fidelity.
-        max_iter, tol: override the solver's iteration budget / stopping tolerance.
+            published Frank-Wolfe loop (Sener & Koltun 2018, ``find_min_norm_element_FW``),
+            which runs until the step is below ``tol`` = 1e-5 with no iteration cap (its
+            counter is never incremented; problems at T = 12 can need thousands of steps;
+            here a safety stop at :data:`FRANK_WOLFE_SAFETY` steps ends the cases where it
+            would never stop, e.g. T > D);
+            ``"frank_wolfe_capped"``: the same loop stopped after 250 steps, as LibMTL's copy
+            does. Neither is what the published training script calls: it uses the
+            projected-gradient ``find_min_norm_element``, whose fixed point is the same
+            minimum-norm point that ``"active_set"`` computes exactly (docs/design.md).
+        max_iter, tol: override the solver's iteration budget / stopping tolerance
+            (``max_iter`` caps ``"frank_wolfe"`` too).
 
     Inactive tasks (zero or non-finite gradient) get weight 0. The problem is solved on G scaled
     to unit maximum diagonal (the minimiser does not depend on the scale).
@@ -415,11 +459,12 @@ def mgda_weights(
             SC.mgda_budget(T) if M.device.type == "cpu" or T <= 64 else SC.MGDA_DEVICE_BUDGET
         )
         lam = _wolfe_min_norm(M, active, budget, SC.MGDA_TOL if tol is None else tol, start=start)
-    elif solver == "frank_wolfe":
+    elif solver in FRANK_WOLFE_SOLVERS:
+        cap = FRANK_WOLFE_CAP if solver == "frank_wolfe_capped" else None
         lam = _frank_wolfe_min_norm(
-            M, active, max_iter or SC.MGDA_FW_ITERS, SC.MGDA_FW_TOL if tol is None else tol
+            M, active, max_iter or cap, FRANK_WOLFE_TOL if tol is None else tol
         )
     else:
-        raise ValueError(f"unknown MGDA solver {solver!r}; expected 'active_set' or 'frank_wolfe'")
+        raise ValueError(f"unknown MGDA solver {solver!r}; expected one of {MGDA_SOLVERS}")
     lam = torch.where(active, lam, 0.0)
     return lam.to(_out_dtype(G))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from _toy import ToyMTL, check_mask_and_nan, check_resume, feature_gradients, split_step, toy_batch
 
+import mtl_fast as mf
 from mtl_fast.methods.mgda import MGDA, gradient_normalizers
 from mtl_fast.weighting import StepInputs
 
@@ -142,3 +144,83 @@ def test_invalid_options():
         MGDA(apply_to="both")
     with pytest.raises(ValueError, match="solver"):
         MGDA(solver="qp")
+
+
+# --------------------------------------------------------------------------- published Frank-Wolfe
+
+
+def _published_frank_wolfe(G: np.ndarray, cap: int | None) -> tuple[np.ndarray, int]:
+    """Sener & Koltun (2018), find_min_norm_element_FW, transcribed on the Gram matrix: best
+    pair, then Frank-Wolfe steps with the two-point rule (0.999 / 0.001 at the ends), returning
+    the iterate BEFORE the first step whose L1 length is below 1e-5. ``cap``: LibMTL's counter
+    (250); None: the published loop, whose counter is never incremented."""
+
+    def two(v11: float, v12: float, v22: float) -> tuple[float, float]:
+        if v12 >= v11:
+            return 0.999, v11
+        if v12 >= v22:
+            return 0.001, v22
+        g = -1.0 * ((v12 - v22) / (v11 + v22 - 2 * v12))
+        return g, v22 + g * (v12 - v22)
+
+    T = G.shape[0]
+    best, sol = 1e8, None
+    for i in range(T):
+        for j in range(i + 1, T):
+            c, d = two(G[i, i], G[i, j], G[j, j])
+            if d < best:
+                best, sol = d, (i, j, c)
+    assert sol is not None
+    lam = np.zeros(T)
+    lam[sol[0]], lam[sol[1]] = sol[2], 1 - sol[2]
+    if T < 3:
+        return lam, 0
+    steps = 0
+    while cap is None or steps < cap:
+        steps += 1
+        t = int(np.argmin(G @ lam))
+        g, _ = two(lam @ G @ lam, lam @ G[:, t], G[t, t])
+        new = g * lam
+        new[t] += 1 - g
+        if np.abs(new - lam).sum() < 1e-5:
+            return lam, steps
+        lam = new
+    return lam, steps
+
+
+def _slow_fw_problem(seed: int, T: int = 12) -> np.ndarray:
+    """Gradients with norms spread over e^±2.5 and no shared component: Frank-Wolfe zig-zags."""
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((T, T + 4)) * np.exp(rng.uniform(-2.5, 2.5, (T, 1)))
+    G = J @ J.T
+    return G / np.diag(G).max()  # the solver works on G scaled to unit maximum diagonal
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frank_wolfe_solvers_match_published_loop(seed: int) -> None:
+    """``"frank_wolfe"`` is the published loop (no cap), ``"frank_wolfe_capped"`` LibMTL's copy
+    (250 steps): both equal a direct transcription to rounding; where the published loop needs
+    more than 250 steps the two differ."""
+    G = _slow_fw_problem(seed)
+    want, steps = _published_frank_wolfe(G, None)
+    want_capped, _ = _published_frank_wolfe(G, 250)
+    Gt = torch.tensor(G, dtype=torch.float64)
+    got = mf.mgda_weights(Gt, solver="frank_wolfe").numpy()
+    got_capped = mf.mgda_weights(Gt, solver="frank_wolfe_capped").numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(got_capped, want_capped, rtol=0, atol=1e-9)
+    if steps > 250:
+        assert np.abs(got - got_capped).max() > 1e-6
+
+
+def test_some_problem_needs_more_than_the_cap() -> None:
+    """The cap matters: at least one of the test problems needs more than 250 steps."""
+    steps = [_published_frank_wolfe(_slow_fw_problem(s), None)[1] for s in range(6)]
+    assert max(steps) > 250, steps
+
+
+def test_unknown_solver_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="frank_wolfe_capped"):
+        MGDA(solver="fw")
+    with pytest.raises(ValueError, match="frank_wolfe_capped"):
+        mf.mgda_weights(torch.eye(3), solver="fw")
