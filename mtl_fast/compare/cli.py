@@ -21,8 +21,6 @@ from typing import Any
 
 __all__ = ["register", "run"]
 
-PROBLEM_ORDER = ("digits", "denoise", "synthetic", "scale")
-
 #: ``--quick``: T for synthetic unless --tasks is given.
 QUICK_TASKS = 5
 
@@ -87,17 +85,24 @@ def register(subparsers: Any) -> None:
 
 
 def _problems(spec: str, quick: bool) -> list[str]:
+    """The registered problem names ``spec`` asks for, in registry order, with the problems
+    they reuse as a reference (``scale`` needs ``digits``)."""
+    from mtl_fast.compare.problems import DEFAULT_PROBLEMS, PROBLEMS
+
     names = [s.strip().lower() for s in spec.split(",") if s.strip()]
     if "all" in names:
-        names = list(PROBLEM_ORDER)
+        names = [n for n in names if n != "all"] + list(DEFAULT_PROBLEMS)
     for n in names:
-        if n not in PROBLEM_ORDER:
+        if n not in PROBLEMS:
             raise SystemExit(
-                f"mtl-fast compare: unknown problem {n!r}; choose from {PROBLEM_ORDER}"
+                f"mtl-fast compare: unknown problem {n!r}; choose from {tuple(PROBLEMS)}"
             )
-    if "scale" in names and "digits" not in names:
-        names.insert(0, "digits")  # the scale test compares against the unscaled run
-    return sorted(dict.fromkeys(names), key=PROBLEM_ORDER.index)
+    for n in list(names):
+        ref = PROBLEMS[n].reference_problem
+        if ref is not None and ref not in names:
+            names.insert(0, ref)  # compared against the reference problem's run
+    order = list(PROBLEMS)
+    return sorted(dict.fromkeys(names), key=order.index)
 
 
 def _list_methods() -> int:
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         return _list_methods()
     from mtl_fast.compare import registry, report
-    from mtl_fast.compare.problems import get_problem
+    from mtl_fast.compare.problems import PROBLEMS, get_problem
     from mtl_fast.compare.train import CompareConfig, ProblemResult, compare_problem
 
     start = time.perf_counter()
@@ -142,9 +147,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         task_counts = [QUICK_TASKS if args.quick else 10]
     results: list[ProblemResult] = []
-    reference: ProblemResult | None = None
+    by_name: dict[str, ProblemResult] = {}
     for name in names:
-        for T in task_counts if name == "synthetic" else [None]:
+        cls = PROBLEMS[name]
+        for T in task_counts if cls.variable_tasks else [None]:
             problem = get_problem(name, tiny=args.tiny, num_tasks=T)
             epochs = (
                 args.epochs
@@ -161,11 +167,9 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 timing_rounds=6 if args.quick else 20,
             )
-            result = compare_problem(
-                problem, methods, config, reference=reference if name == "scale" else None
-            )
-            if name == "digits":
-                reference = result
+            ref = by_name.get(cls.reference_problem) if cls.reference_problem else None
+            result = compare_problem(problem, methods, config, reference=ref)
+            by_name.setdefault(name, result)
             results.append(result)
             _print_result(result)
     seconds = time.perf_counter() - start
