@@ -193,7 +193,7 @@ def _print_result(result: Any) -> None:
     print(f"\n== {p.title} [{p.key}] ({result.seconds:.1f} s)")
     print(f"Δ_MTL baseline: {p.baseline_label()}")
     if result.reference is not None:
-        print("\nChange from the unscaled run:")
+        print(f"\nChange from the {result.reference.problem.key!r} run of the same method:")
         print(report.scale_table(result))
     print()
     print(report.problem_table(result))

@@ -10,6 +10,8 @@ module             problem
 ``denoise``        ``denoise``: one task, three losses (Groenendijk et al. 2021)
 ``synthetic``      ``synthetic``: GradNorm's regression benchmark (Chen et al. 2018, §5.1)
 ``scale``          ``scale``: ``digits`` with one loss ×10 (Liu et al. 2021, Table 1)
+``qm9``            ``qm9`` and ``qm9-raw``: QM9's 11 targets, message-passing network (needs
+                   the ``mtl_fast[qm9]`` extra); ``qm9_data`` reads and caches the data
 =================  ===========================================================================
 
 Every problem builds a :class:`MultiTaskNet` (a shared encoder and per-task heads; gradient-based
@@ -37,6 +39,7 @@ from mtl_fast.compare.problems.base import (
 )
 from mtl_fast.compare.problems.denoise import DenoiseProblem
 from mtl_fast.compare.problems.digits import DigitsProblem
+from mtl_fast.compare.problems.qm9 import QM9Problem, QM9RawProblem
 from mtl_fast.compare.problems.scale import ScaleProblem
 from mtl_fast.compare.problems.synthetic import SyntheticProblem
 
@@ -50,6 +53,8 @@ __all__ = [
     "MultiTaskNet",
     "Problem",
     "ProblemData",
+    "QM9Problem",
+    "QM9RawProblem",
     "ScaleProblem",
     "SignTree",
     "Split",
@@ -75,7 +80,14 @@ def register_problem(cls: type[Problem]) -> type[Problem]:
     return cls
 
 
-for _cls in (DigitsProblem, DenoiseProblem, SyntheticProblem, ScaleProblem):
+for _cls in (
+    DigitsProblem,
+    DenoiseProblem,
+    SyntheticProblem,
+    ScaleProblem,
+    QM9Problem,
+    QM9RawProblem,
+):
     register_problem(_cls)
 
 
