@@ -5,11 +5,13 @@ module             problem
 =================  ===========================================================================
 ``base``           the interface: :class:`Problem`, :class:`Split`, :class:`Evaluation`,
                    :class:`MultiTaskNet` (shared encoder + heads)
+``user``           loads the user's own problem from ``module:factory``
 ``common``         helpers shared by several problems (MLPs, clipped R², the 8×8 digits)
 ``digits``         ``digits``: five tasks with different losses and scales on the 8×8 digits
 ``denoise``        ``denoise``: one task, three losses (Groenendijk et al. 2021)
 ``synthetic``      ``synthetic``: GradNorm's regression benchmark (Chen et al. 2018, §5.1)
 ``scale``          ``scale``: ``digits`` with one loss ×10 (Liu et al. 2021, Table 1)
+``multimnist``     ``multimnist``: Sener & Koltun 2018's MultiMNIST built from the 8×8 digits
 ``qm9``            ``qm9`` and ``qm9-raw``: QM9's 11 targets, message-passing network (needs
                    the ``mtl_fast[qm9]`` extra); ``qm9_data`` reads and caches the data
 =================  ===========================================================================
@@ -21,7 +23,8 @@ structure (the input of :func:`mtl_fast.metrics.delta_mtl`), and an accuracy-lik
 per loss (what AMTL and DTP receive through ``observe``).
 
 The registry :data:`PROBLEMS` maps a name to its class, in report order; :func:`get_problem`
-builds one; :func:`register_problem` adds a class under its ``name``.
+builds one; :func:`register_problem` adds a class under its ``name``. A problem of your own
+needs no registration: ``mtl-fast compare --problem module:factory`` (:mod:`.user`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from mtl_fast.compare.problems.base import (
 )
 from mtl_fast.compare.problems.denoise import DenoiseProblem
 from mtl_fast.compare.problems.digits import DigitsProblem
+from mtl_fast.compare.problems.multimnist import MultiMNISTProblem
 from mtl_fast.compare.problems.qm9 import QM9Problem, QM9RawProblem
 from mtl_fast.compare.problems.scale import ScaleProblem
 from mtl_fast.compare.problems.synthetic import SyntheticProblem
@@ -50,6 +54,7 @@ __all__ = [
     "DigitsProblem",
     "Evaluation",
     "MetricTree",
+    "MultiMNISTProblem",
     "MultiTaskNet",
     "Problem",
     "ProblemData",
@@ -67,7 +72,7 @@ __all__ = [
 PROBLEMS: dict[str, type[Problem]] = {}
 
 #: the problems ``--problem all`` runs (those that need no optional extra).
-DEFAULT_PROBLEMS: tuple[str, ...] = ("digits", "denoise", "synthetic", "scale")
+DEFAULT_PROBLEMS: tuple[str, ...] = ("digits", "denoise", "synthetic", "scale", "multimnist")
 
 
 def register_problem(cls: type[Problem]) -> type[Problem]:
@@ -85,6 +90,7 @@ for _cls in (
     DenoiseProblem,
     SyntheticProblem,
     ScaleProblem,
+    MultiMNISTProblem,
     QM9Problem,
     QM9RawProblem,
 ):

@@ -136,25 +136,32 @@ class Problem:
         )
 
     # -- what subclasses implement -------------------------------------------------------
+    def _missing(self, what: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__} must implement {what} (the Problem protocol: "
+            "docs/compare.md, 'Your own problem')"
+        )
+
     def description(self) -> str:
         """A Markdown paragraph describing the problem, the metrics and the baseline."""
-        raise NotImplementedError
+        raise self._missing("description()")
 
-    def _load(self) -> ProblemData:
-        raise NotImplementedError
+    def load(self) -> ProblemData:
+        """The train / validation / test splits (called once by :meth:`data`; deterministic)."""
+        raise self._missing("load()")
 
     def build_model(self, tasks: Sequence[int]) -> MultiTaskNet:
         """A freshly initialised model with heads for the given task indices (uses the global
         torch RNG: seed it first)."""
-        raise NotImplementedError
+        raise self._missing("build_model(tasks)")
 
     def losses(self, outputs: Sequence[Tensor], batch: Split, tasks: Sequence[int]) -> list[Tensor]:
         """The scalar losses of ``tasks`` (one per head of the model)."""
-        raise NotImplementedError
+        raise self._missing("losses(outputs, batch, tasks)")
 
     def evaluate(self, model: MultiTaskNet, split: Split, tasks: Sequence[int]) -> Evaluation:
         """Metrics, KPIs (and per-sample metrics where defined) of ``model`` on ``split``."""
-        raise NotImplementedError
+        raise self._missing("evaluate(model, split, tasks)")
 
     # -- shared behaviour ----------------------------------------------------------------
     @property
@@ -170,7 +177,7 @@ class Problem:
     def data(self) -> ProblemData:
         """The data splits (built once, deterministically, then cached)."""
         if self._data is None:
-            self._data = self._load()
+            self._data = self.load()
         return self._data
 
     def train_batch(self, split: Split, index: Tensor, generator: torch.Generator) -> Split:

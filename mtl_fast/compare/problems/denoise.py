@@ -97,7 +97,7 @@ class DenoiseProblem(Problem):
             "hand-tuned weights for L1 / SSIM / smoothness (0.15, 0.85, 0.1), normalised."
         )
 
-    def _load(self) -> ProblemData:
+    def load(self) -> ProblemData:
         _, _, clean, noisy, (train, val, test) = noisy_digits(self.tiny, self.noise, 1234)
         # Training inputs are re-noised per batch (train_batch); keep the clean images there.
         train_t = torch.from_numpy(train)

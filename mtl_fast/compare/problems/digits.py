@@ -84,7 +84,7 @@ class DigitsProblem(Problem):
             "for the three classifications, mean absolute error (↓) for reconstruction and ink."
         )
 
-    def _load(self) -> ProblemData:
+    def load(self) -> ProblemData:
         pixels, digit, _, x, (train, val, test) = noisy_digits(self.tiny, self.input_noise, 4321)
         targets = {
             "class": torch.from_numpy(digit),

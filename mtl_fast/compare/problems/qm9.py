@@ -154,7 +154,7 @@ class QM9Problem(Problem):
         return {**super().config(), "protocol": self.protocol, **self.spec,
                 "scale_targets": self.scale_targets, "split_seed": SPLIT_SEED}  # fmt: skip
 
-    def _load(self) -> ProblemData:
+    def load(self) -> ProblemData:
         table = qm9_data.load_table()
         s = self.spec
         order = np.random.default_rng(SPLIT_SEED).permutation(len(table))

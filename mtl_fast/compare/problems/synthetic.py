@@ -86,7 +86,7 @@ class SyntheticProblem(Problem):
             "out_dim": self.out_dim,
         }
 
-    def _load(self) -> ProblemData:
+    def load(self) -> ProblemData:
         gen = torch.Generator().manual_seed(10_000 + self.seed)
         n_train, n_val, n_test = (200, 50, 100) if self.tiny else (2000, 400, 1000)
         B = torch.randn(self.out_dim, self.in_dim, generator=gen) * math.sqrt(10.0)
