@@ -11,7 +11,7 @@ above the training median (binary cross-entropy; metric accuracy ↑). See docs/
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,12 @@ class DiabetesProblem(Problem):
     epochs = 30
     batch_size = 32
     lr = 3e-3
-    task_names = ["progression", "high"]
-    task_types = ["regression", "classification"]
-    higher_is_better = {"progression": {"MAE": False}, "high": {"acc": True}}
+    task_names: ClassVar[list[str]] = ["progression", "high"]
+    task_types: ClassVar[list[str]] = ["regression", "classification"]
+    higher_is_better: ClassVar[dict[str, dict[str, bool]]] = {
+        "progression": {"MAE": False},
+        "high": {"acc": True},
+    }
 
     def description(self) -> str:
         return "scikit-learn's diabetes data: progression (MAE ↓) and above-median (accuracy ↑)."
@@ -54,7 +57,8 @@ class DiabetesProblem(Problem):
         targets = {"progression": (y - mean) / std, "high": (y > y[train].median()).float()}
         x = (x - x[train].mean(0)) / x[train].std(0)
         full = Split(x, targets)
-        return ProblemData(full.take(train), full.take(slice(300, 360)), full.take(slice(360, None)))
+        val, test = full.take(slice(300, 360)), full.take(slice(360, None))
+        return ProblemData(full.take(train), val, test)
 
     def build_model(self, tasks: Sequence[int]) -> MultiTaskNet:
         encoder = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
