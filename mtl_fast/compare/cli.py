@@ -2,9 +2,11 @@
 
 Examples::
 
-    mtl-fast compare --quick --out compare-quick            # all four problems, < 3 min on a CPU
+    mtl-fast compare --quick --out compare-quick            # the default problems, minutes on a CPU
     mtl-fast compare --problem digits --methods equal,IMTLG,LSB --epochs 20 --out out/
     mtl-fast compare --problem synthetic --tasks 100 --out out/
+    mtl-fast compare --problem qm9,qm9-raw --methods equal,IMTL,MGDA --out out/   # mtl_fast[qm9]
+    mtl-fast compare --problem examples/custom_problem.py:make_problem --out out/
     mtl-fast compare --list-methods
 
 Prints, per problem, the table of per-task test metrics, Δ_MTL, Acc_MTL, average rank and time
@@ -14,14 +16,13 @@ per step, and writes ``report.md``, ``results.json`` and the figures to ``--out`
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 import time
 from typing import Any
 
 __all__ = ["register", "run"]
-
-PROBLEM_ORDER = ("digits", "denoise", "synthetic", "scale")
 
 #: ``--quick``: T for synthetic unless --tasks is given.
 QUICK_TASKS = 5
@@ -42,7 +43,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--problem",
         default="all",
-        help="digits, denoise, synthetic, scale or all; several comma-separated (default all)",
+        help=(
+            "digits, denoise, synthetic, scale, multimnist, qm9, qm9-raw (needs the "
+            "mtl_fast[qm9] extra), all (the first five), or your own problem as "
+            "module:factory or file.py:factory (docs/compare.md); several comma-separated "
+            "(default all)"
+        ),
     )
     p.add_argument(
         "--methods",
@@ -51,6 +57,12 @@ def register(subparsers: Any) -> None:
             "comma-separated method names or aliases; 'all' = the 17 methods of the papers "
             "(default), 'extra' = the other methods in mtl_fast.methods (see --list-methods)"
         ),
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("reduced", "full"),
+        default=None,
+        help="qm9 size: reduced (default; CPU minutes per method) or full (the papers' split)",
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default per problem)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, averaged (default 1)")
@@ -87,17 +99,46 @@ def register(subparsers: Any) -> None:
 
 
 def _problems(spec: str, quick: bool) -> list[str]:
-    names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    """The registered problem names ``spec`` asks for, in registry order, with the problems
+    they reuse as a reference (``scale`` needs ``digits``)."""
+    from mtl_fast.compare.problems import DEFAULT_PROBLEMS, PROBLEMS
+    from mtl_fast.compare.problems.user import is_user_spec
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names = [n if is_user_spec(n) else n.lower() for n in names]
     if "all" in names:
-        names = list(PROBLEM_ORDER)
+        names = [n for n in names if n != "all"] + list(DEFAULT_PROBLEMS)
+    user = [n for n in names if is_user_spec(n)]
+    names = [n for n in names if not is_user_spec(n)]
     for n in names:
-        if n not in PROBLEM_ORDER:
+        if n not in PROBLEMS:
             raise SystemExit(
-                f"mtl-fast compare: unknown problem {n!r}; choose from {PROBLEM_ORDER}"
+                f"mtl-fast compare: unknown problem {n!r}; choose from {tuple(PROBLEMS)}"
             )
-    if "scale" in names and "digits" not in names:
-        names.insert(0, "digits")  # the scale test compares against the unscaled run
-    return sorted(dict.fromkeys(names), key=PROBLEM_ORDER.index)
+    for n in list(names):
+        ref = PROBLEMS[n].reference_problem
+        if ref is not None and ref not in names:
+            names.insert(0, ref)  # compared against the reference problem's run
+    order = list(PROBLEMS)
+    return sorted(dict.fromkeys(names), key=order.index) + list(dict.fromkeys(user))
+
+
+def _build(name: str, args: argparse.Namespace, num_tasks: int | None) -> Any:
+    """The problem ``name`` (registered, or the user's ``module:factory``) as ``args`` ask."""
+    from mtl_fast.compare.problems import PROBLEMS, get_problem
+    from mtl_fast.compare.problems.user import is_user_spec, load_user_problem
+
+    try:
+        if is_user_spec(name):
+            return load_user_problem(name)
+        options: dict[str, Any] = {}
+        if args.protocol is not None:
+            if "protocol" not in inspect.signature(PROBLEMS[name]).parameters:
+                raise ValueError(f"--protocol applies to qm9 and qm9-raw, not {name!r}")
+            options["protocol"] = args.protocol
+        return get_problem(name, tiny=args.tiny, num_tasks=num_tasks, **options)
+    except (ImportError, ValueError) as exc:
+        raise SystemExit(f"mtl-fast compare: {exc}") from None
 
 
 def _list_methods() -> int:
@@ -116,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_methods:
         return _list_methods()
     from mtl_fast.compare import registry, report
-    from mtl_fast.compare.problems import get_problem
+    from mtl_fast.compare.problems import PROBLEMS
+    from mtl_fast.compare.problems.user import is_user_spec
     from mtl_fast.compare.train import CompareConfig, ProblemResult, compare_problem
 
     start = time.perf_counter()
@@ -142,10 +184,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         task_counts = [QUICK_TASKS if args.quick else 10]
     results: list[ProblemResult] = []
-    reference: ProblemResult | None = None
+    by_name: dict[str, ProblemResult] = {}
     for name in names:
-        for T in task_counts if name == "synthetic" else [None]:
-            problem = get_problem(name, tiny=args.tiny, num_tasks=T)
+        cls = type(_build(name, args, None)) if is_user_spec(name) else PROBLEMS[name]
+        for T in task_counts if cls.variable_tasks else [None]:
+            problem = _build(name, args, T)
             epochs = (
                 args.epochs
                 if args.epochs is not None
@@ -161,11 +204,9 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 timing_rounds=6 if args.quick else 20,
             )
-            result = compare_problem(
-                problem, methods, config, reference=reference if name == "scale" else None
-            )
-            if name == "digits":
-                reference = result
+            ref = by_name.get(cls.reference_problem) if cls.reference_problem else None
+            result = compare_problem(problem, methods, config, reference=ref)
+            by_name.setdefault(name, result)
             results.append(result)
             _print_result(result)
     seconds = time.perf_counter() - start
@@ -189,7 +230,7 @@ def _print_result(result: Any) -> None:
     print(f"\n== {p.title} [{p.key}] ({result.seconds:.1f} s)")
     print(f"Δ_MTL baseline: {p.baseline_label()}")
     if result.reference is not None:
-        print("\nChange from the unscaled run:")
+        print(f"\nChange from the {result.reference.problem.key!r} run of the same method:")
         print(report.scale_table(result))
     print()
     print(report.problem_table(result))
@@ -208,6 +249,7 @@ def _argv_for_report(args: argparse.Namespace) -> list[str]:
         ("--batch-size", args.batch_size),
         ("--lr", args.lr),
         ("--steps", args.steps),
+        ("--protocol", args.protocol),
     ):
         if value is not None:
             out += [flag, str(value)]

@@ -472,7 +472,8 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
     lines.append("")
     if result.reference is not None:
         lines += [
-            "Change of every metric from the unscaled `digits` run of the same method "
+            f"Change of every metric from the `{result.reference.problem.key}` run of the same "
+            "method "
             "(Liu et al. 2021, Table 1: a scale-invariant method shows no change):",
             "",
             scale_table(result),
