@@ -107,7 +107,9 @@ def assert_same_state(a: Any, b: Any, *, exact: bool, where: str = "state") -> N
     if isinstance(a, Tensor):
         assert isinstance(b, Tensor), where
         tol = 0.0 if exact else 1e-5  # exact, or float32 round-off
-        torch.testing.assert_close(a, b, rtol=tol, atol=tol / 10, equal_nan=True, msg=where)
+        torch.testing.assert_close(
+            a, b, rtol=tol, atol=tol / 10, equal_nan=True, msg=lambda m: f"{where}: {m}"
+        )
     elif isinstance(a, Mapping):
         assert isinstance(b, Mapping) and set(a) == set(b), where
         for k in a:
