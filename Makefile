@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test,cli,bench]"
+	# lightning and hf: the integrations' tests run here, not skipped.
+	$(BIN)/pip install --quiet -e ".[test,cli,bench,lightning,hf]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -17,6 +17,10 @@ transformers = pytest.importorskip(
     "transformers",
     reason="transformers is not installed: pip install 'mtl_fast[hf]' (make test installs it)",
 )
+pytest.importorskip(
+    "accelerate",
+    reason="accelerate (the Trainer needs it) is not installed: pip install 'mtl_fast[hf]'",
+)
 from _integration_toy import TASKS, Net, assert_same_run, data  # noqa: E402
 
 from mtl_fast.integrations.hf import METHOD_STATE_FILE, MultiTaskTrainer  # noqa: E402
