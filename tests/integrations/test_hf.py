@@ -4,6 +4,9 @@ logged weights, lifecycle calls and checkpoint resume equal to an unbroken run."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,3 +177,18 @@ def test_resume_gives_the_unbroken_run(tmp_path: Any, name: str, val: bool) -> N
     assert_same_run(
         (resumed.model.net, resumed.method), (unbroken.model.net, unbroken.method), exact=True
     )
+
+
+def test_trainer_imports_from_the_repository_root() -> None:
+    """``python -c "from transformers import Trainer"`` run from the repository root (where the
+    repository's ``kernels/`` folder is on sys.path) imports the real ``kernels`` package that
+    transformers needs."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", "from transformers import Trainer; print(Trainer.__name__)"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Trainer"
