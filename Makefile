@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	# qm9: the QM9 data (qm9pack wheel) so tests/test_compare_qm9.py runs instead of skipping.
-	$(BIN)/pip install --quiet -e ".[test,cli,bench,qm9]"
+	# qm9, lightning, hf: the QM9 data and the integrations, so their tests run instead of skipping.
+	$(BIN)/pip install --quiet -e ".[test,cli,bench,qm9,lightning,hf]"
 	touch $(STAMP)
 
 setup: $(STAMP)
