@@ -367,13 +367,13 @@ def _check_deferred_and_opt_out(rank: int, world: int) -> None:
     for k in range(2):
         x, ys = toy_batch(model, n=B, seed=k)
         split_step(model, method, *_shard(x, ys, rank, world))
-        assert not method._pending  # waited for at the end of the backward
+        assert not method._sync.has_pending  # waited for at the end of the backward
     x, ys = toy_batch(model, n=B, seed=2)
     total = method.loss(model.losses(*_shard(x, ys, rank, world)))
-    assert len(method._pending) == 1  # this step's update is in flight
+    assert len(method._sync._pending) == 1  # this step's update is in flight
     if rank == 0:
         state = method.state_dict()  # alone: must not hang
-        assert not method._pending
+        assert not method._sync.has_pending
     dist.barrier()
     if rank != 0:
         state = method.state_dict()

@@ -53,15 +53,15 @@ tests/methods/test_dbmtl.py):
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
+from mtl_fast._validation import TaskRows
 from mtl_fast.methods._rows import refuse_gram_only, writable_rows
 from mtl_fast.methods.baselines import positive_losses
 from mtl_fast.reference import active_tasks
-from typing import Sequence
-
-from mtl_fast._validation import TaskRows
 from mtl_fast.weighting import StepInputs, Weighting
 
 __all__ = ["DBMTL", "EMA_VARIANTS", "dbmtl_gradient_weights", "dbmtl_weights"]

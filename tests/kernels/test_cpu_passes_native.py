@@ -3,7 +3,8 @@
 Every instruction set this CPU and build offer (``mtl_fast._C.cpu_isas()``: AVX-512, AVX2 and
 the portable path on an AVX-512 machine) is forced in turn with ``set_cpu_isa``, and each is
 checked against a float64 oracle (``J Jᵀ`` of the exact input values) and the reference
-(:mod:`mtl_fast.reference.gram`, :mod:`mtl_fast.reference.combine`) for fp32, fp64, bf16 and fp16 rows.
+(:mod:`mtl_fast.reference.gram`, :mod:`mtl_fast.reference.combine`) for fp32, fp64, bf16 and
+fp16 rows.
 
 Gram tolerance, entrywise, with ``B = |J| |J|ᵀ``: ``|G − J Jᵀ| ≤ 2 (n + 2) u B``, ``n = 1024``
 the most columns summed in one fp32 lane of a block (``gram_plan`` in csrc/cpu_passes.h), ``u``
