@@ -17,7 +17,7 @@ n_t = ‖g_t‖ = √G_tt). So y = Σ_t β_t u_t with β = C⁺ 1, ‖y‖² = �
 
 C⁺ is the pseudo-inverse from the eigen-decomposition of C (:func:`mtl_fast.methods._eigh.sym_eigh`,
 no host synchronisation off the CPU), eigenvalues below the rounding level of G's dtype
-(:func:`mtl_fast.reference.solves.pinv_rel_eps` × λ_max) cut as ``pinv`` cuts them: T > D or
+(:func:`mtl_fast._solve_constants.pinv_rel_eps` × λ_max) cut as ``pinv`` cuts them: T > D or
 duplicate gradients give finite weights and the least-norm y of the paper's ``pinv``.
 """
 
@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mtl_fast._solve_constants import pinv_rel_eps
 from mtl_fast._validation import check_gram
 from mtl_fast.methods._eigh import sym_eigh
 from mtl_fast.reference import active_tasks, unit_gram
-from mtl_fast.reference.solves import pinv_rel_eps
 from mtl_fast.weighting import StepInputs, Weighting
 
 __all__ = ["ConFIG", "config_weights"]

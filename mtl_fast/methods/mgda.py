@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast import ops
-from mtl_fast.reference.solves import MGDA_SOLVERS
+from mtl_fast.reference.solve import MGDA_SOLVERS
 from mtl_fast.weighting import StepInputs, Weighting
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
