@@ -27,6 +27,7 @@ from mtl_fast._validation import (
     check_gram,
     check_out,
     check_weights,
+    nonfinite_task_message,
 )
 from mtl_fast.reference import imtl_g_weights as _ref_imtl_g_weights
 from mtl_fast.reference import mgda_weights as _ref_mgda_weights
@@ -105,13 +106,26 @@ def _solve_backend(G: Tensor, backend: str) -> str:
     return _backend.resolve(backend, G.device, G.dtype if G.dtype == torch.float64 else None)
 
 
+def _check_finite_gram(G: Tensor, backend: str) -> None:
+    """A NaN/Inf Gram matrix raises on the reference path (CPU, or ``backend="torch"``), as the
+    gradients do, naming the tasks whose row is non-finite; device paths stay sync-free."""
+    if G.device.type == "cpu" or backend == "torch":
+        bad = ~torch.isfinite(G).all(dim=1)
+        if bool(bad.any()):
+            raise ValueError(
+                nonfinite_task_message(bad.nonzero().flatten().tolist(), "Gram matrix row")
+            )
+
+
 def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
     """IMTL-G task weights from the Gram matrix (Liu et al. 2021 §3.1): G α ∝ n, Σα = 1.
 
     See :func:`mtl_fast.reference.imtl_g_weights` for the math and the degenerate cases.
     Returns float32 [T] (float64 for a float64 G) on G's device, without a host sync.
+    A non-finite G raises ``ValueError`` on the reference path (CPU, ``backend="torch"``).
     """
     check_gram(G)
+    _check_finite_gram(G, backend)
     T = G.shape[0]
     be = _solve_backend(G, backend)
     if be == "triton" and T <= TRITON_SOLVE_MAX_T:
@@ -142,6 +156,7 @@ def mgda_weights(
     ``constrained=False`` gives the closed form G α ∝ 1 (Liu et al. 2021 §4).
     """
     check_gram(G)
+    _check_finite_gram(G, backend)
     if solver not in MGDA_SOLVERS:
         raise ValueError(f"unknown MGDA solver {solver!r}; expected one of {MGDA_SOLVERS}")
     T = G.shape[0]

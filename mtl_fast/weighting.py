@@ -24,6 +24,7 @@ autograd Function of ``split`` (:mod:`mtl_fast._split`), distributed synchronisa
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -77,6 +78,12 @@ class Weighting(nn.Module):
     #: ``"observe"`` (validation metrics), ``"update"`` (FAMO). Without them the method keeps
     #: its warm-up weights.
     lifecycle: ClassVar[tuple[str, ...]] = ()
+    #: Training steps after which a declared ``end_epoch`` / ``observe`` that never came is
+    #: warned about (once): the method would keep its warm-up weights.
+    lifecycle_warn_steps: ClassVar[int] = 5000
+    #: Learning rate of :meth:`param_groups` for methods with learnable weights (UW, IMTL-L,
+    #: IMTL, GradNorm, FAMO): the rate ``mtl-fast compare`` trains them with.
+    default_lr: ClassVar[float] = 0.05
 
     def __init__(
         self,
@@ -98,7 +105,10 @@ class Weighting(nn.Module):
         self.nonfinite = nonfinite
         self.backend = backend
         self.task_names: list[str] | None = None
-        self._state: dict[str, Any] = {"step": 0, "weights": None}
+        self._state: dict[str, Any] = {"step": 0, "weights": None, "micro_batch": 0}
+        self._micro_batches = 1
+        self._lifecycle_seen: set[str] = set()
+        self._lifecycle_warned = False
         self._monitor = NonFiniteMonitor(type(self).__name__)
         self._book = StepBook()
         self._sync = MethodSync(sync, process_group)
@@ -234,6 +244,36 @@ class Weighting(nn.Module):
             )
         return self.record_loss(prepared)
 
+    def accumulate(self, micro_batches: int) -> Weighting:
+        """Gradient accumulation: ``micro_batches`` back-propagated micro-batches per optimizer
+        step. Every micro-batch is one ``split`` + ``loss(...).backward()`` (a gradient method
+        solves its weights per micro-batch: exact for the gradient each backward adds); the
+        step counter (:attr:`step`, and with it ``period_steps`` / ``epoch_steps``) counts
+        optimizer steps, i.e. once every ``micro_batches`` calls of :meth:`loss`. Statistics
+        take every micro-batch's losses. Returns the method. Summing several ``loss()`` totals
+        before one backward is refused (each micro-batch is back-propagated on its own)."""
+        if (
+            not isinstance(micro_batches, int)
+            or isinstance(micro_batches, bool)
+            or micro_batches < 1
+        ):
+            raise ValueError(f"micro_batches must be a positive int; got {micro_batches!r}")
+        self._micro_batches = micro_batches
+        return self
+
+    def param_groups(self, lr: float | None = None) -> list[dict[str, Any]]:
+        """Optimizer parameter groups for the method's learnable weights (empty when it has
+        none): ``optimizer = torch.optim.Adam([*model_groups, *method.param_groups()])``.
+
+        ``lr``: their learning rate (default :attr:`default_lr`, 0.05: the weights are a handful
+        of log-scales that must move within a few hundred steps, which the model's 1e-3 would
+        not do); no weight decay (it would pull them towards equal weights)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return []
+        rate = type(self).default_lr if lr is None else float(lr)
+        return [{"params": params, "lr": rate, "weight_decay": 0.0}]
+
     def discard_pending(self) -> None:
         """Forget a ``split`` whose backward will never run (not needed: a new step replaces
         it; kept for loops that want to be explicit)."""
@@ -331,7 +371,11 @@ class Weighting(nn.Module):
         safe, present = prepared.safe, prepared.present
         self._sync.wait()
         token = self._book.begin_update(self._snapshot())
-        self._state["step"] += 1
+        micro = (int(self._state.get("micro_batch", 0)) + 1) % self._micro_batches
+        self._state["micro_batch"] = micro
+        if micro == 0:
+            self._state["step"] += 1
+            self._warn_missing_lifecycle()
         if self._sync.active:
             self._sync.ensure_grad_hooks(self.parameters())
         if self.gradient_based:
@@ -435,6 +479,43 @@ class Weighting(nn.Module):
 
     def _synced_gram(self, G: Tensor) -> Tensor:
         return self._sync.gram(G)
+
+    def _completes_step(self) -> bool:
+        """In :meth:`total_loss`: whether this call ends an optimizer step (always, unless
+        :meth:`accumulate` groups micro-batches)."""
+        return int(self._state.get("micro_batch", 0)) == 0
+
+    def _lifecycle_called(self, call: str) -> None:
+        """Record that the loop made a lifecycle call (``"end_epoch"``, ``"observe"``)."""
+        self._lifecycle_seen.add(call)
+
+    def _lifecycle_automatic(self) -> set[str]:
+        """Lifecycle calls the method makes itself with its options (``period_steps=``)."""
+        return set()
+
+    def _warn_missing_lifecycle(self) -> None:
+        if self._lifecycle_warned or self.step < type(self).lifecycle_warn_steps:
+            return
+        missing = (
+            ({"end_epoch", "observe"} & set(type(self).lifecycle))
+            - self._lifecycle_seen
+            - self._lifecycle_automatic()
+        )
+        if not missing:
+            return
+        self._lifecycle_warned = True
+        how = {
+            "end_epoch": "method.end_epoch() after each epoch (or the method's period_steps= / "
+            "epoch_steps= option)",
+            "observe": "method.observe(per_task_metrics) after each evaluation",
+        }
+        calls = " and ".join(how[c] for c in sorted(missing))
+        warnings.warn(
+            f"{type(self).__name__}: {self.step} training steps without {calls}; without it the "
+            "method keeps its warm-up weights",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _report_invalid(self, bad: Tensor, what: str, problem: str) -> None:
         """Report per-task invalid input (bool [T]) through the non-finite policy."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 
 class EpochPeriods:
@@ -11,13 +11,18 @@ class EpochPeriods:
     epoch's end changes nothing."""
 
     _state: dict[str, Any]
+    _lifecycle_called: Callable[[str], None]
     lifecycle: ClassVar[tuple[str, ...]] = ("end_epoch",)
 
     def end_period(self) -> bool:
         raise NotImplementedError
 
+    def _lifecycle_automatic(self) -> set[str]:
+        return {"end_epoch"} if self._state["periods"].period_steps is not None else set()
+
     def end_epoch(self) -> bool:
         """Close the current period, unless ``period_steps`` closes periods by steps."""
+        self._lifecycle_called("end_epoch")
         if self._state["periods"].period_steps is not None:
             return False
         return self.end_period()

@@ -132,9 +132,13 @@ class PeriodAverages:
         #: validity of those averages (bool [T] or None)
         self.valid: list[Tensor | None] = [None, None]
 
-    def observe(self, values: Tensor, present: Tensor) -> bool:
-        """Add one step; True when ``period_steps`` steps are in the period (time to close)."""
+    def observe(self, values: Tensor, present: Tensor, *, completes_step: bool = True) -> bool:
+        """Add one step's losses; True when ``period_steps`` steps are in the period (time to
+        close). ``completes_step``: False for a micro-batch that does not end an optimizer step
+        (gradient accumulation): its losses count, the step does not."""
         self.stats.update(values, present)
+        if not completes_step:
+            return False
         self.steps += 1
         return self.period_steps is not None and self.steps >= self.period_steps
 

@@ -233,6 +233,7 @@ class AMTL(Weighting):
 
     def observe(self, metrics: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
         """:meth:`update_accuracy` (the base class's lifecycle hook)."""
+        self._lifecycle_called("observe")
         self.update_accuracy(metrics, sync=sync)
 
     def update_accuracy(self, acc: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
@@ -248,6 +249,7 @@ class AMTL(Weighting):
         raw metrics are averaged, before the conversion. ``sync=False``: take the values as
         given (then passing the same values on every process is the caller's responsibility).
         """
+        self._lifecycle_called("observe")
         values = _accuracy_vector(acc, self.num_tasks or 0)
         values = _average_accuracies(self, values, sync)
         low = ~self._higher & ~torch.isnan(values)

@@ -300,7 +300,7 @@ class DWA(EpochPeriods, Weighting):
         """Add one step's losses (averaged across processes under ``torch.distributed``) to the
         period averages; close the period when ``period_steps`` is reached."""
         periods = self._state["periods"]
-        if periods.observe(values, avail):
+        if periods.observe(values, avail, completes_step=self._completes_step()):
             periods.end_period()
 
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:

@@ -100,6 +100,7 @@ class DTP(Weighting):
 
     def observe(self, metrics: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
         """:meth:`update_accuracy` (the base class's lifecycle hook)."""
+        self._lifecycle_called("observe")
         self.update_accuracy(metrics, sync=sync)
 
     def update_accuracy(self, kpi: Sequence[float] | Tensor, *, sync: bool | None = None) -> None:
@@ -109,6 +110,7 @@ class DTP(Weighting):
         those that evaluated it): call it on every process, as
         :meth:`mtl_fast.AMTL.update_accuracy` (same ``sync`` option).
         """
+        self._lifecycle_called("observe")
         values = _accuracy_vector(kpi, self.num_tasks or 0)
         values = _average_accuracies(self, values, sync)
         given = ~torch.isnan(values)

@@ -27,7 +27,7 @@ MAX_LOG_SCALE = 30.0
 class IMTLG(Weighting):
     """IMTL-G: the shared gradient has equal projections onto every task's unit gradient.
 
-    Paper 004 §3.1, eq. 1 and the closed form "(IMTL-G)": g u_1ᵀ = g u_tᵀ for all t with
+    Liu et al. 2021 §3.1, eq. 1 and the closed form "(IMTL-G)": g u_1ᵀ = g u_tᵀ for all t with
     Σ α_t = 1, solved in Gram space as G α ∝ n (n_t = ‖g_t‖; see
     :func:`mtl_fast.reference.imtl_g_weights`). Computed on the gradients of the raw losses with
     respect to the shared features (the paper's default, not "IMTL-G (exact)"); use
@@ -36,7 +36,11 @@ class IMTLG(Weighting):
     The direction of g does not change when a loss is multiplied by a positive constant
     (Theorem 2: α_t → (α_t/k_t) / Σ_τ α_τ/k_τ).
 
-    ``weights``: α [T], Σ α = 1 over the present tasks (0 for absent ones).
+    ``weights``: α [T], Σ α = 1 over the present tasks (0 for absent ones). An α_t can be
+    negative: the equal-projection condition allows it (the paper constrains only Σ α = 1), e.g.
+    when one task's gradient nearly repeats another's in a conflicting pair; the combined
+    gradient still has equal positive projections on the unit gradients whenever the tasks'
+    gradients are linearly independent.
 
     Needs: feature gradients. Extra cost: one Gram pass and one combine pass over the T feature
     gradients, a T×T solve.

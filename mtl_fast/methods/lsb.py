@@ -281,7 +281,7 @@ class LSB(EpochPeriods, Weighting):
     def _observe(self, values: Tensor, avail: Tensor) -> None:
         """Add one step's losses (averaged across processes under ``torch.distributed``) to the
         period averages; close the period when ``period_steps`` is reached."""
-        if self._state["periods"].observe(values, avail):
+        if self._state["periods"].observe(values, avail, completes_step=self._completes_step()):
             self._end_period()
 
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:

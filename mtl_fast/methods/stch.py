@@ -181,9 +181,13 @@ class STCH(Weighting):
         estimated)."""
         return self._state["reference"]
 
+    def _lifecycle_automatic(self) -> set[str]:
+        return {"end_epoch"} if self.epoch_steps is not None else set()
+
     def end_epoch(self) -> bool:
         """Close the current epoch (call after each epoch). Returns False, doing nothing, when
         the epoch had no training step. Closing the estimation epoch sets :attr:`reference`."""
+        self._lifecycle_called("end_epoch")
         if self._state["epoch_step"] == 0:
             return False
         if self._estimate and self._state["epoch"] == self.warmup_epochs:
@@ -220,7 +224,7 @@ class STCH(Weighting):
             total = self._linearised_total(self._warmup_total, losses, present, synced)
         else:
             total = self._linearised_total(self._stch_total, losses, present, synced)
-        self._state["epoch_step"] += 1
+        self._state["epoch_step"] += int(self._completes_step())
         if self.epoch_steps is not None and self._state["epoch_step"] >= self.epoch_steps:
             self.end_epoch()
         return total
