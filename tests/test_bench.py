@@ -1,4 +1,4 @@
-"""The benchmark machinery (mtl_fast.bench): the LibMTL-style peer, the precision comparison,
+"""The benchmark machinery (benchmarks/harness): the LibMTL-style peer, the precision comparison,
 the method registry, the targets, the report writer and the ``mtl-fast bench`` command."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import mtl_fast as mf
-from mtl_fast.bench import libmtl_style, report, runner
-from mtl_fast.bench import workloads as wl
+from benchmarks.harness import libmtl_style, report, runner
+from benchmarks.harness import workloads as wl
 
 #: A micro tier: every section and code path, in seconds.
 TINY = wl.Tier(
@@ -316,7 +316,7 @@ GPU_TINY = dataclasses.replace(
 
 
 def test_gpu_tier_is_well_formed() -> None:
-    from mtl_fast.bench import cli
+    from benchmarks.harness import cli
 
     gpu = wl.TIERS["gpu"]
     assert cli.TIERS == tuple(wl.TIERS)
