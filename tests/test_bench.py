@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,6 +264,54 @@ def test_cli_quick_only_ops(tmp_path, monkeypatch, capsys) -> None:
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert data["tier"] == "quick" and data["sections"] == ["ops"]
     assert {r["section"] for r in data["records"]} == {"ops"}
+
+
+def test_cli_bench_finds_the_harness_of_the_checkout(tmp_path, monkeypatch) -> None:
+    """``mtl-fast bench`` looks for ``benchmarks/harness`` above the package (a source checkout,
+    an editable install), then in the current directory (a wheel run from a checkout)."""
+    import mtl_fast
+    from mtl_fast import cli
+
+    checkout = Path(mtl_fast.__file__).resolve().parents[1]
+    assert cli.harness_root() == checkout
+    assert Path(cli.HARNESS.as_posix()) == Path("benchmarks/harness")
+    # An installed wheel: the package in site-packages, run from somewhere without a checkout.
+    site = tmp_path / "site" / "mtl_fast"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(mtl_fast, "__file__", str(site / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.harness_root() is None
+    monkeypatch.chdir(checkout)  # the same wheel, run from the repository root
+    assert cli.harness_root() == checkout
+
+
+def test_cli_bench_without_checkout_names_the_fix(monkeypatch, capsys) -> None:
+    """From a wheel without the source checkout, ``mtl-fast bench`` fails with exit status 2 and
+    says where the harness lives and what to run."""
+    from mtl_fast import cli
+
+    monkeypatch.setattr(cli, "harness_root", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "benchmarks/harness/" in err and "python -m benchmarks.harness" in err
+    assert "Clone the repository" in err
+
+
+def test_cli_bench_forwards_every_option_to_the_harness(monkeypatch) -> None:
+    """Options after ``bench`` (``--help`` included) are the harness's; other commands still
+    refuse unknown options."""
+    from benchmarks.harness import cli as harness_cli
+    from mtl_fast import cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(harness_cli, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert cli.main(["bench", "--tier", "smoke", "--help", "--only", "ops"]) == 0
+    assert seen == [["--tier", "smoke", "--help", "--only", "ops"]]
+    with pytest.raises(SystemExit):
+        cli.main(["info", "--tier", "smoke"])
+    with pytest.raises(SystemExit) as exc:
+        harness_cli.build_parser().parse_args(["--tier", "nope"])
+    assert exc.value.code == 2
 
 
 # --------------------------------------------------------------------------- gpu tier
