@@ -131,8 +131,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if found != root / HARNESS:
         print(
             f"mtl-fast bench: `benchmarks.harness` was imported from {found}, not from "
-            f"{root / HARNESS}; another `benchmarks` package is on the path. Run "
-            f"`python -m benchmarks.harness` from {root} instead.",
+            f"{root / HARNESS}: an installed package named `benchmarks` shadows the checkout's "
+            "folder (a package with an __init__.py wins over a folder without one). Uninstall "
+            "it, or run from an environment without it.",
             file=sys.stderr,
         )
         return 2

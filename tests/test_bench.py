@@ -297,6 +297,20 @@ def test_cli_bench_without_checkout_names_the_fix(monkeypatch, capsys) -> None:
     assert "Clone the repository" in err
 
 
+def test_cli_bench_refuses_a_shadowing_benchmarks_package(tmp_path, monkeypatch, capsys) -> None:
+    """A ``benchmarks.harness`` imported from elsewhere than the checkout is not run."""
+    import types
+
+    from mtl_fast import cli
+
+    other = types.ModuleType("benchmarks.harness.cli")
+    other.__file__ = str(tmp_path / "site" / "benchmarks" / "harness" / "cli.py")
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: other)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "site") in err and "shadows" in err
+
+
 def test_cli_bench_forwards_every_option_to_the_harness(monkeypatch) -> None:
     """Options after ``bench`` (``--help`` included) are the harness's; other commands still
     refuse unknown options."""
