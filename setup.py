@@ -109,7 +109,6 @@ setup(
         "mtl_fast.reference",
         "mtl_fast.methods",
         "mtl_fast.kernels",
-        "mtl_fast.bench",
         "mtl_fast.compare",
     ],
     package_data={"mtl_fast": ["py.typed"]},

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_fast.bench import workloads as wl
-from mtl_fast.bench.runner import synced
+from benchmarks.harness import workloads as wl
+from benchmarks.harness.runner import synced
 
 
 def test_op(benchmark, op_case, op_inputs, device, tier) -> None:

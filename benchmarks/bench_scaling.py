@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_fast.bench import workloads as wl
-from mtl_fast.bench.runner import synced
+from benchmarks.harness import workloads as wl
+from benchmarks.harness.runner import synced
 
 
 @pytest.mark.parametrize("impl", wl.IMPLS)

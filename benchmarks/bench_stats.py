@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_fast.bench import workloads as wl
+from benchmarks.harness import workloads as wl
 
 
 def test_cv_step(benchmark, stats_case) -> None:

@@ -21,7 +21,7 @@ any device: a Jacobian over the tier's memory budget). MGDA runs at every T: on 
 solve is the native exact Wolfe solver of ``mtl_fast._C``.
 
 Timing: on the CPU a host clock around each call (wall and process CPU time); on CUDA
-:func:`mtl_fast.bench.runner.time_interleaved` (CUDA events, one synchronisation per round).
+:func:`benchmarks.harness.runner.time_interleaved` (CUDA events, one synchronisation per round).
 A time limit (``--time-limit``; by default 75 s on the gpu tier, none elsewhere) bounds the
 run: (T, method) cells not started within it are listed as skipped.
 
@@ -30,7 +30,7 @@ pytest-benchmark (as the other suites)::
     pytest benchmarks/bench_structured.py --bench-tier quick
 
 Side-by-side table with medians of interleaved rounds, peak extra memory
-(:func:`mtl_fast.bench.runner.peak_extra_bytes`: CUDA allocator peak, or the CPU profiler's
+(:func:`benchmarks.harness.runner.peak_extra_bytes`: CUDA allocator peak, or the CPU profiler's
 allocation events) and the ratios, written to ``benchmarks/results/structured-<machine>-<tier>``
 ``.json`` / ``.md``. On the CPU the table reports process CPU time next to wall time: with one
 torch thread it is robust to a loaded machine (time spent preempted is not counted)::
@@ -50,14 +50,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+# Run as a script (`python benchmarks/x.py`): the repository root, so `benchmarks.harness` imports.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import mtl_fast as mf
-from mtl_fast.bench import runner
-from mtl_fast.bench import workloads as wl
+from benchmarks.harness import runner
+from benchmarks.harness import workloads as wl
 from mtl_fast.methods import registry
 from mtl_fast.multitask_linear import MultiTaskLinear
 
@@ -93,7 +96,7 @@ def _method(name: str, T: int) -> mf.Weighting:
 
 def skip_reason(case: Case, device: torch.device, budget: int | None = None) -> str | None:
     """Why ``case`` is not run here (``None``: it runs); ``budget``: bytes a case may use
-    (default: :func:`mtl_fast.bench.workloads.memory_budget` of the device)."""
+    (default: :func:`benchmarks.harness.workloads.memory_budget` of the device)."""
     T, B, C = case.T, case.B, case.C
     if case.route == "jacobian":
         need = 2 * T * B * C * 4  # the T feature gradients, and as much again for the split's views
@@ -197,7 +200,7 @@ def time_routes(
     on the CPU, the median process CPU time — robust to a loaded machine when torch runs one
     thread (``--threads 1``): time spent preempted is not counted.
 
-    On CUDA the rounds are :func:`mtl_fast.bench.runner.time_interleaved`'s (CUDA events, one
+    On CUDA the rounds are :func:`benchmarks.harness.runner.time_interleaved`'s (CUDA events, one
     synchronisation per round; ``max_s`` bounds a measurement's planned rounds); the wall time
     is the device time between the events."""
     if runner.uses_events(device):

@@ -1,6 +1,6 @@
 """Shared configuration of the pytest-benchmark suites.
 
-The sizes come from a tier of :mod:`mtl_fast.bench.workloads` (``--bench-tier`` or
+The sizes come from a tier of :mod:`benchmarks.harness.workloads` (``--bench-tier`` or
 ``$MTL_FAST_BENCH_TIER``, default ``smoke``); the callables timed here are the ones
 ``mtl-fast bench`` times, built by the same functions.
 
@@ -17,9 +17,9 @@ from typing import Callable
 import pytest
 import torch
 
-from mtl_fast.bench import TIER_ENV
-from mtl_fast.bench import workloads as wl
-from mtl_fast.bench.runner import synced
+from benchmarks.harness import TIER_ENV
+from benchmarks.harness import workloads as wl
+from benchmarks.harness.runner import synced
 
 __all__ = ["synced"]  # re-exported: suites may `from conftest import synced`
 

@@ -110,7 +110,8 @@ esac
     # shellcheck disable=SC2086
     run tests 170 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 160 \
       --junitxml="$RESULTS/junit-$TIER.xml" -o junit_logging=no $TESTS
-    run bench 60 "$PY" -m mtl_fast.cli bench "${QUICK_BENCH[@]}" --device "$DEVICE" --only ops \
+    # `mtl-fast bench` ≡ the harness of this checkout (not in the wheel installed above).
+    run bench 60 "$PY" -m benchmarks.harness "${QUICK_BENCH[@]}" --device "$DEVICE" --only ops \
       --out "$RESULTS" --no-plot
     if [ "$DEVICE" != cpu ] && [ -d "$TRITON_CACHE_DIR" ]; then
       # The compiled kernels, for the next tier on a fresh machine (kept only when ≤ 15 MiB).
@@ -130,7 +131,7 @@ esac
     # shellcheck disable=SC2086
     run tests 160 "$PY" -m pytest -q -p no:cacheprovider "${XDIST[@]}" --timeout 120 \
       --junitxml="$RESULTS/junit-$TIER.xml" -o junit_logging=no $TESTS
-    run bench 150 "$PY" -m mtl_fast.cli bench --tier "$BENCH_TIER" --device "$DEVICE" \
+    run bench 150 "$PY" -m benchmarks.harness --tier "$BENCH_TIER" --device "$DEVICE" \
       --time-limit 125 --out "$RESULTS"
     run structured 50 "$PY" benchmarks/bench_structured.py --tier "$STRUCT_TIER" \
       --device "$DEVICE" --time-limit 35 --out "$RESULTS"

@@ -1,7 +1,7 @@
 """Where the time of one training step goes, per method: eager vs CUDA-graph replay, and the
 host-side operators of the eager step.
 
-For each method, on the benchmark's training model (``mtl_fast.bench.workloads``, the tier's
+For each method, on the benchmark's training model (``benchmarks.harness.workloads``, the tier's
 width, image size and batch):
 
 * ``eager``: median wall time of a step (synchronised), the way a user's loop runs it;
@@ -25,10 +25,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+# Run as a script (`python benchmarks/x.py`): the repository root, so `benchmarks.harness` imports.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-from mtl_fast.bench import runner
-from mtl_fast.bench import workloads as wl
+from benchmarks.harness import runner
+from benchmarks.harness import workloads as wl
 from mtl_fast.methods import registry
 
 DEFAULT_METHODS = ("EqualWeighting", "IMTLG", "IMTL", "MGDA", "CVWeighting", "IMTLL")
@@ -36,8 +39,8 @@ DEFAULT_METHODS = ("EqualWeighting", "IMTLG", "IMTL", "MGDA", "CVWeighting", "IM
 
 def _median(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
     """Median seconds per call of ``fn`` over ``reps`` rounds
-    (:func:`mtl_fast.bench.runner.time_interleaved`: host clock on the CPU, CUDA events on a GPU,
-    where the host's gaps between launches are part of an eager step's time)."""
+    (:func:`benchmarks.harness.runner.time_interleaved`: host clock on the CPU, CUDA events on a
+    GPU, where the host's gaps between launches are part of an eager step's time)."""
     t = runner.time_interleaved(
         {"step": fn}, device, warmup=1, min_repeats=reps, max_repeats=reps, budget_s=0.0
     )

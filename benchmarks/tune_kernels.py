@@ -37,6 +37,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+# Run as a script (`python benchmarks/x.py`): the repository root, so `benchmarks.harness` imports.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 GiB = 1024**3
 #: Relative error of G (Frobenius) against float64 above which a candidate is rejected.
 MAX_REL_ERROR = {"fp32": 1e-5, "bf16": 1e-5}
@@ -160,7 +163,7 @@ def _time(fns: list[Any], device: Any, reps: int) -> float:
             fns[i % len(fns)]()
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
-    from mtl_fast.bench import runner
+    from benchmarks.harness import runner
 
     for f in fns:  # every input copy once, outside the capture
         f()
@@ -304,16 +307,16 @@ def _worker(
 
 def copy_gbps(device: Any) -> float:
     """Device copy bandwidth, (bytes read + written) / median time of a 2 GiB copy (64 MiB on
-    the CPU): :func:`mtl_fast.bench.runner.copy_bandwidth`."""
-    from mtl_fast.bench import runner
+    the CPU): :func:`benchmarks.harness.runner.copy_bandwidth`."""
+    from benchmarks.harness import runner
 
     return runner.copy_bandwidth(device, 2 * GiB if device.type == "cuda" else 64 * 1024**2, 10)
 
 
 def floor_bytes(op: str, T: int, D: int, dtype: str) -> int:
     """Gram reads J once; combine reads J and writes one row
-    (:func:`mtl_fast.bench.workloads.floor_bytes`)."""
-    from mtl_fast.bench import workloads as wl
+    (:func:`benchmarks.harness.workloads.floor_bytes`)."""
+    from benchmarks.harness import workloads as wl
 
     return wl.floor_bytes(op, T, D, wl.element_size(dtype)) or 0
 

@@ -1,4 +1,4 @@
-"""The benchmark machinery (mtl_fast.bench): the LibMTL-style peer, the precision comparison,
+"""The benchmark machinery (benchmarks/harness): the LibMTL-style peer, the precision comparison,
 the method registry, the targets, the report writer and the ``mtl-fast bench`` command."""
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import mtl_fast as mf
-from mtl_fast.bench import libmtl_style, report, runner
-from mtl_fast.bench import workloads as wl
+from benchmarks.harness import libmtl_style, report, runner
+from benchmarks.harness import workloads as wl
 
 #: A micro tier: every section and code path, in seconds.
 TINY = wl.Tier(
@@ -265,6 +266,68 @@ def test_cli_quick_only_ops(tmp_path, monkeypatch, capsys) -> None:
     assert {r["section"] for r in data["records"]} == {"ops"}
 
 
+def test_cli_bench_finds_the_harness_of_the_checkout(tmp_path, monkeypatch) -> None:
+    """``mtl-fast bench`` looks for ``benchmarks/harness`` above the package (a source checkout,
+    an editable install), then in the current directory (a wheel run from a checkout)."""
+    import mtl_fast
+    from mtl_fast import cli
+
+    checkout = Path(mtl_fast.__file__).resolve().parents[1]
+    assert cli.harness_root() == checkout
+    assert Path(cli.HARNESS.as_posix()) == Path("benchmarks/harness")
+    # An installed wheel: the package in site-packages, run from somewhere without a checkout.
+    site = tmp_path / "site" / "mtl_fast"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(mtl_fast, "__file__", str(site / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.harness_root() is None
+    monkeypatch.chdir(checkout)  # the same wheel, run from the repository root
+    assert cli.harness_root() == checkout
+
+
+def test_cli_bench_without_checkout_names_the_fix(monkeypatch, capsys) -> None:
+    """From a wheel without the source checkout, ``mtl-fast bench`` fails with exit status 2 and
+    says where the harness lives and what to run."""
+    from mtl_fast import cli
+
+    monkeypatch.setattr(cli, "harness_root", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "benchmarks/harness/" in err and "python -m benchmarks.harness" in err
+    assert "Clone the repository" in err
+
+
+def test_cli_bench_refuses_a_shadowing_benchmarks_package(tmp_path, monkeypatch, capsys) -> None:
+    """A ``benchmarks.harness`` imported from elsewhere than the checkout is not run."""
+    import types
+
+    from mtl_fast import cli
+
+    other = types.ModuleType("benchmarks.harness.cli")
+    other.__file__ = str(tmp_path / "site" / "benchmarks" / "harness" / "cli.py")
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: other)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "site") in err and "shadows" in err
+
+
+def test_cli_bench_forwards_every_option_to_the_harness(monkeypatch) -> None:
+    """Options after ``bench`` (``--help`` included) are the harness's; other commands still
+    refuse unknown options."""
+    from benchmarks.harness import cli as harness_cli
+    from mtl_fast import cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(harness_cli, "main", lambda argv: seen.append(list(argv)) or 0)
+    assert cli.main(["bench", "--tier", "smoke", "--help", "--only", "ops"]) == 0
+    assert seen == [["--tier", "smoke", "--help", "--only", "ops"]]
+    with pytest.raises(SystemExit):
+        cli.main(["info", "--tier", "smoke"])
+    with pytest.raises(SystemExit) as exc:
+        harness_cli.build_parser().parse_args(["--tier", "nope"])
+    assert exc.value.code == 2
+
+
 # --------------------------------------------------------------------------- gpu tier
 
 
@@ -316,7 +379,7 @@ GPU_TINY = dataclasses.replace(
 
 
 def test_gpu_tier_is_well_formed() -> None:
-    from mtl_fast.bench import cli
+    from benchmarks.harness import cli
 
     gpu = wl.TIERS["gpu"]
     assert cli.TIERS == tuple(wl.TIERS)

@@ -143,7 +143,7 @@ def mgda_step(grads: Tensor) -> Tensor:
 
 def train_step(
     encoder: nn.Module,
-    heads: Sequence[nn.Module],
+    heads: Sequence[nn.Module] | nn.ModuleList,
     task_loss: Callable[[int, Tensor], Tensor],
     optimizer: torch.optim.Optimizer,
     x: Tensor,

@@ -1,7 +1,8 @@
 """``mtl-fast bench``: run the benchmark sections and write JSON, Markdown and PNG.
 
-Registered by :mod:`mtl_fast.cli` (which imports this module for every command, so nothing
-heavy is imported here at module level).
+:mod:`mtl_fast.cli` forwards ``mtl-fast bench ARGS`` to :func:`main` (``python -m
+benchmarks.harness ARGS`` from the repository root is the same command). Nothing heavy is
+imported at module level, so ``--help`` stays fast.
 
 Examples::
 
@@ -16,18 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Sequence
 
 SECTIONS = ("ops", "train", "stats", "scaling")
-#: The names of :data:`mtl_fast.bench.workloads.TIERS` (spelled out: importing workloads here
-#: would import torch for every ``mtl-fast`` command; a test keeps the two in step).
+#: The names of :data:`benchmarks.harness.workloads.TIERS` (spelled out: importing workloads here
+#: would import torch just to print ``--help``; a test keeps the two in step).
 TIERS = ("smoke", "quick", "full", "gpu")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` subcommand to the ``mtl-fast`` parser."""
-    p = subparsers.add_parser(
-        "bench",
-        help="benchmarks: ops, training step, loss statistics, scaling in T",
+def build_parser(prog: str = "mtl-fast bench") -> argparse.ArgumentParser:
+    """The options of ``mtl-fast bench``."""
+    p = argparse.ArgumentParser(
+        prog=prog,
         description=(
             "Measure mtl_fast side by side with its reference, a LibMTL-style implementation "
             "and torchjd, and write <machine>-<date>[-<tier>].{json,md,png} into --out."
@@ -64,13 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=_cmd_bench)
+    return p
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "mtl-fast bench") -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the sections and write the report."""
+    args = build_parser(prog).parse_args(argv)
     import torch
 
-    from mtl_fast.bench import TIER_ENV, report, runner
+    from . import TIER_ENV, report, runner
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +88,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             time_limit_s=args.time_limit,
         )
     except runner.BenchError as exc:
-        print(f"mtl-fast bench: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     paths = report.write(results, args.out, png=not args.no_plot)
     print("\n".join(report.targets_table(results)))

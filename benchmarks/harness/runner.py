@@ -16,7 +16,7 @@ Time limits: a tier may bound each section's time (``Tier.section_time_s``, resc
 (SIGINT, e.g. from ``timeout``) ends the run early with what was measured so far.
 
 Bandwidth: :func:`copy_bandwidth` times a large tensor copy in the same run; an op's achieved
-GB/s is its floor bytes (:func:`mtl_fast.bench.workloads.floor_bytes`) over its median time.
+GB/s is its floor bytes (:func:`benchmarks.harness.workloads.floor_bytes`) over its median time.
 
 Peak extra memory (:func:`peak_extra_bytes`): on CUDA ``torch.cuda.max_memory_allocated`` around
 one call minus what was allocated before; on the CPU the running sum of the allocation events
@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from mtl_fast.bench import workloads as wl
+from . import workloads as wl
 
 Progress = Callable[[str], None]
 SECTIONS = ("ops", "train", "stats", "scaling")
@@ -925,7 +925,7 @@ def run(
     """Run the benchmark sections and return the results (the JSON document).
 
     Args:
-        tier: a :class:`~mtl_fast.bench.workloads.Tier` or its name (default: the environment
+        tier: a :class:`~benchmarks.harness.workloads.Tier` or its name (default: the environment
             variable, else ``smoke``).
         sections: a subset of ``("ops", "train", "stats", "scaling")`` (default: the tier's
             ``default_sections``, else all).
@@ -1009,7 +1009,7 @@ def run(
         "records": records,
         "skipped": skipped,
     }
-    from mtl_fast.bench.report import evaluate_targets
+    from .report import evaluate_targets
 
     results["targets"] = evaluate_targets(results)
     return results

@@ -74,6 +74,11 @@ def _cell(r: Record) -> str:
     return " ".join(parts)
 
 
+def _at_most(limit: float) -> Callable[[float], bool]:
+    """The test ``value ≤ limit`` of a target."""
+    return lambda value: value <= limit
+
+
 def _target(
     tid: str,
     description: str,
@@ -180,7 +185,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[Record]:
                 f"cpu_train_{name}",
                 f"CPU training step {name} ≤ {limit}× equal weighting, T = 10",
                 vals,
-                lambda v, lim=limit: v <= lim,
+                _at_most(limit),
                 _x,
                 worst=max,
             )
@@ -316,7 +321,7 @@ def _gpu_targets(recs: list[Record]) -> list[Record]:
                 f"GPU training step {' / '.join(GPU_TRAIN_METHODS)} ≤ {limit}× equal weighting, "
                 f"T = {T}",
                 vals,
-                lambda v, lim=limit: v <= lim,
+                _at_most(limit),
                 _x,
                 worst=max,
             )

@@ -1,7 +1,7 @@
 r"""What the benchmarks measure: tiers, inputs, the implementations side by side, the training
 model and tasks, the method registry and the loss-statistics steps.
 
-Shared by ``mtl-fast bench`` (:mod:`mtl_fast.bench.runner`) and the pytest-benchmark suites in
+Shared by ``mtl-fast bench`` (:mod:`benchmarks.harness.runner`) and the pytest-benchmark suites in
 ``benchmarks/``: both time the callables built here.
 
 Tiers (:data:`TIERS`, chosen by ``--tier`` / ``--quick`` or the environment variable
@@ -30,12 +30,15 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from mtl_fast.bench import TIER_ENV, libmtl_style
+from . import TIER_ENV, libmtl_style
+
+if TYPE_CHECKING:
+    from mtl_fast.weighting import Weighting
 
 GiB = 1024**3
 
@@ -435,21 +438,21 @@ def _torchjd_op(op: str, inp: OpInputs) -> Callable[[], Any]:
             return lambda: J @ J.T
         return lambda: compute_gramian(J)
     if op == "imtlg_weights":
-        weighting = IMTLGWeighting()
-        return lambda: weighting(G)
+        imtlg_weighting = IMTLGWeighting()
+        return lambda: imtlg_weighting(G)
     if op == "mgda_weights":
-        weighting = MGDAWeighting()
-        return lambda: weighting(G)
+        mgda_weighting = MGDAWeighting()
+        return lambda: mgda_weighting(G)
     if op == "combine":
         return lambda: alpha @ J
     if op == "step_imtlg":
         if low:
             raise Unsupported(f"torchjd IMTLG raises on {J.dtype} (torch.linalg.pinv)")
-        agg = IMTLG()
-        return lambda: agg(J)
+        imtlg = IMTLG()
+        return lambda: imtlg(J)
     if op == "step_mgda":
-        agg = MGDA()
-        return lambda: agg(J)
+        mgda = MGDA()
+        return lambda: mgda(J)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -719,7 +722,7 @@ def _bench_options(name: str, T: int) -> dict[str, Any]:
     return {}
 
 
-def build_method(name: str, T: int) -> nn.Module:
+def build_method(name: str, T: int) -> Weighting:
     """Method ``name`` for T tasks: the registry's constructor with the benchmark's options.
 
     Raises:
@@ -744,7 +747,7 @@ def _synthetic_losses(setup: TrainSetup, gen: torch.Generator) -> Tensor:
     return (scale * (0.5 + torch.rand(setup.T, generator=gen))).to(setup.device)
 
 
-def _prepare(method: nn.Module, setup: TrainSetup) -> None:
+def _prepare(method: Weighting, setup: TrainSetup) -> None:
     """Bring a method to its steady state before it is timed (outside the timed steps), by the
     lifecycle calls its class declares (:attr:`mtl_fast.Weighting.lifecycle`):
 
@@ -755,16 +758,19 @@ def _prepare(method: nn.Module, setup: TrainSetup) -> None:
       eq. 10 from period 3 on, the Tchebycheff scalarisation) rather than warm-up weights.
     """
     T = setup.T
-    m: Any = method
-    if "observe" in m.lifecycle:
-        m.observe([0.4 + 0.5 * t / max(T - 1, 1) for t in range(T)])
-    if "end_epoch" in m.lifecycle:
+    if "observe" in method.lifecycle:
+        method.observe([0.4 + 0.5 * t / max(T - 1, 1) for t in range(T)])
+    if "end_epoch" in method.lifecycle:
         gen = torch.Generator(device="cpu").manual_seed(7)
         epochs = 0
-        while epochs < 3 or getattr(m, "warming_up", False) or getattr(m, "reference", 1) is None:
+        while (
+            epochs < 3
+            or getattr(method, "warming_up", False)
+            or getattr(method, "reference", 1) is None
+        ):
             for _ in range(4):
-                m.loss(_synthetic_losses(setup, gen))
-            m.end_epoch()
+                method.loss(_synthetic_losses(setup, gen))
+            method.end_epoch()
             epochs += 1
 
 
@@ -791,7 +797,7 @@ def make_method_step(name: str, T: int, tier: Tier, device: torch.device | str) 
     if name in LIBMTL_METHODS:
         kind = LIBMTL_METHODS[name]
         log_scales = None
-        params = setup.parameters()
+        params: list[Tensor] = [*setup.parameters()]
         if kind == "imtl":
             log_scales = torch.zeros(T, device=setup.device, requires_grad=True)
             params.append(log_scales)
@@ -883,7 +889,7 @@ def make_stats_step(impl: str, T: int, device: torch.device | str = "cpu") -> Ca
         if cls is None:
             raise Unsupported("CVWeighting is not defined in mtl_fast (yet)")
         accumulator = "auto" if impl == "mtl_fast C++ accumulator" else "torch"
-        if "accumulator" not in inspect.signature(cls.__init__).parameters:
+        if "accumulator" not in inspect.signature(cls).parameters:
             raise Unsupported("CVWeighting has no accumulator= option in this build")
         cv = cls(T, accumulator=accumulator)
 
