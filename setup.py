@@ -110,6 +110,8 @@ setup(
         "mtl_fast.methods",
         "mtl_fast.kernels",
         "mtl_fast.compare",
+        "mtl_fast.compare.problems",
+        "mtl_fast.integrations",
     ],
     package_data={"mtl_fast": ["py.typed"]},
     ext_modules=ext_modules,

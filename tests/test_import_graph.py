@@ -109,3 +109,12 @@ def test_the_checker_finds_a_cycle() -> None:
         "mtl_fast.b",
         "mtl_fast.a",
     ]
+
+
+def test_setup_lists_every_package() -> None:
+    """Every folder of mtl_fast with an ``__init__.py`` ships in the wheel (setup.py lists the
+    packages by hand)."""
+    setup_py = (ROOT.parent / "setup.py").read_text()
+    for init in ROOT.rglob("__init__.py"):
+        name = _module_name(init)
+        assert f'"{name}"' in setup_py, f"setup.py does not list {name}"
