@@ -108,6 +108,7 @@ class Weighting(nn.Module, MethodHelpers):
         self.task_names: list[str] | None = None
         self._state: dict[str, Any] = {"step": 0, "weights": None, "micro_batch": 0}
         self._micro_batches = 1
+        self._accumulate_weights = "micro_batch"
         self._lifecycle_seen: set[str] = set()
         self._lifecycle_warned = False
         self._monitor = NonFiniteMonitor(type(self).__name__)
@@ -245,14 +246,28 @@ class Weighting(nn.Module, MethodHelpers):
             )
         return self.record_loss(prepared)
 
-    def accumulate(self, micro_batches: int) -> Weighting:
+    def accumulate(self, micro_batches: int, *, weights: str = "micro_batch") -> Weighting:
         """Gradient accumulation: ``micro_batches`` back-propagated micro-batches per optimizer
-        step. Every micro-batch is one ``split`` + ``loss(...).backward()`` (a gradient method
-        solves its weights per micro-batch: exact for the gradient each backward adds); the
-        step counter (:attr:`step`, and with it ``period_steps`` / ``epoch_steps``) counts
-        optimizer steps, i.e. once every ``micro_batches`` calls of :meth:`loss`. Statistics
-        take every micro-batch's losses. Returns the method. Summing several ``loss()`` totals
-        before one backward is refused (each micro-batch is back-propagated on its own)."""
+        step. Every micro-batch is one ``split`` + ``loss(...).backward()``; the step counter
+        (:attr:`step`, and with it ``period_steps`` / ``epoch_steps``) counts optimizer steps,
+        i.e. once every ``micro_batches`` calls of :meth:`loss`. Statistics take every
+        micro-batch's losses. Summing several ``loss()`` totals before one backward is refused.
+
+        ``weights`` (gradient methods): ``"micro_batch"`` (default) solves α per micro-batch,
+        exact for the gradient each backward adds. ``"step"`` solves α once per optimizer step
+        from the mean Gram matrix of its micro-batches, one step late: every micro-batch of
+        step s is combined with the α of step s − 1 (the first step solves per micro-batch).
+        That is the exact α of the previous step's full batch; the current step's cannot be
+        used, since the encoder's backward of its first micro-batches has already run when the
+        last micro-batch's Gram matrix exists (keeping the K micro-batches' feature gradients
+        would not help for the same reason). Returns the method."""
+        if weights not in ("micro_batch", "step"):
+            raise ValueError(f"weights must be 'micro_batch' or 'step'; got {weights!r}")
+        if weights == "step" and not self.gradient_based:
+            raise ValueError(
+                f"{type(self).__name__} is loss-based: weights='step' is for gradient methods"
+            )
+        self._accumulate_weights = weights
         if (
             not isinstance(micro_batches, int)
             or isinstance(micro_batches, bool)
@@ -407,7 +422,7 @@ class Weighting(nn.Module, MethodHelpers):
         alpha = balance_gram(
             G,
             inputs,
-            self.gram_weights,
+            self._solve_for_step,
             monitor=self._monitor,
             step=self.step,
             sync=self._sync.active,
@@ -420,6 +435,22 @@ class Weighting(nn.Module, MethodHelpers):
         return alpha
 
     # ------------------------------------------------------------------ step internals
+
+    def _solve_for_step(self, G: Tensor, inputs: StepInputs) -> Tensor:
+        """:meth:`gram_weights`, or under ``accumulate(k, weights="step")`` the previous
+        optimizer step's α while this step's Gram matrices are summed (see :meth:`accumulate`)."""
+        if self._accumulate_weights != "step" or self._micro_batches == 1:
+            return self.gram_weights(G, inputs)
+        acc = self._state.get("gram_sum")
+        acc = G.detach().clone() if acc is None else acc.to(G.device) + G
+        previous = self._state.get("step_alpha")
+        alpha = self.gram_weights(G, inputs) if previous is None else previous.to(G.device)
+        if self._completes_step():
+            self._state["step_alpha"] = self.gram_weights(acc / self._micro_batches, inputs)
+            self._state["gram_sum"] = None
+        else:
+            self._state["gram_sum"] = acc
+        return alpha
 
     def _updating(self) -> bool:
         """Whether a call is a training step (training mode, gradients enabled)."""

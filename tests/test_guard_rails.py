@@ -121,3 +121,28 @@ def test_public_solves_raise_on_a_non_finite_gram_matrix(solve) -> None:
         solve(G)
     with pytest.raises(ValueError, match="task 0"):
         solve(torch.diag(torch.tensor([float("inf"), 1.0, 1.0])), backend="torch")
+
+
+def test_accumulate_step_weights_are_the_previous_steps_full_batch_solve() -> None:
+    """``accumulate(2, weights="step")``: both micro-batches of step 2 use α solved from the
+    mean Gram matrix of step 1's two micro-batches."""
+    from _toy import feature_gradients
+
+    model = ToyMTL(T)
+    method = mf.IMTLG().accumulate(2, weights="step")
+    batches = [toy_batch(model, seed=k) for k in range(4)]
+    grams = []
+    for x, ys in batches[:2]:
+        _, J = feature_gradients(model, x, ys)
+        grams.append(mf.gram(J.reshape(T, -1)).double())
+    expected = mf.imtl_g_weights((grams[0] + grams[1]) / 2)
+    for k, (x, ys) in enumerate(batches):
+        model.zero_grad(set_to_none=True)
+        split_step(model, method, x, ys)
+        if k >= 2:
+            torch.testing.assert_close(method.weights.double(), expected, rtol=1e-4, atol=1e-6)
+    assert method.step == 2
+    with pytest.raises(ValueError, match="loss-based"):
+        mf.CVWeighting(T).accumulate(2, weights="step")
+    with pytest.raises(ValueError, match="'micro_batch' or 'step'"):
+        mf.IMTLG().accumulate(2, weights="optimizer")
