@@ -83,8 +83,10 @@ class Weighting(nn.Module, MethodHelpers):
     #: warned about (once): the method would keep its warm-up weights.
     lifecycle_warn_steps: ClassVar[int] = 5000
     #: Learning rate of :meth:`param_groups` for methods with learnable weights (UW, IMTL-L,
-    #: IMTL, GradNorm, FAMO): the rate ``mtl-fast compare`` trains them with.
-    default_lr: ClassVar[float] = 0.05
+    #: IMTL, GradNorm, FAMO), and of ``mtl-fast compare --method-lr``: the best worst case over
+    #: the compare problems (digits, denoise, synthetic) among 0.01 / 0.05 / 0.2 (README,
+    #: "Pitfalls"; 0.05 and 0.2 collapse UW and IMTL-L on denoise).
+    default_lr: ClassVar[float] = 0.01
 
     def __init__(
         self,
@@ -281,9 +283,10 @@ class Weighting(nn.Module, MethodHelpers):
         """Optimizer parameter groups for the method's learnable weights (empty when it has
         none): ``optimizer = torch.optim.Adam([*model_groups, *method.param_groups()])``.
 
-        ``lr``: their learning rate (default :attr:`default_lr`, 0.05: the weights are a handful
+        ``lr``: their learning rate (default :attr:`default_lr`, 0.01: the weights are a handful
         of log-scales that must move within a few hundred steps, which the model's 1e-3 would
-        not do); no weight decay (it would pull them towards equal weights)."""
+        not do; higher rates help some problems and collapse others); no weight decay (it would
+        pull them towards equal weights)."""
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             return []

@@ -65,7 +65,7 @@ def test_param_groups_default_lr_and_methods_without_parameters() -> None:
         uw.loss(model.losses(x, ys)).backward()
         opt.step()
     # at the default rate the log-variances move by about lr per Adam step
-    assert (uw.log_vars.detach() - before).abs().max() > 0.5
+    assert (uw.log_vars.detach() - before).abs().max() > 0.1
 
 
 @pytest.mark.parametrize(

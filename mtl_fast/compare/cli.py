@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any
 
+from mtl_fast.weighting import Weighting
+
 __all__ = ["register", "run"]
 
 #: ``--quick``: T for synthetic unless --tasks is given.
@@ -79,8 +81,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--method-lr",
         type=float,
-        default=0.05,
-        help="Adam learning rate of the methods' own parameters (default 0.05)",
+        default=Weighting.default_lr,
+        help=f"Adam learning rate of the methods' own parameters (default {Weighting.default_lr})",
     )
     p.add_argument("--out", default="compare-out", help="output directory (default compare-out)")
     p.add_argument("--dpi", type=int, default=60, help="figure resolution (default 60)")
@@ -257,7 +259,7 @@ def _argv_for_report(args: argparse.Namespace) -> list[str]:
         out += ["--seeds", str(args.seeds)]
     if args.seed != 0:
         out += ["--seed", str(args.seed)]
-    if args.method_lr != 0.05:
+    if args.method_lr != Weighting.default_lr:
         out += ["--method-lr", str(args.method_lr)]
     if args.tiny:
         out.append("--tiny")

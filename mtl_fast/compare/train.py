@@ -9,9 +9,9 @@
   global RNG state): two runs with the same seed give identical metrics;
 * one Adam optimizer over the model's and the method's parameters (IMTL-L / IMTL scales,
   Kendall's log-variances, GradNorm's weights); the method's parameters have their own
-  learning rate ``method_lr`` (default 0.05: Adam moves a log-scale by about that much per
-  step, so it settles within ~100 steps, as it must in a budget of a few hundred steps rather
-  than the 10⁵ of the papers);
+  learning rate ``method_lr`` (default ``Weighting.default_lr`` = 0.01: Adam moves a log-scale
+  by about that much per step, so it settles within the few hundred steps of this budget
+  rather than the 10⁵ of the papers; README, "Pitfalls", has the measurement);
 * the ordinary loop of docs/design.md: ``zs = method.split(z)``, T losses,
   ``method.loss(losses).backward()``, ``optimizer.step()``;
 * the method's hooks when it has them: ``end_period()`` / ``end_epoch()`` after every epoch
@@ -47,6 +47,7 @@ from mtl_fast.compare import registry
 from mtl_fast.compare.problems import Evaluation, MetricTree, Problem
 from mtl_fast.history import WeightHistory
 from mtl_fast.methods import EqualWeighting
+from mtl_fast.weighting import Weighting
 
 __all__ = [
     "CompareConfig",
@@ -78,7 +79,7 @@ class TrainConfig:
     lr: float
     seed: int = 0
     max_steps: int | None = None
-    method_lr: float = 0.05
+    method_lr: float = Weighting.default_lr
 
 
 @dataclass
@@ -262,7 +263,7 @@ class CompareConfig:
     batch_size: int | None = None
     lr: float | None = None
     max_steps: int | None = None
-    method_lr: float = 0.05
+    method_lr: float = Weighting.default_lr
     progress: bool = True
     timing_rounds: int = 20
     timing_steps: int = 3
