@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast._validation import check_gram
-from mtl_fast.methods.nash_mtl import DECREMENT_TOL, NEWTON_ITERS, _step_lengths
+from mtl_fast.methods._newton import barrier_newton
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
 
@@ -67,7 +67,7 @@ def fairgrad_weights(
         alpha: the fairness parameter α > 0.
         active: bool [T], the tasks to include (default: finite, non-zero diagonal).
         max_iter: Newton iterations (default: up to 100 on the CPU, stopping when converged;
-            :data:`mtl_fast.methods.nash_mtl.NEWTON_ITERS` elsewhere).
+            :data:`mtl_fast.methods._newton.NEWTON_ITERS` elsewhere).
         stop_early: leave the loop once converged (reads a flag on the host; default: on the
             CPU only).
     """
@@ -89,30 +89,15 @@ def fairgrad_weights(
     k = ones.sum().clamp_min(1.0)
     c = torch.sqrt(k / (ones @ C @ ones).clamp_min(1e-300))
     w = torch.where(active, c, 1.0)
-    taus = _step_lengths(G.device)
-    if stop_early is None:
-        stop_early = G.device.type == "cpu"
-    if max_iter is None:
-        max_iter = 100 if stop_early else NEWTON_ITERS
-    f = _objective(C, w[None], alpha)[0]
-    for _ in range(max_iter):
-        grad = C @ w - w.pow(-1.0 / alpha)
-        H = C + torch.diag(w.pow(-1.0 / alpha - 1.0) / alpha)
-        L, _ = torch.linalg.cholesky_ex(H)
-        delta = torch.cholesky_solve(grad[:, None], L)[:, 0]
-        dec2 = (grad @ delta).clamp_min(0.0)
-        if stop_early and float(dec2) < DECREMENT_TOL:
-            break
-        damped = 1.0 / (1.0 + dec2.sqrt())
-        steps = torch.cat([damped[None], taus])
-        cand = w[None, :] - steps[:, None] * delta[None, :]
-        f_cand = _objective(C, cand, alpha)
-        f_best, best = f_cand.min(dim=0, keepdim=True)
-        better = (f_best < f)[0]
-        w = torch.where(better, cand.index_select(0, best)[0], w)
-        f = torch.where(better, f_best[0], f)
-        if stop_early and not bool(better):
-            break
+    w = barrier_newton(
+        C,
+        w,
+        slope=lambda v: v.pow(-1.0 / alpha),
+        curvature=lambda v: v.pow(-1.0 / alpha - 1.0) / alpha,
+        objective=lambda W: _objective(C, W, alpha),
+        max_iter=max_iter,
+        stop_early=stop_early,
+    )
     scale = s.pow(-alpha / (alpha + 1.0))
     return torch.where(active, w * scale, 0.0)
 

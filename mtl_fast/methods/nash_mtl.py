@@ -50,31 +50,9 @@ import torch
 from torch import Tensor
 
 from mtl_fast._validation import check_gram
+from mtl_fast.methods._newton import barrier_newton
 from mtl_fast.reference import active_tasks, unit_gram
 from mtl_fast.weighting import StepInputs, Weighting
-
-#: Newton iterations off the CPU (a fixed budget: no host sync). On the CPU the loop stops as
-#: soon as the Newton decrement is negligible (typically 5–12 iterations).
-NEWTON_ITERS = 30
-#: Step lengths tried along the Newton direction, besides the damped step 1/(1 + λ).
-STEP_LENGTHS = (8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.125, 1 / 16, 1 / 64, 1 / 256)
-
-_step_length_tensors: dict[torch.device, Tensor] = {}
-
-
-def _step_lengths(device: torch.device) -> Tensor:
-    """:data:`STEP_LENGTHS` as a float64 tensor on ``device``, made once per device: a fresh
-    host-to-device copy every step would cost a copy per call and cannot be captured in a CUDA
-    graph (the eager warm-up before a capture creates it)."""
-    taus = _step_length_tensors.get(device)
-    if taus is None:
-        taus = torch.tensor(STEP_LENGTHS, dtype=torch.float64, device=device)
-        _step_length_tensors[device] = taus
-    return taus
-
-
-#: Stop (on the CPU) when λ², i.e. about twice the remaining decrease f − f*, is below this.
-DECREMENT_TOL = 1e-24
 
 
 def _objective(C: Tensor, B: Tensor) -> Tensor:
@@ -101,7 +79,7 @@ def nash_weights(
         active: bool [T], the tasks to include (default: finite, non-zero diagonal).
         ridge: ε added to the unit-gradient Gram matrix (default: machine epsilon of G's dtype).
         max_iter: Newton iterations (default: up to 100 on the CPU, stopping when converged;
-            :data:`NEWTON_ITERS` elsewhere).
+            :data:`mtl_fast.methods._newton.NEWTON_ITERS` elsewhere).
         stop_early: leave the loop once converged (reads a flag on the host; default: on the
             CPU only). ``False`` runs the fixed, sync-free sequence used on accelerators.
     """
@@ -121,31 +99,15 @@ def nash_weights(
     k = ones.sum().clamp_min(1.0)
     s = torch.sqrt(k / (ones @ C @ ones).clamp_min(1e-300))
     beta = torch.where(active, s, 1.0 / (1.0 + eps) ** 0.5)
-    taus = _step_lengths(G.device)
-    on_cpu = G.device.type == "cpu"
-    if stop_early is None:
-        stop_early = on_cpu
-    if max_iter is None:
-        max_iter = 100 if stop_early else NEWTON_ITERS
-    f = _objective(C, beta[None])[0]
-    for _ in range(max_iter):
-        grad = C @ beta - 1.0 / beta
-        H = C + torch.diag(1.0 / (beta * beta))
-        L, _ = torch.linalg.cholesky_ex(H)
-        delta = torch.cholesky_solve(grad[:, None], L)[:, 0]
-        dec2 = (grad @ delta).clamp_min(0.0)
-        if stop_early and float(dec2) < DECREMENT_TOL:
-            break
-        damped = 1.0 / (1.0 + dec2.sqrt())
-        steps = torch.cat([damped[None], taus])
-        cand = beta[None, :] - steps[:, None] * delta[None, :]
-        f_cand = _objective(C, cand)
-        f_best, best = f_cand.min(dim=0, keepdim=True)  # no 0-d tensor indexing: it syncs
-        better = (f_best < f)[0]
-        beta = torch.where(better, cand.index_select(0, best)[0], beta)
-        f = torch.where(better, f_best[0], f)
-        if stop_early and not bool(better):  # stalled at rounding level
-            break
+    beta = barrier_newton(
+        C,
+        beta,
+        slope=lambda b: 1.0 / b,
+        curvature=lambda b: 1.0 / (b * b),
+        objective=lambda B: _objective(C, B),
+        max_iter=max_iter,
+        stop_early=stop_early,
+    )
     return torch.where(active, beta / n, 0.0)
 
 
