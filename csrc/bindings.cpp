@@ -7,6 +7,8 @@ void register_all(pybind11::module_& m) {
     register_welford(m);
     register_solvers(m);
     register_cpu_passes(m);
+    register_cpu_step(m);
+    register_loss_steps(m);
 }
 
 }  // namespace mtl_fast

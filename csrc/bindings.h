@@ -14,5 +14,9 @@ void register_welford(pybind11::module_& m);
 void register_solvers(pybind11::module_& m);
 // cpu_passes.cpp: mtl_fast._C.gram_rows / combine_rows, the native CPU passes over the rows.
 void register_cpu_passes(pybind11::module_& m);
+// cpu_step.cpp: mtl_fast._C.balance_rows / solve_gram, a balanced step and a solve on the CPU.
+void register_cpu_step(pybind11::module_& m);
+// loss_steps.cpp: mtl_fast._C.cv_step, ..., the per-step formulas of loss-based methods.
+void register_loss_steps(pybind11::module_& m);
 
 }  // namespace mtl_fast

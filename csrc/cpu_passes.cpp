@@ -26,15 +26,14 @@
 #include <vector>
 
 #include "bindings.h"
+#include "cpu_dispatch.h"
 #include "cpu_passes.h"
 
 namespace py = pybind11;
 
 namespace mtl_fast {
+namespace cpu {
 namespace {
-
-using cpu::Elem;
-using cpu::Kernels;
 
 bool cpu_has(const char* isa) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -82,6 +81,8 @@ const Kernels*& current() {
     return k;
 }
 
+}  // namespace
+
 const Kernels& active() {
     if (current() == nullptr) current() = initial();
     return *current();
@@ -110,13 +111,36 @@ std::vector<const void*> row_pointers(const std::vector<std::uintptr_t>& rows) {
 
 int threads(int n) { return n < 1 ? 1 : n; }
 
-}  // namespace
+void gram_f64(const Kernels& k, const void* const* rows, std::size_t T, std::size_t D, Elem e,
+              double* G, int num_threads) {
+    const GramPlan plan = gram_plan(T, D, elem_bytes(e));
+    std::vector<double> scratch(plan.chunks > 1 ? plan.chunks * T * T : 0);
+    k.gram(GramArgs{rows, T, D, e, G, scratch.data(), threads(num_threads)});
+}
+
+void combine_weights(const Kernels& k, const void* const* rows, std::size_t T, std::size_t D,
+                     Elem e, const double* weights, void* out, Elem out_elem, bool accumulate,
+                     int num_threads) {
+    std::vector<std::size_t> kept;
+    std::vector<double> w;
+    for (std::size_t t = 0; t < T; ++t) {
+        if (weights[t] != 0.0) {  // skipped, not multiplied: the row may hold NaN
+            kept.push_back(t);
+            w.push_back(weights[t]);
+        }
+    }
+    k.combine(CombineArgs{rows, T, D, e, kept.data(), w.data(), kept.size(), out, out_elem,
+                          accumulate, threads(num_threads)});
+}
+
+}  // namespace cpu
 
 void register_cpu_passes(py::module_& m) {
     m.def(
         "gram_rows",
         [](const std::vector<std::uintptr_t>& rows, std::size_t numel, const std::string& dtype,
            std::uintptr_t out, const std::string& out_dtype, int num_threads) {
+            using namespace cpu;
             const std::vector<const void*> p = row_pointers(rows);
             const Elem e = elem_of(dtype, "dtype");
             const Elem oe = elem_of(out_dtype, "out_dtype");
@@ -126,14 +150,11 @@ void register_cpu_passes(py::module_& m) {
             if (numel == 0) throw py::value_error("numel must be >= 1");
             if (out == 0) throw py::value_error("out is null");
             const std::size_t T = p.size();
-            const cpu::GramPlan plan = cpu::gram_plan(T, numel, elem_bytes(e));
             std::vector<double> G(T * T);
-            std::vector<double> scratch(plan.chunks > 1 ? plan.chunks * T * T : 0);
             const Kernels& k = active();
             {
                 py::gil_scoped_release release;
-                k.gram(cpu::GramArgs{p.data(), T, numel, e, G.data(), scratch.data(),
-                                     threads(num_threads)});
+                gram_f64(k, p.data(), T, numel, e, G.data(), num_threads);
                 if (oe == Elem::F64) {
                     std::copy(G.begin(), G.end(), reinterpret_cast<double*>(out));
                 } else {
@@ -158,6 +179,7 @@ whose diagonal entry is non-finite (see csrc/cpu_passes.h for the accumulation c
         [](const std::vector<std::uintptr_t>& rows, std::size_t numel, const std::string& dtype,
            std::uintptr_t weights, const std::string& weights_dtype, std::uintptr_t out,
            const std::string& out_dtype, bool accumulate, int num_threads) {
+            using namespace cpu;
             const std::vector<const void*> p = row_pointers(rows);
             const Elem e = elem_of(dtype, "dtype");
             const Elem we = elem_of(weights_dtype, "weights_dtype");
@@ -168,21 +190,15 @@ whose diagonal entry is non-finite (see csrc/cpu_passes.h for the accumulation c
             }
             if (numel == 0) throw py::value_error("numel must be >= 1");
             if (out == 0 || weights == 0) throw py::value_error("out and weights must be non-null");
-            std::vector<std::size_t> kept;
-            std::vector<double> w;
+            std::vector<double> w(p.size());
             for (std::size_t t = 0; t < p.size(); ++t) {
-                const double v = we == Elem::F32 ? reinterpret_cast<const float*>(weights)[t]
-                                                 : reinterpret_cast<const double*>(weights)[t];
-                if (v != 0.0) {  // skipped, not multiplied: the row may hold NaN
-                    kept.push_back(t);
-                    w.push_back(v);
-                }
+                w[t] = we == Elem::F32 ? reinterpret_cast<const float*>(weights)[t]
+                                       : reinterpret_cast<const double*>(weights)[t];
             }
             const Kernels& k = active();
             py::gil_scoped_release release;
-            k.combine(cpu::CombineArgs{p.data(), p.size(), numel, e, kept.data(), w.data(),
-                                       kept.size(), reinterpret_cast<void*>(out), oe, accumulate,
-                                       threads(num_threads)});
+            combine_weights(k, p.data(), p.size(), numel, e, w.data(),
+                            reinterpret_cast<void*>(out), oe, accumulate, num_threads);
         },
         py::arg("rows"), py::arg("numel"), py::arg("dtype"), py::arg("weights"),
         py::arg("weights_dtype"), py::arg("out"), py::arg("out_dtype"), py::arg("accumulate"),
@@ -191,20 +207,20 @@ whose diagonal entry is non-finite (see csrc/cpu_passes.h for the accumulation c
 float32 (float64 for float64 rows), rounded once to out's dtype.)doc");
 
     m.def(
-        "cpu_isa", []() { return std::string(active().name); },
+        "cpu_isa", []() { return std::string(cpu::active().name); },
         "The instruction set the CPU passes use now: 'avx512', 'avx2' or 'portable'.");
     m.def(
         "cpu_isas",
         []() {
             std::vector<std::string> names;
-            for (const Kernels* k : usable()) names.emplace_back(k->name);
+            for (const cpu::Kernels* k : cpu::usable()) names.emplace_back(k->name);
             return names;
         },
         "The instruction sets compiled in and supported by this CPU, best first.");
     m.def(
         "set_cpu_isa",
         [](const std::optional<std::string>& name) {
-            current() = name ? find(*name) : usable().front();
+            cpu::current() = name ? cpu::find(*name) : cpu::usable().front();
         },
         py::arg("name"),
         "Force an instruction set for the CPU passes ('portable' always exists); None: the best.");

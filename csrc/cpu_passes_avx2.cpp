@@ -29,6 +29,26 @@ struct Isa {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
     static void fstore(float* p, F x) { _mm256_storeu_ps(p, x); }
+    static F fadd(F a, F b) { return _mm256_add_ps(a, b); }
+    // Round to nearest even; NaN stays a (quiet) NaN, as float_to_bf16.
+    static void fstore_bf16(std::uint16_t* p, F x) {
+        const __m256i u = _mm256_castps_si256(x);
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        const __m256i rounded =
+            _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))), 16);
+        const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+        // |x| > Inf as signed integers (the sign bit is cleared, so the comparison is exact).
+        const __m256i nan = _mm256_cmpgt_epi32(
+            _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+        const __m256i h = _mm256_blendv_epi8(rounded, quiet, nan);
+        // 8 x 32-bit values < 2^16 -> 8 x 16-bit: pack within the 128-bit lanes, then gather.
+        const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+    }
+    static void fstore_f16(std::uint16_t* p, F x) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                         _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
     static double dsum(Dv x) {
         const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
         return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));

@@ -20,7 +20,7 @@ struct Isa {
     using Dv = __m512d;
     static constexpr int W = 16;
     static constexpr int WD = 8;
-    static constexpr int TILE = 4;
+    static constexpr int TILE = 5;
     static F fzero() { return _mm512_setzero_ps(); }
     static F fset1(float x) { return _mm512_set1_ps(x); }
     static F ffma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
@@ -33,6 +33,23 @@ struct Isa {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     }
     static void fstore(float* p, F x) { _mm512_storeu_ps(p, x); }
+    static F fadd(F a, F b) { return _mm512_add_ps(a, b); }
+    // Round to nearest even; NaN stays a (quiet) NaN, as float_to_bf16.
+    static void fstore_bf16(std::uint16_t* p, F x) {
+        const __m512i u = _mm512_castps_si512(x);
+        const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        const __m512i rounded =
+            _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+        const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+            _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+        const __m512i h = _mm512_mask_blend_epi32(nan, rounded, quiet);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(h));
+    }
+    static void fstore_f16(std::uint16_t* p, F x) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                            _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
     static double fsum(F x) {
         const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
         const __m512d hi = _mm512_cvtps_pd(

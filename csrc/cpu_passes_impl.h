@@ -89,22 +89,22 @@ void gram_tile(const typename L::T* const* rows, std::size_t T, std::size_t i0, 
     }
     for (std::size_t c = 0; c < nv; c += L::W) {
         R x[RI];
-        R y[RJ];
 #pragma GCC unroll 8
         for (int i = 0; i < RI; ++i) x[i] = L::load(a[i] + c);
-        if constexpr (!DIAG) {
+        if constexpr (DIAG) {
 #pragma GCC unroll 8
-            for (int j = 0; j < RJ; ++j) y[j] = L::load(b[j] + c);
-        }
+            for (int i = 0; i < RI; ++i) {
 #pragma GCC unroll 8
-        for (int i = 0; i < RI; ++i) {
+                for (int j = i; j < RJ; ++j) acc[i][j] = L::fma(x[i], x[j], acc[i][j]);
+            }
+        } else {
+            // One operand of the second row group at a time: RI * RJ accumulators, RI + 1
+            // operands in registers (a 5 x 5 tile fits the 32 AVX-512 registers).
 #pragma GCC unroll 8
             for (int j = 0; j < RJ; ++j) {
-                if constexpr (DIAG) {
-                    if (j >= i) acc[i][j] = L::fma(x[i], x[j], acc[i][j]);
-                } else {
-                    acc[i][j] = L::fma(x[i], y[j], acc[i][j]);
-                }
+                const R y = L::load(b[j] + c);
+#pragma GCC unroll 8
+                for (int i = 0; i < RI; ++i) acc[i][j] = L::fma(x[i], y, acc[i][j]);
             }
         }
     }
@@ -129,10 +129,10 @@ TileFn<L> tile_fn(bool diag) {
     return &gram_tile<L, RI, RJ, false>;
 }
 
-// The tile kernel for an ri x rj tile (1 <= ri, rj <= R <= 4).
+// The tile kernel for an ri x rj tile (1 <= ri, rj <= R <= 5).
 template <class L, int R>
 TileFn<L> pick_tile(int ri, int rj, bool diag) {
-    static_assert(R >= 1 && R <= 4, "tile side must be 1..4");
+    static_assert(R >= 1 && R <= 5, "tile side must be 1..5");
     const int key = ri * 8 + rj;
 #define MTL_TILE_CASE(A, B) \
     case (A) * 8 + (B):     \
@@ -143,6 +143,9 @@ TileFn<L> pick_tile(int ri, int rj, bool diag) {
         MTL_TILE_CASE(2, 1) MTL_TILE_CASE(2, 2) MTL_TILE_CASE(2, 3) MTL_TILE_CASE(2, 4)
         MTL_TILE_CASE(3, 1) MTL_TILE_CASE(3, 2) MTL_TILE_CASE(3, 3) MTL_TILE_CASE(3, 4)
         MTL_TILE_CASE(4, 1) MTL_TILE_CASE(4, 2) MTL_TILE_CASE(4, 3) MTL_TILE_CASE(4, 4)
+        MTL_TILE_CASE(1, 5) MTL_TILE_CASE(2, 5) MTL_TILE_CASE(3, 5) MTL_TILE_CASE(4, 5)
+        MTL_TILE_CASE(5, 1) MTL_TILE_CASE(5, 2) MTL_TILE_CASE(5, 3) MTL_TILE_CASE(5, 4)
+        MTL_TILE_CASE(5, 5)
         default:
             break;
     }
@@ -157,6 +160,16 @@ void gram_columns(const typename L::T* const* rows, std::size_t T, std::size_t c
     for (std::size_t b0 = col0; b0 < col1; b0 += block) {
         const std::size_t n = min_size(block, col1 - b0);
         const std::size_t nv = n - n % static_cast<std::size_t>(L::W);
+        if (T > static_cast<std::size_t>(R) && b0 + block < col1) {
+            // The tiles visit the rows in turn, so the hardware prefetchers see short bursts on
+            // T streams: ask for the next block of every row now (into L2), while this block's
+            // tiles compute.
+            const std::size_t next = min_size(block, col1 - b0 - block) * sizeof(typename L::T);
+            for (std::size_t t = 0; t < T; ++t) {
+                const char* p = reinterpret_cast<const char*>(rows[t] + b0 + block);
+                for (std::size_t off = 0; off < next; off += 64) __builtin_prefetch(p + off, 0, 2);
+            }
+        }
         if (nv > 0) {
             for (std::size_t i0 = 0; i0 < T; i0 += R) {
                 const int ri = static_cast<int>(min_size(R, T - i0));
@@ -209,8 +222,9 @@ void gram_kernel(const GramArgs& a) {
 }
 
 // out[k] (+)= acc[k] for k < n, computed in the wider of the two types, rounded once to out's.
+// Scalar: the float64 accumulators of float64 rows, and float64 outputs.
 template <class Acc>
-void emit(const CombineArgs& a, std::size_t c0, const Acc* acc, std::size_t n) {
+void emit_scalar(const CombineArgs& a, std::size_t c0, const Acc* acc, std::size_t n) {
     switch (a.out_elem) {
         case Elem::F32: {
             float* o = static_cast<float*>(a.out) + c0;
@@ -247,9 +261,91 @@ void emit(const CombineArgs& a, std::size_t c0, const Acc* acc, std::size_t n) {
     }
 }
 
-//: Columns per combine chunk: the accumulator (8 or 16 KiB) stays in the L1 cache while the kept
-//: rows stream through it.
+// The same for float32 accumulators, whole vectors in registers (the same arithmetic: out is
+// widened to float32, added, rounded once), the tail by emit_scalar.
+template <class I>
+void emit_f32(const CombineArgs& a, std::size_t c0, const float* acc, std::size_t n) {
+    constexpr std::size_t W = static_cast<std::size_t>(I::W);
+    const std::size_t nv = n - n % W;
+    switch (a.out_elem) {
+        case Elem::F32: {
+            float* o = static_cast<float*>(a.out) + c0;
+            for (std::size_t k = 0; k < nv; k += W) {
+                typename I::F v = I::fload(acc + k);
+                if (a.accumulate) v = I::fadd(I::fload(o + k), v);
+                I::fstore(o + k, v);
+            }
+            break;
+        }
+        case Elem::BF16: {
+            std::uint16_t* o = static_cast<std::uint16_t*>(a.out) + c0;
+            for (std::size_t k = 0; k < nv; k += W) {
+                typename I::F v = I::fload(acc + k);
+                if (a.accumulate) v = I::fadd(I::fload_bf16(o + k), v);
+                I::fstore_bf16(o + k, v);
+            }
+            break;
+        }
+        case Elem::F16: {
+            std::uint16_t* o = static_cast<std::uint16_t*>(a.out) + c0;
+            for (std::size_t k = 0; k < nv; k += W) {
+                typename I::F v = I::fload(acc + k);
+                if (a.accumulate) v = I::fadd(I::fload_f16(o + k), v);
+                I::fstore_f16(o + k, v);
+            }
+            break;
+        }
+        case Elem::F64:
+            return emit_scalar<float>(a, c0, acc, n);
+    }
+    if (nv < n) emit_scalar<float>(a, c0 + nv, acc + nv, n - nv);
+}
+
+//: Columns per combine chunk: the float32 accumulator (8 KiB; 16 KiB for float64 rows) stays
+//: in the L1 cache while the rows stream through it.
 constexpr std::size_t COMBINE_CHUNK = 2048;
+//: Kept rows summed per pass over a chunk, in registers: each pass reads the accumulator once
+//: (not at all for the first pass) for up to this many rows streamed from memory.
+constexpr int COMBINE_GROUP = 8;
+
+// acc[0:nv) = (first ? 0 : acc) + sum_{r < N} w[r] * g[r][0:nv), one row after the other per lane
+// (acc = fma(w_r, g_r, acc), the order of a row-by-row sum, so the result does not depend on the
+// grouping); nv is a multiple of the vector width.
+template <class L, int N>
+void combine_group(const typename L::T* const* g, const typename L::Acc* w, std::size_t nv,
+                   bool first, typename L::Acc* acc) {
+    using R = typename L::R;
+    R wv[N];
+#pragma GCC unroll 8
+    for (int r = 0; r < N; ++r) wv[r] = L::set1(w[r]);
+    const typename L::T* p[N];
+#pragma GCC unroll 8
+    for (int r = 0; r < N; ++r) p[r] = g[r];
+    for (std::size_t k = 0; k < nv; k += L::W) {
+        R s = first ? L::zero() : L::load_acc(acc + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < N; ++r) s = L::fma(wv[r], L::load(p[r] + k), s);
+        L::store(acc + k, s);
+    }
+}
+
+template <class L>
+using GroupFn = void (*)(const typename L::T* const*, const typename L::Acc*, std::size_t, bool,
+                         typename L::Acc*);
+
+template <class L>
+GroupFn<L> pick_group(int n) {
+    switch (n) {
+        case 1: return &combine_group<L, 1>;
+        case 2: return &combine_group<L, 2>;
+        case 3: return &combine_group<L, 3>;
+        case 4: return &combine_group<L, 4>;
+        case 5: return &combine_group<L, 5>;
+        case 6: return &combine_group<L, 6>;
+        case 7: return &combine_group<L, 7>;
+        default: return &combine_group<L, 8>;
+    }
+}
 
 template <class I, Elem E>
 void combine_kernel(const CombineArgs& a) {
@@ -259,24 +355,36 @@ void combine_kernel(const CombineArgs& a) {
     const auto rows = reinterpret_cast<const T_* const*>(a.rows);
     const long long chunks = static_cast<long long>((a.D + COMBINE_CHUNK - 1) / COMBINE_CHUNK);
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(a.num_threads) if (chunks > 8)
+#pragma omp parallel for schedule(static) num_threads(a.num_threads) if (a.num_threads > 1 && chunks > 1)
 #endif
     for (long long ch = 0; ch < chunks; ++ch) {
         alignas(64) Acc acc[COMBINE_CHUNK];
         const std::size_t c0 = static_cast<std::size_t>(ch) * COMBINE_CHUNK;
         const std::size_t n = min_size(COMBINE_CHUNK, a.D - c0);
         const std::size_t nv = n - n % static_cast<std::size_t>(L::W);
-        for (std::size_t k = 0; k < n; ++k) acc[k] = Acc(0);
-        for (std::size_t r = 0; r < a.num_kept; ++r) {
-            const T_* g = rows[a.kept[r]] + c0;
-            const Acc w = static_cast<Acc>(a.weights[r]);
-            const auto wv = L::set1(w);
-            for (std::size_t k = 0; k < nv; k += L::W) {
-                L::store(acc + k, L::fma(wv, L::load(g + k), L::load_acc(acc + k)));
-            }
-            for (std::size_t k = nv; k < n; ++k) acc[k] += w * L::scalar(g[k]);
+        if (a.num_kept == 0) {
+            for (std::size_t k = 0; k < n; ++k) acc[k] = Acc(0);
         }
-        emit<Acc>(a, c0, acc, n);
+        for (std::size_t r0 = 0; r0 < a.num_kept; r0 += COMBINE_GROUP) {
+            const int m = static_cast<int>(min_size(COMBINE_GROUP, a.num_kept - r0));
+            const T_* g[COMBINE_GROUP];
+            Acc w[COMBINE_GROUP];
+            for (int r = 0; r < m; ++r) {
+                g[r] = rows[a.kept[r0 + r]] + c0;
+                w[r] = static_cast<Acc>(a.weights[r0 + r]);
+            }
+            if (nv > 0) pick_group<L>(m)(g, w, nv, r0 == 0, acc);
+            for (std::size_t k = nv; k < n; ++k) {  // the last partial vector
+                Acc s = r0 == 0 ? Acc(0) : acc[k];
+                for (int r = 0; r < m; ++r) s += w[r] * L::scalar(g[r][k]);
+                acc[k] = s;
+            }
+        }
+        if constexpr (E == Elem::F64) {
+            emit_scalar<Acc>(a, c0, acc, n);
+        } else {
+            emit_f32<I>(a, c0, acc, n);
+        }
     }
 }
 

@@ -55,6 +55,17 @@ struct Isa {
         for (int k = 0; k < W; ++k) p[k] = x.v[k];
     }
     static double fsum(const F& x) { return lanes_sum(x); }
+    static F fadd(const F& a, const F& b) {
+        F r;
+        for (int k = 0; k < W; ++k) r.v[k] = a.v[k] + b.v[k];
+        return r;
+    }
+    static void fstore_bf16(std::uint16_t* p, const F& x) {
+        for (int k = 0; k < W; ++k) p[k] = float_to_bf16(x.v[k]);
+    }
+    static void fstore_f16(std::uint16_t* p, const F& x) {
+        for (int k = 0; k < W; ++k) p[k] = float_to_f16(x.v[k]);
+    }
     static Dv dzero() { return set<Dv>(0.0); }
     static Dv dset1(double x) { return set<Dv>(x); }
     static Dv dfma(const Dv& a, const Dv& b, const Dv& c) { return mul_add(a, b, c); }

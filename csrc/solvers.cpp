@@ -23,6 +23,7 @@
 #include <string>
 
 #include "bindings.h"
+#include "solver_options.h"
 #include "solvers.h"
 
 namespace py = pybind11;
@@ -90,25 +91,103 @@ py::array_t<double> run(const py::array& G, Solve solve) {
 
 }  // namespace
 
+namespace solvers {
+
+ImtlGOptions make_imtl_g_options(double rel_eps, double fallback_factor, int steps,
+                                 int projections, double sum_rel_tol) {
+    require(std::isfinite(rel_eps) && rel_eps > 0,
+            "rel_eps must be a finite number > 0, got " + std::to_string(rel_eps));
+    require(std::isfinite(fallback_factor) && fallback_factor >= 1,
+            "fallback_factor must be a finite number >= 1, got " + std::to_string(fallback_factor));
+    require(steps >= 1, "steps must be >= 1, got " + std::to_string(steps));
+    require(projections >= 0, "projections must be >= 0, got " + std::to_string(projections));
+    require(std::isfinite(sum_rel_tol) && sum_rel_tol >= 0,
+            "sum_rel_tol must be a finite number >= 0, got " + std::to_string(sum_rel_tol));
+    return ImtlGOptions{{rel_eps, fallback_factor, steps, projections}, sum_rel_tol};
+}
+
+MgdaOptions make_mgda_options(int apg_iters, int power_iters, double lipschitz_safety,
+                              double support_rel, double drop_tol, double ridge, double tol,
+                              double division_floor, long max_iter) {
+    require(apg_iters >= 0, "apg_iters must be >= 0, got " + std::to_string(apg_iters));
+    require(power_iters >= 1, "power_iters must be >= 1, got " + std::to_string(power_iters));
+    require(std::isfinite(lipschitz_safety) && lipschitz_safety > 0,
+            "lipschitz_safety must be a finite number > 0, got " +
+                std::to_string(lipschitz_safety));
+    require(std::isfinite(support_rel) && support_rel >= 0 && support_rel < 1,
+            "support_rel must be in [0, 1), got " + std::to_string(support_rel));
+    require(std::isfinite(drop_tol) && drop_tol >= 0,
+            "drop_tol must be a finite number >= 0, got " + std::to_string(drop_tol));
+    require(std::isfinite(ridge) && ridge >= 0,
+            "ridge must be a finite number >= 0, got " + std::to_string(ridge));
+    require(std::isfinite(tol) && tol >= 0,
+            "tol must be a finite number >= 0, got " + std::to_string(tol));
+    require(std::isfinite(division_floor) && division_floor > 0,
+            "division_floor must be a finite number > 0, got " + std::to_string(division_floor));
+    require(max_iter >= 1, "max_iter must be >= 1, got " + std::to_string(max_iter));
+    return MgdaOptions{apg_iters,   power_iters, lipschitz_safety, support_rel, drop_tol,
+                       ridge,       tol,         division_floor,   max_iter};
+}
+
+namespace {
+
+// The keyword `name` of `kw` (required), as T.
+template <typename T>
+T keyword(const py::kwargs& kw, const char* name, const char* solver) {
+    if (!kw.contains(name)) {
+        throw py::value_error(std::string("the ") + solver + " solve needs the keyword " + name +
+                              " (pass mtl_fast._solve_constants.native_" + solver +
+                              "_options(...))");
+    }
+    return kw[name].cast<T>();
+}
+
+void only(const py::kwargs& kw, std::size_t n, const char* solver) {
+    if (kw.size() != n) {
+        throw py::value_error(std::string("the ") + solver + " solve takes exactly " +
+                              std::to_string(n) + " keywords, got " + std::to_string(kw.size()) +
+                              ": " + std::string(py::str(kw)));
+    }
+}
+
+}  // namespace
+
+ImtlGOptions imtl_g_options(const py::kwargs& kw) {
+    only(kw, 5, "imtl_g");
+    return make_imtl_g_options(
+        keyword<double>(kw, "rel_eps", "imtl_g"), keyword<double>(kw, "fallback_factor", "imtl_g"),
+        keyword<int>(kw, "steps", "imtl_g"), keyword<int>(kw, "projections", "imtl_g"),
+        keyword<double>(kw, "sum_rel_tol", "imtl_g"));
+}
+
+MgdaOptions mgda_options(const py::kwargs& kw) {
+    only(kw, 9, "mgda");
+    return make_mgda_options(
+        keyword<int>(kw, "apg_iters", "mgda"), keyword<int>(kw, "power_iters", "mgda"),
+        keyword<double>(kw, "lipschitz_safety", "mgda"), keyword<double>(kw, "support_rel", "mgda"),
+        keyword<double>(kw, "drop_tol", "mgda"), keyword<double>(kw, "ridge", "mgda"),
+        keyword<double>(kw, "tol", "mgda"), keyword<double>(kw, "division_floor", "mgda"),
+        keyword<long>(kw, "max_iter", "mgda"));
+}
+
+void run_imtl_g(const double* G, std::size_t T, double* out, const ImtlGOptions& opt) {
+    imtl_g(G, T, out, opt);
+}
+
+void run_mgda(const double* G, std::size_t T, double* out, const MgdaOptions& opt) {
+    mgda(G, T, out, opt);
+}
+
+}  // namespace solvers
+
 void register_solvers(py::module_& m) {
     m.def(
         "imtl_g_solve",
         [](const py::object& G, double rel_eps, double fallback_factor, int steps,
            int projections, double sum_rel_tol) {
             const py::array a = checked_gram(G);
-            require(std::isfinite(rel_eps) && rel_eps > 0,
-                    "rel_eps must be a finite number > 0, got " + std::to_string(rel_eps));
-            require(std::isfinite(fallback_factor) && fallback_factor >= 1,
-                    "fallback_factor must be a finite number >= 1, got " +
-                        std::to_string(fallback_factor));
-            require(steps >= 1, "steps must be >= 1, got " + std::to_string(steps));
-            require(projections >= 0,
-                    "projections must be >= 0, got " + std::to_string(projections));
-            require(std::isfinite(sum_rel_tol) && sum_rel_tol >= 0,
-                    "sum_rel_tol must be a finite number >= 0, got " +
-                        std::to_string(sum_rel_tol));
-            const solvers::ImtlGOptions opt{{rel_eps, fallback_factor, steps, projections},
-                                            sum_rel_tol};
+            const solvers::ImtlGOptions opt = solvers::make_imtl_g_options(
+                rel_eps, fallback_factor, steps, projections, sum_rel_tol);
             return run(a, [&](const double* g, std::size_t T, double* o) {
                 solvers::imtl_g(g, T, o, opt);
             });
@@ -131,27 +210,9 @@ rel_eps depends on the precision G was accumulated in. The GIL is released.)doc"
            double support_rel, double drop_tol, double ridge, double tol, double division_floor,
            long max_iter) {
             const py::array a = checked_gram(G);
-            require(apg_iters >= 0, "apg_iters must be >= 0, got " + std::to_string(apg_iters));
-            require(power_iters >= 1,
-                    "power_iters must be >= 1, got " + std::to_string(power_iters));
-            require(std::isfinite(lipschitz_safety) && lipschitz_safety > 0,
-                    "lipschitz_safety must be a finite number > 0, got " +
-                        std::to_string(lipschitz_safety));
-            require(std::isfinite(support_rel) && support_rel >= 0 && support_rel < 1,
-                    "support_rel must be in [0, 1), got " + std::to_string(support_rel));
-            require(std::isfinite(drop_tol) && drop_tol >= 0,
-                    "drop_tol must be a finite number >= 0, got " + std::to_string(drop_tol));
-            require(std::isfinite(ridge) && ridge >= 0,
-                    "ridge must be a finite number >= 0, got " + std::to_string(ridge));
-            require(std::isfinite(tol) && tol >= 0,
-                    "tol must be a finite number >= 0, got " + std::to_string(tol));
-            require(std::isfinite(division_floor) && division_floor > 0,
-                    "division_floor must be a finite number > 0, got " +
-                        std::to_string(division_floor));
-            require(max_iter >= 1, "max_iter must be >= 1, got " + std::to_string(max_iter));
-            const solvers::MgdaOptions opt{apg_iters, power_iters, lipschitz_safety,
-                                           support_rel, drop_tol,    ridge,
-                                           tol,         division_floor, max_iter};
+            const solvers::MgdaOptions opt = solvers::make_mgda_options(
+                apg_iters, power_iters, lipschitz_safety, support_rel, drop_tol, ridge, tol,
+                division_floor, max_iter);
             return run(a, [&](const double* g, std::size_t T, double* o) {
                 solvers::mgda(g, T, o, opt);
             });

@@ -12,6 +12,10 @@ Between the Gram matrix G [T, T] of the task gradients (formed by ``split``'s ba
    the task status of all processes and, when the solve needs them, the loss values averaged
    over the processes where each task is present (:func:`mtl_fast.distributed.reduce_gram`);
 4. the solve runs on the global G; a task with a zero diagonal (no gradient) gets weight 0.
+
+On one process with CPU rows, :func:`native_balance` does steps 1, 2 and 4 and the combine in
+one native call (:func:`mtl_fast._native_passes.balance_rows`) when the method's solve is a native
+one (:meth:`mtl_fast.Weighting.native_solve`), and steps 1 and 2 when it is not.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from mtl_fast import distributed, ops
+from mtl_fast import _native_passes, distributed, ops
+from mtl_fast import _solve_constants as SC
 from mtl_fast._losses import StepInputs
 from mtl_fast._nonfinite import NonFiniteMonitor
-from mtl_fast._validation import TaskRows
+from mtl_fast._validation import TaskRows, nonfinite_task_message
 
 
 def gram_of_features(rows: Sequence[TaskRows], backend: str) -> Tensor:
@@ -89,3 +94,48 @@ def balance_gram(
     monitor.report(bad, "gradient", step)
     alpha = solve(G, StepInputs(losses=losses, present=ok))
     return torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
+
+
+def native_serves(rows: Sequence[TaskRows]) -> bool:
+    """:func:`native_balance` can run this step: one feature tensor's CPU rows the native passes
+    read."""
+    return len(rows) == 1 and _native_passes.serves(rows[0])
+
+
+def native_solver_options(solver: str, num_tasks: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The keywords of the native ``solver`` for T tasks and rows of ``dtype``
+    (:mod:`mtl_fast._solve_constants`, read at each call)."""
+    if solver == "imtl_g":
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        return SC.native_imtl_g_options(acc)
+    return SC.native_mgda_options(num_tasks)
+
+
+def native_balance(
+    rows: TaskRows,
+    inputs: StepInputs | None,
+    solver: str | None,
+    *,
+    monitor: NonFiniteMonitor,
+    step: int,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Rules 1, 2 and 4 of the module docstring for one process's CPU rows, in one native call:
+    (G with absent tasks masked, α float32 [T] with weight 0 where G_tt = 0, Σ α_t g_t). With
+    ``solver=None`` (the method's solve is Python) only G is computed (α and the sum: ``None``).
+
+    Raises:
+        ValueError: a present task's gradient is non-finite (through ``monitor``, naming it), or
+            the masked G holds NaN/Inf (the native solve's check, as :func:`ops.imtl_g_weights`).
+    """
+    T = rows.num_tasks
+    present = None if inputs is None else inputs.present
+    options = {} if solver is None else native_solver_options(solver, T, rows.dtype)
+    got = _native_passes.balance_rows(rows, present, solver, options, combine=True)
+    if isinstance(got, _native_passes.BadStep):
+        if got.tasks:
+            bad = torch.zeros(T, dtype=torch.bool)
+            bad[got.tasks] = True
+            monitor.report(bad, "gradient", step)  # raises on the CPU
+            raise ValueError(nonfinite_task_message(got.tasks))
+        raise ValueError(nonfinite_task_message(got.gram_rows, "Gram matrix row"))
+    return got

@@ -10,6 +10,7 @@ out of the graph altogether.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
@@ -41,6 +42,8 @@ class PreparedLosses:
     safe: Tensor  # differentiable [T], absent tasks set to 0
     present: Tensor  # bool [T] on the losses' device
     names: list[str] | None  # task names when the losses came as a dict
+    #: every task is present, known on the host without a sync (CPU losses); False: unknown
+    all_present: bool = False
 
 
 def as_losses(
@@ -134,6 +137,33 @@ def present_mask(
     return present, host
 
 
+def _finite_cpu_losses(losses: LossesLike) -> Tensor | None:
+    """The common case in one pass: CPU losses, a floating tensor [T] or a list/tuple of 0-d
+    floating tensors (what ``torch.stack`` turns into [T], promoting dtypes as :func:`as_losses`
+    does), all finite. Returns the [T] tensor (the given one, or the
+    stacked 0-d losses), or ``None`` when anything else applies (then :func:`as_losses` and
+    :func:`present_mask` validate and report, exactly as before).
+
+    Finiteness is read from one sum: a NaN/Inf anywhere makes it non-finite; so can an overflow
+    of finite losses, which then takes the exact path (it finds them finite)."""
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1 or losses.device.type != "cpu" or not losses.is_floating_point():
+            return None
+        L = losses
+    elif isinstance(losses, (list, tuple)) and losses:
+        try:  # raises for anything but tensors of one shape on compatible devices
+            L = torch.stack(losses)
+        except (TypeError, RuntimeError):
+            return None
+        if L.dim() != 1 or L.device.type != "cpu" or not L.is_floating_point():
+            return None
+    else:
+        return None
+    if L.numel() == 0 or not math.isfinite(float(L.detach().sum())):
+        return None
+    return L
+
+
 def prepare_losses(
     losses: LossesLike,
     mask: MaskLike,
@@ -143,7 +173,15 @@ def prepare_losses(
     monitor: NonFiniteMonitor,
     step: int,
 ) -> PreparedLosses:
-    """Validate the losses and the mask and apply the non-finite policy (module docstring)."""
+    """Validate the losses and the mask and apply the non-finite policy (module docstring).
+
+    CPU losses without a mask, all finite (the common case), take one pass (one stack, one
+    finiteness check, no mask ops in the graph: the losses are their own safe values)."""
+    if mask is None:
+        fast = _finite_cpu_losses(losses)
+        if fast is not None:
+            ones = torch.ones(fast.shape[0], dtype=torch.bool)
+            return PreparedLosses(fast, ones, None, all_present=True)
     items, L, names = as_losses(losses, owner)
     present, host = present_mask(
         L.detach(), mask, nonfinite=nonfinite, monitor=monitor, step=step, names=names
@@ -154,4 +192,4 @@ def prepare_losses(
         safe = torch.stack([x.reshape(()) if p else zero for x, p in zip(items, host)])
     else:
         safe = torch.where(present, L, zero)
-    return PreparedLosses(safe, present, names)
+    return PreparedLosses(safe, present, names, all_present=host is not None and all(host))

@@ -15,6 +15,7 @@ from mtl_fast._sync import Update
 
 if TYPE_CHECKING:
     from mtl_fast._nonfinite import NonFiniteMonitor
+    from mtl_fast._step import StepBook
     from mtl_fast._sync import MethodSync
 
 
@@ -22,6 +23,7 @@ class MethodHelpers:
     """Protected helpers for the methods (used by ``mtl_fast/methods/*.py``)."""
 
     _state: dict[str, Any]
+    _book: StepBook
     _sync: MethodSync
     _monitor: NonFiniteMonitor
     _lifecycle_seen: set[str]
@@ -33,6 +35,13 @@ class MethodHelpers:
 
         @property
         def step(self) -> int: ...
+
+    def _all_present(self) -> bool:
+        """In :meth:`total_loss`: every task of this step is present (no mask, all losses
+        finite), known on the host (CPU losses; ``False`` when unknown). A method may then skip
+        its masking ops; the results must be those of the masked formulas with all tasks
+        present."""
+        return self._book.all_present
 
     def _set_weights(self, weights: Tensor) -> None:
         self._state["weights"] = weights.detach()

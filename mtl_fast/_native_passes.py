@@ -5,7 +5,13 @@
   the upper triangle computed, the T rows read in place through their addresses (no slicing,
   stacking or widening copy), the non-finite check folded into the diagonal.
 * :func:`combine_rows`: Σ_t α_t g_t (Liu et al. 2021, eq. 2) over column chunks kept in cache,
-  zero-weight tasks skipped, ``out=`` accumulated in place.
+  up to eight rows per pass, zero-weight tasks skipped, ``out=`` accumulated in place.
+* :func:`balance_rows`: a gradient method's step on one process in one call (``csrc/cpu_step.cpp``):
+  G, the absent-task mask, the non-finite check, the native solve and the combine (or only the
+  masked G, for the methods whose solve is Python).
+* :func:`solve_gram`: the native IMTL-G / MGDA solve of a Gram matrix read in place.
+
+Each function is the one call site of its ``mtl_fast._C`` entry point.
 
 The instruction set (AVX-512, AVX2 or portable) is chosen at run time by the extension;
 :func:`mtl_fast._C.set_cpu_isa` or ``$MTL_FAST_CPU_ISA`` force one (the tests force the portable
@@ -19,6 +25,7 @@ single-threaded pass takes tens of µs.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,7 +48,7 @@ def available() -> bool:
         return False
     import mtl_fast._C as C
 
-    return hasattr(C, "gram_rows") and hasattr(C, "combine_rows")
+    return all(hasattr(C, f) for f in ("gram_rows", "combine_rows", "balance_rows", "solve_gram"))
 
 
 def serves(rows: TaskRows) -> bool:
@@ -123,3 +130,82 @@ def combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
     if out is None or direct:
         return target
     return out.add_(target)
+
+
+#: The native solves (``solver=`` of :func:`balance_rows` and :func:`solve_gram`).
+SOLVERS = ("imtl_g", "mgda")
+
+
+class BadStep(NamedTuple):
+    """Why :func:`balance_rows` stopped: the present tasks with a non-finite gradient (diagonal
+    entry of G), or the rows of the masked G holding NaN/Inf (for the solve); one is empty."""
+
+    tasks: list[int]
+    gram_rows: list[int]
+
+
+def balance_rows(
+    rows: TaskRows,
+    present: Tensor | None,
+    solver: str | None,
+    options: dict[str, float | int],
+    *,
+    combine: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None] | BadStep:
+    """One balanced step on CPU rows (``csrc/cpu_step.cpp``).
+
+    ``present``: bool [T] CPU tensor (``None``: every task). ``solver``: ``"imtl_g"`` / ``"mgda"``
+    (with ``options``, the keywords of :mod:`mtl_fast._solve_constants`), or ``None``: only the
+    masked Gram matrix. Returns (G masked [T, T] in the accumulation dtype, α float32 [T] or
+    ``None``, Σ α_t g_t in the rows' dtype or ``None``), or :class:`BadStep` (nothing computed
+    beyond the check).
+    """
+    import mtl_fast._C as C
+
+    T = rows.num_tasks
+    dtype = rows.dtype
+    G = torch.empty((T, T), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    alpha = torch.empty(T) if solver is not None else None
+    out = torch.empty(rows.shape, dtype=dtype) if combine and solver is not None else None
+    mask = 0
+    if present is not None:
+        present = present if present.is_contiguous() else present.contiguous()
+        mask = present.data_ptr()
+    name = _DTYPE_NAMES[dtype]
+    bad_tasks, bad_rows = C.balance_rows(
+        _addresses(rows),
+        rows.numel,
+        name,
+        mask,
+        G.data_ptr(),
+        solver or "none",
+        0 if alpha is None else alpha.data_ptr(),
+        0 if out is None else out.data_ptr(),
+        name,
+        _threads(rows),
+        **options,
+    )
+    if bad_tasks or bad_rows:
+        return BadStep(bad_tasks, bad_rows)
+    return G, alpha, out
+
+
+def solve_gram(G: Tensor, solver: str, options: dict[str, float | int]) -> Tensor:
+    """The native ``solver`` weights of a CPU Gram matrix (float32/float64, read in place),
+    float64 [T] for a float64 G, else float32.
+
+    Raises:
+        ValueError: G holds NaN/Inf, naming its rows.
+    """
+    import mtl_fast._C as C
+
+    if G.dtype not in (torch.float32, torch.float64):
+        G = G.to(torch.float32)
+    if not G.is_contiguous():
+        G = G.contiguous()
+    alpha = torch.empty(G.shape[0], dtype=G.dtype)
+    name = _DTYPE_NAMES[G.dtype]
+    bad = C.solve_gram(G.data_ptr(), G.shape[0], name, solver, alpha.data_ptr(), name, **options)
+    if bad:
+        raise ValueError(nonfinite_task_message(bad, "Gram matrix row"))
+    return alpha

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mtl_fast import ops
 from mtl_fast._validation import as_task_rows
 
 if TYPE_CHECKING:
@@ -40,6 +39,5 @@ class SplitFunction(torch.autograd.Function):
             as_task_rows([grads[t * K + k] for t in range(T)], name="feature gradients")
             for k in range(K)
         ]
-        alpha = method.balance(rows, token=ctx.token)
-        outs = tuple(ops.combine_rows(r, alpha, backend=method.backend) for r in rows)
+        outs = method.balance_and_combine(rows, token=ctx.token)
         return (None, None, None, *outs)

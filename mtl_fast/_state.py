@@ -11,6 +11,15 @@ and :func:`unpack` restores it, so a resumed run reproduces an unbroken run bit 
 * NumPy arrays are stored as tensors (exact: same dtype and values), so checkpoints load with
   ``torch.load(..., weights_only=True)``;
 * plain Python values (numbers, strings, None, lists, tuples, dicts of these) are copied.
+
+:func:`snapshot` / :func:`restore` are the cheap in-memory pair behind the step transaction
+(:mod:`mtl_fast._step`: every training ``loss()`` snapshots the state it may change). They rely
+on the rule every method follows: **state tensors are replaced, never modified in place**
+(``self._state["x"] = f(x)``, not ``x.add_(...)``; ``tests/test_step_snapshot.py`` checks it
+for every registered method). A snapshot therefore keeps references to the tensors and copies
+only what does change in place: plain containers, NumPy arrays, generators (their byte state)
+and objects with a ``step_snapshot()`` / ``step_restore(s)`` pair (the running statistics);
+any other object with ``state_dict()`` is packed as above.
 """
 
 from __future__ import annotations
@@ -67,3 +76,70 @@ def unpack(stored: Any, current: Any) -> Any:
         seq = current if isinstance(current, (list, tuple)) else [None] * len(stored)
         return type(stored)(unpack(v, c) for v, c in zip(stored, seq))
     return copy.deepcopy(stored)
+
+
+class _Saved:
+    """An object restored in place: ``obj.step_restore(state)`` or a generator's
+    ``set_state``."""
+
+    __slots__ = ("obj", "state")
+
+    def __init__(self, obj: Any, state: Any) -> None:
+        self.obj = obj
+        self.state = state
+
+
+class _Packed:
+    """An object without a snapshot protocol, stored by :func:`pack`."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self, stored: Any) -> None:
+        self.stored = stored
+
+
+_IMMUTABLE = (int, float, str, bool, bytes, type(None))
+
+
+def snapshot(value: Any) -> Any:
+    """What :func:`restore` needs to bring ``value`` back (module docstring: references to
+    tensors, copies of what changes in place)."""
+    if isinstance(value, Tensor) or isinstance(value, _IMMUTABLE):
+        return value
+    if type(value) is dict:
+        return {k: snapshot(v) for k, v in value.items()}
+    if type(value) is list:
+        return [snapshot(v) for v in value]
+    if type(value) is tuple:
+        return tuple(snapshot(v) for v in value)
+    if isinstance(value, torch.Generator):
+        return _Saved(value, value.get_state())
+    take = getattr(value, "step_snapshot", None)
+    if callable(take) and callable(getattr(value, "step_restore", None)):
+        return _Saved(value, take())
+    return _Packed(pack(value))
+
+
+def restore(snap: Any, current: Any) -> Any:
+    """The value :func:`snapshot` saw, given the live ``current`` (objects are restored in
+    place; a tensor goes back to the device ``current`` is on, as :func:`unpack` does)."""
+    if isinstance(snap, _Saved):
+        if isinstance(snap.obj, torch.Generator):
+            snap.obj.set_state(snap.state)
+        else:
+            snap.obj.step_restore(snap.state)
+        return snap.obj
+    if isinstance(snap, _Packed):
+        return unpack(snap.stored, current)
+    if isinstance(snap, Tensor):
+        if isinstance(current, Tensor) and current.device != snap.device:
+            return snap.to(current.device)
+        return snap
+    if type(snap) is dict:
+        cur = current if isinstance(current, dict) else {}
+        return {k: restore(v, cur.get(k)) for k, v in snap.items()}
+    if type(snap) in (list, tuple):
+        seq = current if isinstance(current, (list, tuple)) else [None] * len(snap)
+        seq = list(seq) + [None] * max(0, len(snap) - len(seq))
+        return type(snap)(restore(v, c) for v, c in zip(snap, seq))
+    return snap

@@ -38,6 +38,9 @@ class StepBook:
         self._snapshot: Any = None  # the state before the last uncommitted update, or None
         self._snapshot_token = 0
         self._rolled_back_token = 0
+        #: every task of the step being recorded is present, known on the host (set around the
+        #: method's total_loss; see MethodHelpers._all_present)
+        self.all_present = False
 
     # ------------------------------------------------------------------ split
 

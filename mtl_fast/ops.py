@@ -125,8 +125,11 @@ def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
     A non-finite G raises ``ValueError`` on the reference path (CPU, ``backend="torch"``).
     """
     check_gram(G)
-    _check_finite_gram(G, backend)
     T = G.shape[0]
+    if backend == "auto" and G.device.type == "cpu" and T <= NATIVE_IMTL_G_MAX_T:
+        if _native_passes.available():  # reads G in place, checks it, solves: one native call
+            return _native_passes.solve_gram(G, "imtl_g", SC.native_imtl_g_options(G.dtype))
+    _check_finite_gram(G, backend)
     be = _solve_backend(G, backend)
     if be == "triton" and T <= TRITON_SOLVE_MAX_T:
         return _kernels().imtl_g_solve(G)
@@ -156,12 +159,16 @@ def mgda_weights(
     ``constrained=False`` gives the closed form G α ∝ 1 (Liu et al. 2021 §4).
     """
     check_gram(G)
-    _check_finite_gram(G, backend)
     if solver not in MGDA_SOLVERS:
         raise ValueError(f"unknown MGDA solver {solver!r}; expected one of {MGDA_SOLVERS}")
     T = G.shape[0]
-    be = _solve_backend(G, backend)
     default_budget = max_iter is None and tol is None
+    exact = constrained and solver == "active_set" and default_budget
+    if exact and backend == "auto" and G.device.type == "cpu" and _native_passes.available():
+        # reads G in place, checks it, solves (every T): one native call
+        return _native_passes.solve_gram(G, "mgda", SC.native_mgda_options(T))
+    _check_finite_gram(G, backend)
+    be = _solve_backend(G, backend)
     if constrained and solver == "active_set" and default_budget:
         if be == "triton" and T <= TRITON_SOLVE_MAX_T:
             return _kernels().mgda_solve(G)

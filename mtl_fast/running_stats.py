@@ -347,6 +347,15 @@ class RunningStats(_DerivedStats):
         count, mean, m2 = _state_arrays(state, self.num_streams, self.decay, self.decay_variance)
         self._impl.set_state(count, mean, m2)
 
+    def step_snapshot(self) -> Any:
+        """The state for :meth:`step_restore` (copies of count, mean, m2; the rollback of an
+        abandoned training step, :mod:`mtl_fast._state`)."""
+        return self._impl.get_state()
+
+    def step_restore(self, snap: Any) -> None:
+        """Return to a :meth:`step_snapshot`."""
+        self._impl.set_state(*snap)
+
     def __getstate__(self) -> dict[str, Any]:
         """Pickle / deepcopy support: the configuration and :meth:`state_dict`."""
         return {
@@ -608,6 +617,29 @@ class TorchRunningStats(_DerivedStats):
         self._last_nonfinite = self._last_nonfinite & ~sel
 
     # ---------------------------------------------------------------------- serialisation
+    def step_snapshot(self) -> Any:
+        """The state for :meth:`step_restore`: references to its tensors, which every update
+        replaces (never modifies in place), and the device."""
+        return (
+            self._count,
+            self._mean,
+            self._m2,
+            self._last_nonfinite,
+            self._device,
+            self._device_fixed,
+        )
+
+    def step_restore(self, snap: Any) -> None:
+        """Return to a :meth:`step_snapshot`."""
+        (
+            self._count,
+            self._mean,
+            self._m2,
+            self._last_nonfinite,
+            self._device,
+            self._device_fixed,
+        ) = snap
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The state as new tensors (bit-exact); same keys as :meth:`RunningStats.state_dict`.
 

@@ -30,9 +30,9 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl_fast import _state
+from mtl_fast import _state, ops
 from mtl_fast._backend import BACKENDS, cuda_capturing
-from mtl_fast._balance import balance_gram, gram_of_features
+from mtl_fast._balance import balance_gram, gram_of_features, native_balance, native_serves
 from mtl_fast._losses import (
     NONFINITE_POLICIES,
     LossesLike,
@@ -338,6 +338,14 @@ class Weighting(nn.Module, MethodHelpers):
         """What :attr:`weights` reports after a solve gave α (IMTL: α_t e^{s_t})."""
         return alpha
 
+    def native_solve(self) -> str | None:
+        """The native CPU solve (``"imtl_g"``, ``"mgda"``) that :meth:`gram_weights` is, in this
+        configuration, or ``None``. When set, a CPU step on one process runs the Gram matrix,
+        the masks, the non-finite check, the solve and the combine in one native call
+        (:func:`mtl_fast._balance.native_balance`); a subclass that overrides
+        :meth:`gram_weights` without overriding this runs its own solve."""
+        return None
+
     # ------------------------------------------------------------------ engine API
     # For code that drives a balanced step itself: split's autograd Function,
     # mtl_fast.backward and layers that form the Gram matrix (mtl_fast.MultiTaskLinear).
@@ -399,11 +407,20 @@ class Weighting(nn.Module, MethodHelpers):
             self._sync.ensure_grad_hooks(self.parameters())
         if self.gradient_based:
             self._book.record_inputs(StepInputs(losses=safe.detach(), present=present), token)
-        total = self.total_loss(safe, present)
+        book = self._book
+        book.all_present = prepared.all_present
+        try:
+            total = self.total_loss(safe, present)
+        finally:
+            book.all_present = False
         if not total.requires_grad:
             self._book.commit(token, type(self).__name__)
         elif not self.gradient_based:  # gradient methods commit when their solve succeeds
-            total.register_hook(self._book.commit_hook(token, type(self).__name__))
+            hook = self._book.commit_hook(token, type(self).__name__)
+            if total.grad_fn is not None:  # runs when the backward reaches the total
+                total.grad_fn.register_prehook(lambda grads: hook(grads[0]))
+            else:
+                total.register_hook(hook)
         if self._sync.has_pending and total.requires_grad:
             # Deferred statistics updates: waited for when the backward ends (MethodSync).
             total.register_hook(self._sync.wait_after_backward)
@@ -415,6 +432,33 @@ class Weighting(nn.Module, MethodHelpers):
         """α from the feature gradients (one :class:`TaskRows` per feature tensor): the Gram
         matrix of their concatenation, then :meth:`balance_gram`."""
         return self.balance_gram(gram_of_features(rows, self.backend), token=token, reduced=reduced)
+
+    def balance_and_combine(
+        self, rows: Sequence[TaskRows], *, token: int | None = None
+    ) -> tuple[Tensor, ...]:
+        """Σ_t α_t g_t for each feature tensor's rows (what ``split``'s backward returns), α by
+        :meth:`balance`. One process's CPU rows of one feature tensor take the native path
+        (:func:`mtl_fast._balance.native_balance`: the Gram matrix, masks and non-finite check in
+        one call, with the solve and the combine when :meth:`native_solve` names one)."""
+        if not self._native_step_applies(rows):
+            alpha = self.balance(rows, token=token)
+            return tuple(ops.combine_rows(r, alpha, backend=self.backend) for r in rows)
+        who = type(self).__name__
+        inputs, update = self._book.close_split(token, who)
+        solver = self._native_step_solver(rows[0].num_tasks)
+        G, alpha, out = native_balance(
+            rows[0], inputs, solver, monitor=self._monitor, step=self.step
+        )
+        if alpha is None or out is None:
+            T = rows[0].num_tasks
+            if inputs is None:
+                inputs = StepInputs(losses=torch.zeros(T), present=torch.ones(T, dtype=torch.bool))
+            alpha = self._solve_for_step(G, inputs)
+            alpha = torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
+            out = ops.combine_rows(rows[0], alpha, backend=self.backend)
+        self._set_weights(self.effective_weights(alpha))
+        self._book.commit(update, who)
+        return (out,)
 
     def balance_gram(self, G: Tensor, *, token: int | None = None, reduced: bool = False) -> Tensor:
         """α [T] (float32 on G's device) from this process's Gram matrix of the task gradients,
@@ -438,6 +482,35 @@ class Weighting(nn.Module, MethodHelpers):
         return alpha
 
     # ------------------------------------------------------------------ step internals
+
+    def _native_step_applies(self, rows: Sequence[TaskRows]) -> bool:
+        """:meth:`balance_and_combine` may take the native path: CPU rows of one feature tensor,
+        one process, ``backend="auto"``, and the base class's balance policy (a subclass that
+        overrides :meth:`balance` or :meth:`balance_gram` keeps its own)."""
+        cls = type(self)
+        return (
+            self.backend == "auto"
+            and cls.balance is Weighting.balance
+            and cls.balance_gram is Weighting.balance_gram
+            and native_serves(rows)
+            and not self._sync.active
+        )
+
+    def _native_step_solver(self, num_tasks: int) -> str | None:
+        """:meth:`native_solve` where it stands for this class's :meth:`gram_weights` and the
+        step solves per micro-batch; else ``None`` (the method's own solve)."""
+        if self._accumulate_weights == "step" and self._micro_batches > 1:
+            return None
+        solver = self.native_solve()
+        if solver is None:
+            return None
+        cls = type(self)
+        owner = next(c for c in cls.__mro__ if "native_solve" in c.__dict__)
+        if owner.__dict__.get("gram_weights") is not cls.gram_weights:
+            return None
+        if solver == "imtl_g" and num_tasks > ops.NATIVE_IMTL_G_MAX_T:
+            return None
+        return solver
 
     def _solve_for_step(self, G: Tensor, inputs: StepInputs) -> Tensor:
         """:meth:`gram_weights`, or under ``accumulate(k, weights="step")`` the previous
@@ -476,13 +549,13 @@ class Weighting(nn.Module, MethodHelpers):
     def _snapshot(self) -> Any:
         if self.gradient_based:  # their loss() changes nothing but the step counter
             return self._state["step"]
-        return _state.pack(self._state)
+        return _state.snapshot(self._state)
 
     def _restore(self, snapshot: Any) -> None:
         if self.gradient_based:
             self._state["step"] = snapshot
         else:
-            self._state = _state.unpack(snapshot, self._state)
+            self._state = _state.restore(snapshot, self._state)
 
     def _frozen_total(self, prepared: PreparedLosses) -> Tensor:
         """Evaluation: Σ_t w_t L_t with the current weights; nothing changes."""

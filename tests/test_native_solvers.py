@@ -366,14 +366,17 @@ def test_input_untouched_and_threads() -> None:
 
 
 def _spy(monkeypatch, name: str) -> list[dict]:
+    """Record the options of every native ``name`` solve ("imtl_g" or "mgda") the dispatcher
+    runs, through ``mtl_fast._C.solve_gram`` (G read in place)."""
     calls: list[dict] = []
-    real = getattr(_C, name)
+    real = _C.solve_gram
 
-    def wrapper(G, **kwargs):
-        calls.append(kwargs)
-        return real(G, **kwargs)
+    def wrapper(G, num_tasks, dtype, solver, weights_out, weights_dtype, **kwargs):
+        if solver == name:
+            calls.append(kwargs)
+        return real(G, num_tasks, dtype, solver, weights_out, weights_dtype, **kwargs)
 
-    monkeypatch.setattr(_C, name, wrapper)
+    monkeypatch.setattr(_C, "solve_gram", wrapper)
     return calls
 
 
@@ -382,14 +385,28 @@ def _spy(monkeypatch, name: str) -> list[dict]:
 def test_ops_auto_uses_native(monkeypatch, dtype: torch.dtype, T: int) -> None:
     G = torch.from_numpy(_gram(T, seed=T)).to(dtype)
     tol = {"rtol": 1e-5, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 0}
-    for op, name in ((ops.imtl_g_weights, "imtl_g_solve"), (ops.mgda_weights, "mgda_solve")):
+    for op, name in ((ops.imtl_g_weights, "imtl_g"), (ops.mgda_weights, "mgda")):
         calls = _spy(monkeypatch, name)
         got = op(G)
-        assert len(calls) == 1, f"{op.__name__} did not use mtl_fast._C.{name}"
+        assert len(calls) == 1, f"{op.__name__} did not use the native {name} solve"
         want = op(G, backend="torch")
         assert got.dtype == want.dtype == dtype and got.device == G.device
         torch.testing.assert_close(got, want, **tol)
         assert len(calls) == 1  # backend="torch" stays on the reference
+        # The same weights as the array entry points (G converted to a float64 array).
+        legacy = getattr(_C, f"{name}_solve")
+        opts = SC.native_imtl_g_options(dtype) if name == "imtl_g" else SC.native_mgda_options(T)
+        direct = torch.from_numpy(legacy(G.double().numpy(), **opts)).to(dtype)
+        assert torch.equal(got, direct)
+
+
+def test_ops_native_solve_rejects_nonfinite_gram() -> None:
+    """A NaN/Inf in G raises naming its rows, as on the reference path, and writes nothing."""
+    G = torch.from_numpy(_gram(4, seed=2)).float()
+    G[2, 1] = float("nan")
+    for op in (ops.imtl_g_weights, ops.mgda_weights):
+        with pytest.raises(ValueError, match="Gram matrix row for task 2"):
+            op(G)
 
 
 def test_ops_passes_the_solve_constants(monkeypatch) -> None:
@@ -397,11 +414,11 @@ def test_ops_passes_the_solve_constants(monkeypatch) -> None:
     precision and the budget for its T."""
     for dtype in (torch.float32, torch.float64):
         G = torch.from_numpy(_gram(6, seed=9)).to(dtype)
-        calls = _spy(monkeypatch, "imtl_g_solve")
+        calls = _spy(monkeypatch, "imtl_g")
         ops.imtl_g_weights(G)
         assert calls == [SC.native_imtl_g_options(dtype)]
         assert calls[0]["rel_eps"] == SC.PINV_REL_EPS[dtype]
-        calls = _spy(monkeypatch, "mgda_solve")
+        calls = _spy(monkeypatch, "mgda")
         ops.mgda_weights(G)
         assert calls == [SC.native_mgda_options(6)]
         assert calls[0]["max_iter"] == SC.mgda_budget(6)

@@ -9,8 +9,9 @@ from torch import Tensor
 
 
 def weighted_sum(weights: Tensor, losses: Tensor) -> Tensor:
-    """Σ_t w_t L_t in the losses' dtype (``weights`` carry no gradient)."""
-    return (weights.detach().to(losses.dtype) * losses).sum()
+    """Σ_t w_t L_t in the losses' dtype (``weights`` carry no gradient): one dot product (one
+    node in the graph)."""
+    return torch.dot(weights.detach().to(losses.dtype), losses)
 
 
 def normalize_over_present(values: Tensor, present: Tensor) -> Tensor:

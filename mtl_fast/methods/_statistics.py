@@ -66,6 +66,13 @@ class LossStatistics:
         self.accumulator = new
         return new
 
+    def native(self, device: torch.device) -> Any:
+        """The C++ accumulator (``mtl_fast._C.Welford``) when it serves statistics of values on
+        ``device`` (CPU, ``accumulator="auto"``), else ``None``; the state moves as in
+        :meth:`update`."""
+        acc = self._on(device)
+        return acc._impl if isinstance(acc, RunningStats) else None
+
     def update(self, values: Tensor, mask: Tensor) -> None:
         """Add ``values`` [K] to the streams selected by ``mask`` (bool [K], same device)."""
         self._on(values.device).update(values.detach().to(torch.float64), mask)
@@ -93,6 +100,16 @@ class LossStatistics:
 
     def state_dict(self) -> dict[str, Any]:
         return self.accumulator.state_dict()
+
+    def step_snapshot(self) -> Any:
+        """The accumulator and its state, for :meth:`step_restore` (the rollback of an abandoned
+        step, :mod:`mtl_fast._state`)."""
+        return self.accumulator, self.accumulator.step_snapshot()
+
+    def step_restore(self, snap: Any) -> None:
+        acc, state = snap
+        acc.step_restore(state)
+        self.accumulator = acc
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.accumulator.load_state_dict(state)
@@ -176,6 +193,22 @@ class PeriodAverages:
         h0, h1 = h0.to(device), h1.to(device)
         ok = v0.to(device) & v1.to(device)
         return torch.where(ok, h0 / torch.where(ok, h1, 1.0), 1.0)
+
+    def step_snapshot(self) -> Any:
+        """The period, its step count, the statistics and the history, for
+        :meth:`step_restore`."""
+        return (
+            self.period,
+            self.steps,
+            self.stats.step_snapshot(),
+            list(self.history),
+            list(self.valid),
+        )
+
+    def step_restore(self, snap: Any) -> None:
+        self.period, self.steps, stats, history, valid = snap
+        self.stats.step_restore(stats)
+        self.history, self.valid = list(history), list(valid)
 
     def state_dict(self) -> dict[str, Any]:
         return {

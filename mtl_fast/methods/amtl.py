@@ -119,6 +119,13 @@ class AccuracyTracker:
     def state_dict(self) -> dict[str, Any]:
         return {"value": self.value.clone(), "seen": self.seen.clone()}
 
+    def step_snapshot(self) -> Any:
+        """References to the averages (replaced by :meth:`update`, never modified in place)."""
+        return self.value, self.seen
+
+    def step_restore(self, snap: Any) -> None:
+        self.value, self.seen = snap
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.value = torch.as_tensor(state["value"], dtype=torch.float64).cpu().clone()
         self.seen = torch.as_tensor(state["seen"], dtype=torch.bool).cpu().clone()
@@ -225,6 +232,7 @@ class AMTL(Weighting):
         self._state["accuracy"] = AccuracyTracker(T, momentum)
         # eq. 4 values before the softmax (0 = equal weights until every task has an accuracy)
         self._state["scores"] = torch.zeros(T, dtype=torch.float64)
+        self._cached_weights: tuple[Tensor, Tensor] | None = None
 
     @property
     def accuracy(self) -> Tensor:
@@ -277,15 +285,33 @@ class AMTL(Weighting):
             # losses averaged across processes, linearised (Weighting._linearised_total).
             return self._linearised_total(self._geometric_total, losses, present)
         # softmax over the tasks present on any process (identical weights everywhere)
+        if self._all_present() and not self._sync_active():
+            w = self._all_present_weights(losses)
+            self._set_weights(w)
+            return weighted_sum(w, losses)
         avail = self._synced_present(losses, present)
         w = softmax_over_present(self._scores(losses.device), avail).to(losses.dtype)
         self._set_weights(w)
         return weighted_sum(w, losses)
 
     def _geometric_total(self, losses: Tensor, present: Tensor) -> Tensor:
+        if self._all_present() and not self._sync_active():
+            w = self._all_present_weights(losses)
+            self._set_weights(w)
+            return weighted_geometric_mean(losses, w)
         w = softmax_over_present(self._scores(losses.device), present).to(losses.dtype)
         self._set_weights(w)
         return weighted_geometric_mean(losses, w, present)
+
+    def _all_present_weights(self, losses: Tensor) -> Tensor:
+        """The softmax of the scores over every task in the losses' dtype, computed once per
+        accuracy update (the same scores tensor gives the cached weights)."""
+        scores = self._scores(losses.device)
+        cached = self._cached_weights
+        if cached is None or cached[0] is not scores or cached[1].dtype != losses.dtype:
+            w = torch.softmax(scores, dim=0).to(losses.dtype)
+            cached = self._cached_weights = (scores, w)
+        return cached[1]
 
     def extra_repr(self) -> str:
         return (

@@ -35,6 +35,7 @@ __all__ = [
     "RLW",
     "EqualWeighting",
     "StaticWeighting",
+    "dwa_weights",
     "normalize_over_present",
     "positive_losses",
     "softmax_over_present",
@@ -46,8 +47,11 @@ __all__ = [
 # --------------------------------------------------------------------------- functional core
 
 
-def softmax_over_present(logits: Tensor, present: Tensor) -> Tensor:
-    """Softmax over the present tasks (absent tasks: 0; all zeros when none is present)."""
+def softmax_over_present(logits: Tensor, present: Tensor | None) -> Tensor:
+    """Softmax over the present tasks (absent tasks: 0; all zeros when none is present);
+    ``present=None``: every task."""
+    if present is None:
+        return torch.softmax(logits, dim=0)
     z = torch.where(present, logits, torch.full_like(logits, -torch.inf))
     w = torch.softmax(z, dim=0)
     return torch.where(present, w, 0.0)  # no task present: softmax of all -inf is NaN
@@ -60,6 +64,9 @@ def positive_losses(method: Weighting, losses: Tensor, present: Tensor, who: str
     sync): the task is treated as absent for the step (weight 0) and the method's non-finite
     monitor raises the error at the next call, as for a NaN loss.
     """
+    if losses.device.type == "cpu" and method._all_present():
+        if float(losses.detach().min()) > 0:  # one reduction (NaN: the exact check below)
+            return present
     bad = present & ~(losses.detach() > 0)
     if losses.device.type == "cpu":
         if bool(bad.any()):
@@ -74,16 +81,29 @@ def positive_losses(method: Weighting, losses: Tensor, present: Tensor, who: str
     return present & ~bad
 
 
-def weighted_geometric_mean(losses: Tensor, weights: Tensor, present: Tensor) -> Tensor:
+def weighted_geometric_mean(
+    losses: Tensor, weights: Tensor, present: Tensor | None = None
+) -> Tensor:
     """Π_{t present} L_t^{w_t}, computed as exp(Σ_t w_t log L_t) (Yun & Cho 2023 eq. 5).
 
     In log space so that it neither underflows nor overflows at many tasks. Absent tasks
     contribute nothing (their loss is replaced by 1 before the log, so they get no gradient).
     Present losses must be > 0 (see :func:`positive_losses`). With no task present: 1·0 = 0.
+    ``present=None``: every task (no mask ops).
     """
+    if present is None:
+        return torch.exp(torch.dot(weights.detach().to(losses.dtype), torch.log(losses)))
     safe = torch.where(present, losses, torch.ones_like(losses))
     w = torch.where(present, weights.detach(), 0.0).to(losses.dtype)
     return torch.where(present.any(), torch.exp((w * torch.log(safe)).sum()), 0.0)
+
+
+def dwa_weights(rate: Tensor, present: Tensor | None, temperature: float) -> Tensor:
+    """Liu, Johns & Davison 2019 eq. 7: w_k = |P| softmax_k(r_k / temp) over the present tasks
+    (absent: 0); ``present=None``: every task (|P| = T)."""
+    if present is None:
+        return torch.softmax(rate / temperature, dim=0) * rate.shape[0]
+    return softmax_over_present(rate / temperature, present) * present.sum()
 
 
 # --------------------------------------------------------------------------- methods
@@ -131,6 +151,7 @@ class StaticWeighting(Weighting):
         self.normalize = bool(normalize)
         self._given = torch.tensor(w, dtype=torch.float64)
         self._state["static"] = self._given.clone()
+        self._cached_weights: tuple[Tensor, Tensor] | None = None
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         w = self._given / self._given.sum() if self.normalize else self._given
@@ -140,13 +161,25 @@ class StaticWeighting(Weighting):
         static = self._state["static"]
         if static.device != losses.device:  # moved once, then kept on the losses' device
             static = self._state["static"] = static.to(losses.device, non_blocking=True)
-        if self.normalize:  # renormalised over the tasks present on any process
-            w = normalize_over_present(static, self._synced_present(losses, present))
+        if self._all_present() and not self._sync_active():
+            w = self._all_present_weights(static, losses.dtype)
         else:
-            w = torch.where(present, static, 0.0)
-        w = w.to(losses.dtype)
+            if self.normalize:  # renormalised over the tasks present on any process
+                w = normalize_over_present(static, self._synced_present(losses, present))
+            else:
+                w = torch.where(present, static, 0.0)
+            w = w.to(losses.dtype)
         self._set_weights(w)
         return weighted_sum(w, losses)
+
+    def _all_present_weights(self, static: Tensor, dtype: torch.dtype) -> Tensor:
+        """The weights with every task present in ``dtype``, computed once (the same static
+        tensor gives the cached weights)."""
+        cached = self._cached_weights
+        if cached is None or cached[0] is not static or cached[1].dtype != dtype:
+            w = normalize_over_present(static, torch.ones_like(static, dtype=torch.bool))
+            cached = self._cached_weights = (static, (w if self.normalize else static).to(dtype))
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, normalize={self.normalize}"
@@ -182,6 +215,11 @@ class GLS(Weighting):
         return self._linearised_total(self._geometric_total, losses, present)
 
     def _geometric_total(self, losses: Tensor, present: Tensor) -> Tensor:
+        if self._all_present() and not self._sync_active():
+            exponents = torch.full_like(losses.detach(), 1.0 / losses.shape[0])
+            total = weighted_geometric_mean(losses, exponents)
+            self._set_weights(exponents * total.detach() / losses.detach())
+            return total
         exponents = normalize_over_present(torch.ones_like(losses), present)
         total = weighted_geometric_mean(losses, exponents, present)
         safe = torch.where(present, losses.detach(), 1.0)
@@ -224,6 +262,10 @@ class RLW(Weighting):
         T = losses.shape[0]
         gen = self._generator(losses.device)
         eps = torch.randn(T, generator=gen, device=gen.device, dtype=torch.float64)
+        if self._all_present() and not self._sync_active():
+            lam = softmax_over_present(eps.to(losses.device), None).to(losses.dtype)
+            self._set_weights(lam)
+            return weighted_sum(lam, losses)
         avail = self._synced_present(losses, present)
         lam = softmax_over_present(eps.to(losses.device), avail).to(losses.dtype)
         self._set_weights(lam)
@@ -276,6 +318,7 @@ class DWA(EpochPeriods, Weighting):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0; got {temperature!r}")
         self.temperature = float(temperature)
+        self._cached_weights: tuple[tuple, Tensor | None] | None = None
         self._state["periods"] = PeriodAverages(
             num_tasks, period_steps=period_steps, accumulator=accumulator
         )
@@ -303,8 +346,28 @@ class DWA(EpochPeriods, Weighting):
         if periods.observe(values, avail, completes_step=self._completes_step()):
             periods.end_period()
 
+    def _period_weights(self, periods: PeriodAverages, dtype: torch.dtype) -> Tensor | None:
+        """w (every task present) of the current period, computed once per period (the same
+        history tensors give the cached weights); ``None`` in the first two periods."""
+        key = (periods.period > 2, *periods.history, *periods.valid, dtype)
+        cached = self._cached_weights
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            w = None
+            if periods.period > 2:
+                rate = periods.rate(periods.stats.device)
+                w = dwa_weights(rate, None, self.temperature).to(dtype)
+            cached = self._cached_weights = (key, w)
+        return cached[1]
+
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         periods = self._state["periods"]
+        if self._all_present() and not self._sync_active() and losses.device.type == "cpu":
+            w = self._period_weights(periods, losses.dtype)  # taken before the update
+            self._synced_losses_later(losses, present, self._observe)
+            if w is None:
+                w = torch.ones_like(losses.detach())
+            self._set_weights(w)
+            return weighted_sum(w, losses)
         rate = periods.rate(losses.device) if periods.period > 2 else None  # taken first
         # The period averages are read only when the period closes: their update is deferred
         # under torch.distributed (applied at the next step, end_period(), state_dict()).
@@ -312,8 +375,7 @@ class DWA(EpochPeriods, Weighting):
         if rate is None:
             w = avail.to(losses.dtype)
         else:
-            w = softmax_over_present(rate / self.temperature, avail)
-            w = (w * avail.sum()).to(losses.dtype)
+            w = dwa_weights(rate, avail, self.temperature).to(losses.dtype)
         self._set_weights(w)
         return weighted_sum(w, losses)
 

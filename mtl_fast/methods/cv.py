@@ -71,7 +71,20 @@ def cv_weights(
     return torch.where(ready, alpha, equal)
 
 
-# --------------------------------------------------------------------------- accumulator
+def _native_step(stats, losses: Tensor, present: Tensor, *, current: bool) -> Tensor:
+    """:func:`loss_ratios`, :func:`cv_weights` and the update of both statistics in one call of
+    ``mtl_fast._C.cv_step`` on the C++ accumulator ``stats`` (CPU losses); α float64 [T]."""
+    from mtl_fast import _C
+
+    alpha = _C.cv_step(
+        stats,
+        losses.to(torch.float64).numpy(),
+        present.numpy(),
+        current,
+        VARIANCE_EPS,
+        DENOMINATOR_FLOOR,
+    )
+    return torch.from_numpy(alpha)
 
 
 # --------------------------------------------------------------------------- method
@@ -178,6 +191,13 @@ class CVWeighting(Weighting):
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         T = losses.shape[0]
         stats: LossStatistics = self._state["stats"]
+        native = None if self._sync_active() else stats.native(losses.device)
+        if native is not None:  # CPU losses, one process: steps 1-3 in one native call
+            alpha = _native_step(
+                native, losses.detach(), present, current=self.denominator == "current"
+            ).to(losses.dtype)
+            self._set_weights(alpha)
+            return torch.dot(alpha, losses)
         mean, var, count = stats.snapshot(losses.device)  # the earlier steps' statistics
         if self.denominator == "current":
             # c_i needs this step's ratio: the averaged losses are needed now.

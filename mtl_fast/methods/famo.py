@@ -224,6 +224,8 @@ class FAMO(Weighting):
         detached loss values."""
         d = values.to(torch.float64) - self._state["min_losses"] + self.eps
         present = positive_losses(self, d, present, "FAMO")
+        if self._all_present() and not self._sync_active():
+            return d, present
         return torch.where(present, d, 1.0), present
 
     def _advance(self, log_now: Tensor, present: Tensor) -> None:
@@ -237,6 +239,9 @@ class FAMO(Weighting):
 
     def _logit_step(self, delta: Tensor, present: Tensor) -> None:
         xi = self._state["logits"]
+        if xi.device.type == "cpu":  # the same step in one native call
+            self._native_logit_step(delta, present)
+            return
         grad = famo_logit_gradient(xi, delta, present) + self.gamma * xi
         if self.optimizer == "sgd":
             new = xi - self.lr * grad
@@ -257,6 +262,42 @@ class FAMO(Weighting):
             self._state["updates"] = n
         self._state["logits"] = torch.where(present, new, xi)
 
+    def _native_logit_step(self, delta: Tensor, present: Tensor) -> None:
+        """:meth:`_logit_step` for CPU state by ``mtl_fast._C.famo_logit_step``."""
+        from mtl_fast import _C
+
+        st = self._state
+        b1, b2 = self.adam_betas
+        xi, m, v, n = _C.famo_logit_step(
+            st["logits"].numpy(),
+            st["exp_avg"].numpy(),
+            st["exp_avg_sq"].numpy(),
+            st["updates"].numpy(),
+            delta.to(torch.float64).numpy(),
+            present.numpy(),
+            self.lr,
+            self.gamma,
+            self.optimizer == "adam",
+            b1,
+            b2,
+            self.adam_eps,
+        )
+        st["logits"] = torch.from_numpy(xi)
+        if self.optimizer == "adam":
+            st["exp_avg"], st["exp_avg_sq"] = torch.from_numpy(m), torch.from_numpy(v)
+            st["updates"] = torch.from_numpy(n)
+
+    def _factors(self, d: Tensor, avail: Tensor) -> Tensor:
+        """w_t = z_t / (c D_t), z = softmax(ξ) over the present tasks, c = Σ_s z_s / D_s."""
+        logits = self._state["logits"]
+        if logits.device.type == "cpu":
+            from mtl_fast import _C
+
+            return torch.from_numpy(_C.famo_factors(logits.numpy(), d.numpy(), avail.numpy()))
+        z = softmax_over_present(logits, avail)
+        c = torch.where(avail, z / d, 0.0).sum()
+        return torch.where(avail, z / torch.where(c > 0, c, 1.0) / d, 0.0)
+
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         self._state_on(losses.device)
         values, avail = self._synced_losses(losses, present)
@@ -276,9 +317,7 @@ class FAMO(Weighting):
                 self._state["prev_log"] = self._state["prev_present"] = None
             else:
                 self._advance(log_d, avail)
-        z = softmax_over_present(self._state["logits"], avail)
-        c = torch.where(avail, z / d, 0.0).sum()
-        factors = torch.where(avail, z / torch.where(c > 0, c, 1.0) / d, 0.0)
+        factors = self._factors(d, avail)
         self._state["prev_log"] = log_d
         self._state["prev_present"] = avail
         w = factors.to(losses.dtype)

@@ -51,6 +51,9 @@ class IMTLG(Weighting):
     def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         return ops.imtl_g_weights(G, backend=self.backend)
 
+    def native_solve(self) -> str | None:
+        return "imtl_g" if self.backend == "auto" else None
+
 
 class _LossScales:
     """The learnable loss scales of IMTL-L (Liu et al. 2021 §3.2), shared by :class:`IMTLL` and
@@ -92,10 +95,13 @@ class _LossScales:
         with torch.no_grad():
             return self._exp_scales().detach()
 
-    def _scaled_total(self, losses: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        """(Σ_t present_t (e^{s_t} L_t − s_t), e^{s} detached)."""
+    def _scaled_total(self, losses: Tensor, present: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(Σ_t present_t (e^{s_t} L_t − s_t), e^{s} detached); ``present=None``: every task
+        (one dot product, no mask ops)."""
         e = self._exp_scales().to(losses.device)
         s = self.log_scales.to(losses.device)
+        if present is None:
+            return torch.dot(e.to(losses.dtype), losses) - s.sum(), e.detach()
         terms = torch.where(present, e * losses - s, 0.0)
         return terms.sum(), e.detach()
 
@@ -127,6 +133,10 @@ class IMTLL(_LossScales, Weighting):
         return torch.ones(num_tasks, device=device)
 
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
+        if self._all_present():
+            total, e = self._scaled_total(losses, None)
+            self._set_weights(e)
+            return total
         total, e = self._scaled_total(losses, present)
         self._set_weights(torch.where(present, e, 0.0))
         return total
@@ -175,7 +185,7 @@ class IMTL(_LossScales, Weighting):
         return a
 
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
-        total, e = self._scaled_total(losses, present)
+        total, e = self._scaled_total(losses, None if self._all_present() else present)
         self._step_scales = e
         return total
 
@@ -184,6 +194,9 @@ class IMTL(_LossScales, Weighting):
 
     def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         return ops.imtl_g_weights(G, backend=self.backend)
+
+    def native_solve(self) -> str | None:
+        return "imtl_g" if self.backend == "auto" else None
 
     def effective_weights(self, alpha: Tensor) -> Tensor:
         e = self._step_scales

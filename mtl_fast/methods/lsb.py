@@ -167,6 +167,7 @@ class LSB(EpochPeriods, Weighting):
         self.expected_periods = expected_periods
         self._priorities = torch.tensor(pi, dtype=torch.float64)
         self._pi_device = self._priorities
+        self._cached_factors: tuple[tuple, Tensor] | None = None
         self._state["periods"] = PeriodAverages(
             num_tasks, period_steps=period_steps, accumulator=accumulator
         )
@@ -289,9 +290,21 @@ class LSB(EpochPeriods, Weighting):
         # The period averages are read only when the period closes: their update is deferred
         # under torch.distributed (applied at the next step, end_period(), state_dict()).
         avail = self._synced_losses_later(losses, present, self._observe)
-        factors = torch.where(avail, alpha * d * w, 0.0).to(losses.dtype)
+        if self._all_present() and not self._sync_active():
+            factors = self._period_factors(w, d, alpha, losses.dtype)
+        else:
+            factors = torch.where(avail, alpha * d * w, 0.0).to(losses.dtype)
         self._set_weights(factors)
         return weighted_sum(factors, losses)
+
+    def _period_factors(self, w: Tensor, d: Tensor, alpha: Tensor, dtype: torch.dtype) -> Tensor:
+        """α^t d^t w^t in ``dtype`` (every task present), computed once per period: the same
+        tensors give the cached product."""
+        key = (w, d, alpha, dtype)
+        cached = self._cached_factors
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            cached = self._cached_factors = (key, (alpha * d * w).to(dtype))
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, period={self.period}"

@@ -129,6 +129,10 @@ class MGDA(Weighting):
             return lam
         return (lam.to(torch.float64) / s).to(lam.dtype)
 
+    def native_solve(self) -> str | None:
+        exact = self.constrained and self.solver == "active_set" and self.normalization == "none"
+        return "mgda" if exact and self.backend == "auto" else None
+
     def extra_repr(self) -> str:
         return (
             f"num_tasks={self.num_tasks}, normalization={self.normalization!r}, "

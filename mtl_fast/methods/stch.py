@@ -145,6 +145,7 @@ class STCH(Weighting):
         if ideal is not None:
             z = _vector(ideal, T, "ideal", positive=False)
         self._estimate = reference is None
+        self._cached_vectors: tuple | None = None
         self._state.update(
             {
                 "epoch": 0,
@@ -248,30 +249,53 @@ class STCH(Weighting):
             return losses.sum()
         shifted = losses + self.eps
         present = positive_losses(self, shifted, present, "STCH")
+        if self._unmasked():  # every task present: no mask ops
+            self._set_weights(1.0 / shifted.detach())
+            return torch.log(shifted).sum()
         safe = torch.where(present, shifted, torch.ones_like(shifted))
         self._set_weights(torch.where(present, 1.0 / safe.detach(), 0.0))
         return torch.where(present, torch.log(safe), 0.0).sum()
 
+    def _unmasked(self) -> bool:
+        """Every task is present and the totals are those of this process (no mask ops)."""
+        return self._all_present() and not self._sync_active()
+
+    def _vectors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """(r, λ, z*) on ``device`` in ``dtype``, converted once per epoch (the same state
+        tensors give the cached ones)."""
+        vs = tuple(self._on(k, device) for k in ("reference", "preference", "ideal"))
+        cached = self._cached_vectors
+        if cached is None or cached[1] != dtype or any(a is not b for a, b in zip(cached[0], vs)):
+            cached = self._cached_vectors = (vs, dtype, tuple(v.to(dtype) for v in vs))
+        return cached[2]
+
     def _stch_total(self, losses: Tensor, present: Tensor) -> Tensor:
-        device, dtype = losses.device, losses.dtype
-        ref = self._on("reference", device).to(dtype)
-        lam = self._on("preference", device).to(dtype)
-        ideal = self._on("ideal", device).to(dtype)
+        dtype = losses.dtype
+        ref, lam, ideal = self._vectors(losses.device, dtype)
         if self.log_transform:
             inner = losses / ref + self.eps
             present = positive_losses(self, inner, present, "STCH")
-            f = torch.log(torch.where(present, inner, torch.ones_like(inner)))
-            dfdl = 1.0 / torch.where(present, losses.detach() + self.eps * ref, 1.0)
+        unmasked = self._unmasked()
+        if self.log_transform:
+            f = torch.log(
+                inner if unmasked else torch.where(present, inner, torch.ones_like(inner))
+            )
+            shifted = losses.detach() + self.eps * ref
+            dfdl = 1.0 / (shifted if unmasked else torch.where(present, shifted, 1.0))
         else:
             f = losses / ref
             dfdl = 1.0 / ref
-        a = torch.where(present, lam * (f - ideal) / self.mu, 0.0)
-        # absent tasks: -inf in the log-sum-exp (all 0 when none is present, then |P| = 0)
-        off = torch.where(present | ~present.any(), 0.0, -torch.inf).to(dtype)
-        size = present.sum().to(dtype)
-        total = size * self.mu * torch.logsumexp(a + off, dim=0)
-        s = torch.softmax((a + off).detach(), dim=0)
-        self._set_weights(torch.where(present, size * lam * s * dfdl, 0.0))
+        a = lam * (f - ideal) / self.mu
+        if unmasked:
+            size = float(losses.shape[0])
+        else:
+            a = torch.where(present, a, 0.0)
+            # absent tasks: -inf in the log-sum-exp (all 0 when none is present, then |P| = 0)
+            a = a + torch.where(present | ~present.any(), 0.0, -torch.inf).to(dtype)
+            size = present.sum().to(dtype)
+        total = size * self.mu * torch.logsumexp(a, dim=0)
+        weights = size * lam * torch.softmax(a.detach(), dim=0) * dfdl
+        self._set_weights(weights if unmasked else torch.where(present, weights, 0.0))
         return total
 
     def extra_repr(self) -> str:

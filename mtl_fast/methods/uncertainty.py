@@ -40,11 +40,20 @@ def uncertainty_factors(log_vars: Tensor, coefficients: Tensor) -> Tensor:
 
 
 def uncertainty_total(
-    losses: Tensor, log_vars: Tensor, coefficients: Tensor, present: Tensor
+    losses: Tensor,
+    log_vars: Tensor,
+    coefficients: Tensor,
+    present: Tensor | None = None,
+    factors: Tensor | None = None,
 ) -> Tensor:
     """Σ_{t present} (c_t e^{−s_t} L_t + ½ s_t). Absent tasks contribute nothing (no gradient
-    to their s_t)."""
-    terms = uncertainty_factors(log_vars, coefficients) * losses + 0.5 * log_vars
+    to their s_t). ``present=None``: every task (one dot product, no mask ops). ``factors``:
+    :func:`uncertainty_factors` of ``log_vars`` when the caller has them (differentiable)."""
+    if factors is None:
+        factors = uncertainty_factors(log_vars, coefficients)
+    if present is None:
+        return torch.dot(factors.to(losses.dtype), losses) + 0.5 * log_vars.sum()
+    terms = factors * losses + 0.5 * log_vars
     return torch.where(present, terms, torch.zeros_like(terms)).sum()
 
 
@@ -96,6 +105,10 @@ class UncertaintyWeighting(Weighting):
         return uncertainty_factors(self.log_vars.detach(), self.coefficients).to(device)
 
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
+        if self._all_present():
+            factors = uncertainty_factors(self.log_vars, self.coefficients)
+            self._set_weights(factors.detach().to(losses.dtype))
+            return uncertainty_total(losses, self.log_vars, self.coefficients, factors=factors)
         w = uncertainty_factors(self.log_vars.detach(), self.coefficients)
         self._set_weights(torch.where(present, w, 0.0).to(losses.dtype))
         return uncertainty_total(losses, self.log_vars, self.coefficients, present)

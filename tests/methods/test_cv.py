@@ -118,28 +118,44 @@ def test_weights_carry_no_gradient():
 
 
 def test_uses_cpp_accumulator_on_cpu(monkeypatch):
+    """CPU losses: each training step is one native call (weights and the update of the C++
+    accumulator), and the statistics stay in that accumulator."""
     m = CVWeighting(3)
     acc = m.statistics.accumulator
     assert isinstance(acc, RunningStats)
     assert isinstance(acc._impl, mtl_fast._C.Welford)
     calls = []
+    real = mtl_fast._C.cv_step
 
-    class Spy:
-        def __init__(self, impl):
-            self.impl = impl
+    def spy(stats, *a):
+        calls.append(stats)
+        return real(stats, *a)
 
-        def update(self, *a):
-            calls.append(a)
-            return self.impl.update(*a)
-
-        def __getattr__(self, name):
-            return getattr(self.impl, name)
-
-    monkeypatch.setattr(acc, "_impl", Spy(acc._impl))
+    monkeypatch.setattr(mtl_fast._C, "cv_step", spy)
     for _ in range(3):
-        m.loss(torch.rand(3) + 0.1)
-    assert len(calls) == 3
+        m.loss((torch.rand(3) + 0.1).requires_grad_()).backward()
+    assert len(calls) == 3 and all(c is acc._impl for c in calls)
     assert m.statistics.accumulator is acc
+    assert acc.count.tolist() == [3] * 6
+
+
+def test_native_step_matches_the_torch_core():
+    """The native step (CPU, C++ accumulator) and the torch functional core (the torch
+    accumulator runs it) agree step by step, masks and both denominators included."""
+    rng = np.random.default_rng(7)
+    losses = rng.uniform(0.05, 6.0, size=(12, 4))
+    masks = rng.random((12, 4)) > 0.25
+    for denominator in ("mean", "current"):
+        for decay in (None, 0.8):
+            a = run(CVWeighting(4, denominator=denominator, mean_decay=decay), losses, masks)
+            b = run(
+                CVWeighting(4, denominator=denominator, mean_decay=decay, accumulator="torch"),
+                losses,
+                masks,
+            )
+            for (wa, ta), (wb, tb) in zip(a, b):
+                torch.testing.assert_close(wa, wb, rtol=1e-13, atol=1e-15)
+                torch.testing.assert_close(ta, tb, rtol=1e-13, atol=0)
 
 
 def test_torch_accumulator_gives_same_weights():
