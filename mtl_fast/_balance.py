@@ -118,10 +118,10 @@ def native_balance(
     *,
     monitor: NonFiniteMonitor,
     step: int,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Rules 1, 2 and 4 of the module docstring for one process's CPU rows, in one native call:
-    (G with absent tasks masked, α float32 [T] with weight 0 where G_tt = 0, Σ α_t g_t). With
-    ``solver=None`` (the method's solve is Python) only G is computed (α and the sum: ``None``).
+    α float32 [T] (weight 0 where G_tt = 0) and Σ α_t g_t, as (None, α, Σ); with
+    ``solver=None`` (the method's solve is Python) the masked G only, as (G, None, None).
 
     Raises:
         ValueError: a present task's gradient is non-finite (through ``monitor``, naming it), or

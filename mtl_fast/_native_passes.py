@@ -16,16 +16,15 @@ Each function is the one call site of its ``mtl_fast._C`` entry point.
 The instruction set (AVX-512, AVX2 or portable) is chosen at run time by the extension;
 :func:`mtl_fast._C.set_cpu_isa` or ``$MTL_FAST_CPU_ISA`` force one (the tests force the portable
 path). Threads: ``torch.get_num_threads()`` for passes over at least :data:`PARALLEL_MIN_ELEMS`
-elements, one below. The extension's OpenMP runtime is not PyTorch's: each leaves its worker
-threads spinning for a while after a parallel region, so on a machine with few cores a small
-parallel pass next to PyTorch ops was measured to cost ~8 ms of contention (2-core EPYC) where the
-single-threaded pass takes tens of µs.
+elements, one below (a parallel region costs a few µs). The extension is linked against the
+OpenMP runtime by its soname, which PyTorch's wheels also load (``libgomp.so.1``), so both share
+one thread pool: no second set of spinning workers competes with PyTorch's for the cores.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -42,12 +41,19 @@ _DTYPE_NAMES = {
 
 
 @functools.cache
+def _ext() -> Any:
+    """The extension module ``mtl_fast._C``, imported at first use (it may be absent)."""
+    import mtl_fast._C as C
+
+    return C
+
+
+@functools.cache
 def available() -> bool:
     """The extension is built and has the CPU passes (an older build may lack them)."""
     if not _backend.native_available():
         return False
-    import mtl_fast._C as C
-
+    C = _ext()
     return all(hasattr(C, f) for f in ("gram_rows", "combine_rows", "balance_rows", "solve_gram"))
 
 
@@ -56,8 +62,9 @@ def serves(rows: TaskRows) -> bool:
     return rows.device.type == "cpu" and rows.dtype in _DTYPE_NAMES and available()
 
 
-#: Elements (T·D) from which a pass runs on ``torch.get_num_threads()`` threads.
-PARALLEL_MIN_ELEMS = 1 << 24
+#: Elements (T·D) from which a pass runs on ``torch.get_num_threads()`` threads (1 MiB of
+#: fp32 rows, ~25 µs of one core's reading).
+PARALLEL_MIN_ELEMS = 1 << 18
 
 
 def _threads(rows: TaskRows) -> int:
@@ -80,8 +87,7 @@ def gram_rows(rows: TaskRows, *, check_finite: bool) -> Tensor:
         ValueError: ``check_finite`` and a row holds NaN/Inf (its squared norm is non-finite),
             naming the tasks.
     """
-    import mtl_fast._C as C
-
+    C = _ext()
     T = rows.num_tasks
     dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
     G = torch.empty((T, T), dtype=dtype)
@@ -105,8 +111,7 @@ def combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
     an ``out`` that is not contiguous or not of a gradient dtype receives the sum through one
     temporary.
     """
-    import mtl_fast._C as C
-
+    C = _ext()
     w = weights.detach()
     w_dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
     if w.dtype != w_dtype or not w.is_contiguous():
@@ -151,20 +156,21 @@ def balance_rows(
     options: dict[str, float | int],
     *,
     combine: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None] | BadStep:
+) -> tuple[Tensor | None, Tensor | None, Tensor | None] | BadStep:
     """One balanced step on CPU rows (``csrc/cpu_step.cpp``).
 
     ``present``: bool [T] CPU tensor (``None``: every task). ``solver``: ``"imtl_g"`` / ``"mgda"``
     (with ``options``, the keywords of :mod:`mtl_fast._solve_constants`), or ``None``: only the
-    masked Gram matrix. Returns (G masked [T, T] in the accumulation dtype, α float32 [T] or
-    ``None``, Σ α_t g_t in the rows' dtype or ``None``), or :class:`BadStep` (nothing computed
-    beyond the check).
+    masked Gram matrix. Returns (G masked [T, T] in the accumulation dtype, or ``None`` when a
+    solver was given; α float32 [T] or ``None``; Σ α_t g_t in the rows' dtype or ``None``), or
+    :class:`BadStep` (nothing computed beyond the check).
     """
-    import mtl_fast._C as C
-
+    C = _ext()
     T = rows.num_tasks
     dtype = rows.dtype
-    G = torch.empty((T, T), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    G = None
+    if solver is None:
+        G = torch.empty((T, T), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     alpha = torch.empty(T) if solver is not None else None
     out = torch.empty(rows.shape, dtype=dtype) if combine and solver is not None else None
     mask = 0
@@ -177,7 +183,7 @@ def balance_rows(
         rows.numel,
         name,
         mask,
-        G.data_ptr(),
+        0 if G is None else G.data_ptr(),
         solver or "none",
         0 if alpha is None else alpha.data_ptr(),
         0 if out is None else out.data_ptr(),
@@ -197,8 +203,7 @@ def solve_gram(G: Tensor, solver: str, options: dict[str, float | int]) -> Tenso
     Raises:
         ValueError: G holds NaN/Inf, naming its rows.
     """
-    import mtl_fast._C as C
-
+    C = _ext()
     if G.dtype not in (torch.float32, torch.float64):
         G = G.to(torch.float32)
     if not G.is_contiguous():

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mtl_fast._validation import as_task_rows
+from mtl_fast._validation import grads_as_task_rows
 
 if TYPE_CHECKING:
     from mtl_fast.weighting import Weighting
@@ -35,9 +35,6 @@ class SplitFunction(torch.autograd.Function):
     def backward(ctx: Any, *grads: Tensor):  # type: ignore[override]
         method: Weighting = ctx.method
         T, K = ctx.num_tasks, ctx.num_features
-        rows = [
-            as_task_rows([grads[t * K + k] for t in range(T)], name="feature gradients")
-            for k in range(K)
-        ]
+        rows = [grads_as_task_rows([grads[t * K + k] for t in range(T)]) for k in range(K)]
         outs = method.balance_and_combine(rows, token=ctx.token)
         return (None, None, None, *outs)

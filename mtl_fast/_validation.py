@@ -7,7 +7,6 @@ offending task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
@@ -19,7 +18,6 @@ GradsLike = Union[Tensor, Sequence[Tensor]]
 GRAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-@dataclass(frozen=True)
 class TaskRows:
     """T task gradients seen as rows of a virtual T×D matrix J (never materialised).
 
@@ -31,38 +29,46 @@ class TaskRows:
             tensor when its memory is contiguous, otherwise a contiguous copy of that one task.
             For a stacked input they are made on first use (most reference paths never need
             them).
+        num_tasks, numel, dtype, device: T, D and the rows' dtype and device (read once, at
+            construction: every pass reads them).
     """
 
-    shape: torch.Size
-    stacked: Tensor | None
-    given_rows: tuple[Tensor, ...] | None = None
+    __slots__ = ("device", "dtype", "given_rows", "num_tasks", "numel", "shape", "stacked")
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        stacked: Tensor | None,
+        given_rows: tuple[Tensor, ...] | None = None,
+    ) -> None:
+        self.shape = shape
+        self.stacked = stacked
+        self.given_rows = given_rows
+        if stacked is not None:
+            self.num_tasks: int = stacked.shape[0]
+            self.numel: int = stacked.shape[1]
+            first = stacked
+        elif given_rows:
+            self.num_tasks = len(given_rows)
+            self.numel = given_rows[0].numel()
+            first = given_rows[0]
+        else:
+            raise ValueError("TaskRows needs the stacked tensor or at least one row")
+        self.dtype: torch.dtype = first.dtype
+        self.device: torch.device = first.device
 
     @property
     def rows(self) -> tuple[Tensor, ...]:
         if self.given_rows is None:
             assert self.stacked is not None  # one of the two is always given
-            object.__setattr__(self, "given_rows", tuple(self.stacked.unbind(0)))
-        assert self.given_rows is not None
+            self.given_rows = tuple(self.stacked.unbind(0))
         return self.given_rows
 
-    def _first(self) -> Tensor:
-        return self.stacked if self.stacked is not None else self.rows[0]
-
-    @property
-    def num_tasks(self) -> int:
-        return self.stacked.shape[0] if self.stacked is not None else len(self.rows)
-
-    @property
-    def numel(self) -> int:
-        return self.stacked.shape[1] if self.stacked is not None else self.rows[0].numel()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._first().dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._first().device
+    def __repr__(self) -> str:
+        return (
+            f"TaskRows(num_tasks={self.num_tasks}, numel={self.numel}, dtype={self.dtype}, "
+            f"device={self.device}, stacked={self.stacked is not None})"
+        )
 
 
 def _check_float(t: Tensor, what: str) -> None:
@@ -130,6 +136,15 @@ def as_task_rows(grads: GradsLike, *, name: str = "grads") -> TaskRows:
         raise ValueError(f"{name} has no elements per task (shape {tuple(first.shape)})")
     rows = tuple(g.reshape(-1) if g.is_contiguous() else g.contiguous().view(-1) for g in grads)
     return TaskRows(shape=first.shape, stacked=None, given_rows=rows)
+
+
+def grads_as_task_rows(grads: Sequence[Tensor]) -> TaskRows:
+    """:func:`as_task_rows` for the T incoming gradients of a backward whose outputs are views
+    of one tensor (``split``): autograd hands them with that tensor's shape, dtype and device,
+    so nothing is checked (the engine validates them); each is viewed as a row (copied only
+    where it is not contiguous)."""
+    rows = tuple(g.view(-1) if g.is_contiguous() else g.contiguous().view(-1) for g in grads)
+    return TaskRows(shape=grads[0].shape, stacked=None, given_rows=rows)
 
 
 def check_gram(G: Tensor, *, name: str = "G") -> Tensor:

@@ -51,6 +51,20 @@ from mtl_fast._validation import TaskRows
 __all__ = ["LossesLike", "MaskLike", "StepInputs", "Weighting"]
 
 
+_NATIVE_SOLVE_IS_OWN: dict[type, bool] = {}
+
+
+def _native_solve_is_own(cls: type) -> bool:
+    """The class whose ``native_solve`` ``cls`` uses also defines the ``gram_weights`` it uses
+    (a subclass that overrides only ``gram_weights`` solves in Python); cached per class."""
+    known = _NATIVE_SOLVE_IS_OWN.get(cls)
+    if known is None:
+        owner = next(c for c in cls.__mro__ if "native_solve" in c.__dict__)
+        known = owner.__dict__.get("gram_weights") is getattr(cls, "gram_weights", None)
+        _NATIVE_SOLVE_IS_OWN[cls] = known
+    return known
+
+
 class Weighting(nn.Module, MethodHelpers):
     """Base class of all mtl_fast weighting methods.
 
@@ -446,10 +460,13 @@ class Weighting(nn.Module, MethodHelpers):
         who = type(self).__name__
         inputs, update = self._book.close_split(token, who)
         solver = self._native_step_solver(rows[0].num_tasks)
-        G, alpha, out = native_balance(
+        G, native_alpha, out = native_balance(
             rows[0], inputs, solver, monitor=self._monitor, step=self.step
         )
-        if alpha is None or out is None:
+        if native_alpha is not None and out is not None:
+            alpha = native_alpha
+        else:
+            assert G is not None  # no native solve: the masked G came back
             T = rows[0].num_tasks
             if inputs is None:
                 inputs = StepInputs(losses=torch.zeros(T), present=torch.ones(T, dtype=torch.bool))
@@ -502,11 +519,7 @@ class Weighting(nn.Module, MethodHelpers):
         if self._accumulate_weights == "step" and self._micro_batches > 1:
             return None
         solver = self.native_solve()
-        if solver is None:
-            return None
-        cls = type(self)
-        owner = next(c for c in cls.__mro__ if "native_solve" in c.__dict__)
-        if owner.__dict__.get("gram_weights") is not cls.gram_weights:
+        if solver is None or not _native_solve_is_own(type(self)):
             return None
         if solver == "imtl_g" and num_tasks > ops.NATIVE_IMTL_G_MAX_T:
             return None

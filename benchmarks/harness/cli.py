@@ -10,6 +10,7 @@ Examples::
     mtl-fast bench                            # the full tier (long; see benchmarks/README.md)
     mtl-fast bench --only ops --tier smoke --out /tmp/bench
     mtl-fast bench --tier gpu --device cuda   # the CUDA sizes, about 4 minutes on an H200
+    mtl-fast bench --engine                   # the CPU engine benchmark (harness/engine.py)
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def build_parser(prog: str = "mtl-fast bench") -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--engine",
+        action="store_true",
+        help="run the CPU engine benchmark instead (full IMTL-G step and Gram against the "
+        "machine's floor and torchjd, MLP and conv training steps, loss-based overhead); "
+        "writes cpu-engine-<machine>-<date>[-<tier>].{json,md}; tiers full (default), quick, "
+        "smoke",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -79,6 +88,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "mtl-fast bench") -> int
         torch.set_num_threads(args.threads)
     tier = "quick" if args.quick else (args.tier or os.environ.get(TIER_ENV) or "full")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if args.engine:
+        return _engine(tier, args.out, progress, prog)
     try:
         results = runner.run(
             tier,
@@ -99,4 +110,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "mtl-fast bench") -> int
     if results.get("interrupted"):
         print(f"interrupted during section {results['interrupted']}: partial results")
         return 130
+    return 0
+
+
+def _engine(tier: str, out: str, progress, prog: str) -> int:
+    """``--engine``: the CPU engine benchmark (:mod:`benchmarks.harness.engine`)."""
+    from . import engine, runner
+
+    try:
+        results = engine.run(tier, progress=progress)
+    except runner.BenchError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    paths = engine.write(results, out)
+    print("\n".join(engine.targets_lines(results)))
+    print()
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    print(f"engine tier {results['tier']}: {results['duration_s']:.1f} s")
     return 0

@@ -286,9 +286,8 @@ class STCH(Weighting):
             f = losses / ref
             dfdl = 1.0 / ref
         a = lam * (f - ideal) / self.mu
-        if unmasked:
-            size = float(losses.shape[0])
-        else:
+        size: float | Tensor = float(losses.shape[0])
+        if not unmasked:
             a = torch.where(present, a, 0.0)
             # absent tasks: -inf in the log-sum-exp (all 0 when none is present, then |P| = 0)
             a = a + torch.where(present | ~present.any(), 0.0, -torch.inf).to(dtype)

@@ -205,13 +205,20 @@ def _check_combine(
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("T,D", [(1, 1), (3, 2047), (4, 2049), (7, 100_003)])
+@pytest.mark.parametrize(
+    "T,D", [(1, 1), (3, 2047), (4, 2049), (7, 100_003), (9, 4111), (17, 2048), (26, 33)]
+)
 def test_combine_oracle_and_reference(isa: str, dtype: torch.dtype, T: int, D: int) -> None:
+    """T around the eight rows summed per pass (one, two and four passes per chunk), zero
+    weights inside and across the groups, D around the chunk and vector sizes."""
     J = _jacobian(T, D, dtype, seed=T + D)
     w = torch.linspace(-1.0, 2.0, T)
     if T > 2:
         w[1] = 0.0
         J[1, D // 2] = float("nan")  # skipped with its zero weight
+    if T > 9:
+        w[8:10] = 0.0  # a whole pass boundary of zero weights
+        J[9, 0] = float("inf")
     rows = as_task_rows(list(J.unbind(0)))
     c = _native_passes.combine_rows(rows, w, None)
     assert c.dtype == dtype and c.shape == (D,)
@@ -238,6 +245,45 @@ def test_combine_accumulates_into_out(isa: str, dtype: torch.dtype, out_dtype: t
     assert not out_t.is_contiguous()
     _native_passes.combine_rows(as_task_rows(J), w, out_t)
     torch.testing.assert_close(out_t, out, rtol=2.0**-7, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    T=st.integers(1, 40),
+    D=st.integers(1, 5000),
+    dtype=st.sampled_from(DTYPES),
+    out_dtype=st.sampled_from(DTYPES),
+    isa_name=st.sampled_from(ISAS),
+    zeros=st.integers(0, 2**40 - 1),
+    accumulate=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_combine_any_shape(
+    T: int,
+    D: int,
+    dtype: torch.dtype,
+    out_dtype: torch.dtype,
+    isa_name: str,
+    zeros: int,
+    accumulate: bool,
+    seed: int,
+) -> None:
+    """Any T (every grouping of the kept rows into passes of eight), any D, any zero-weight
+    pattern, a fresh or an accumulated output of any dtype, any instruction set: the float64
+    oracle's bound."""
+    C.set_cpu_isa(isa_name)
+    try:
+        J = _jacobian(T, D, dtype, seed=seed)
+        w = torch.linspace(-1.5, 1.0, T) + 0.01
+        w[[t for t in range(T) if zeros >> t & 1]] = 0.0
+        prior = _jacobian(1, D, out_dtype, seed=seed + 1).reshape(D) if accumulate else None
+        out = None if prior is None else prior.clone()
+        got = _native_passes.combine_rows(as_task_rows(J), w, out)
+        if prior is None:
+            assert got.dtype == dtype
+        _check_combine(got, J, w, dtype, prior)
+    finally:
+        C.set_cpu_isa(None)
 
 
 def test_combine_all_weights_zero(isa: str) -> None:
