@@ -769,3 +769,57 @@ def test_profile_step_dry_run(tmp_path) -> None:
     doc = json.loads((tmp_path / "profile-step-cpu-T2.json").read_text())
     assert [r["method"] for r in doc["rows"]] == ["EqualWeighting", "IMTLG"]
     assert doc["rows"][1]["host_ops"] and doc["rows"][0]["vs_equal"] == 1.0
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def test_engine_cli_smoke_writes_the_report(tmp_path, capsys) -> None:
+    """``mtl-fast bench --engine --tier smoke`` end to end: every part measured, the targets
+    table printed and written with the machine."""
+    from benchmarks.harness import engine
+    from mtl_fast.cli import main
+    from mtl_fast.methods import registry
+
+    assert main(["bench", "--engine", "--tier", "smoke", "--out", str(tmp_path), "-q"]) == 0
+    assert "| target | status | measured |" in capsys.readouterr().out
+    data = json.loads(next(tmp_path.glob("cpu-engine-*-smoke.json")).read_text())
+    tier = engine.TIERS["smoke"]
+    assert [(r["T"], r["D"]) for r in data["steps"]] == [
+        (T, D) for D in tier.step_D for T in tier.step_T
+    ]
+    assert data["floor"]["bandwidth"] > 0 and data["floor"]["gemm_flops"] > 0
+    assert {r["method"] for r in data["train"]} == set(engine.TRAIN_METHODS)
+    loss_methods = {s.name for s in registry.REGISTRY if s.family == "loss"}
+    assert {r["method"] for r in data["loss"]} == loss_methods
+    assert all(r["mtl_fast"] <= 1 for r in data["accuracy"])
+    assert {t["status"] for t in data["targets"]} <= {"pass", "miss", "n/a"}
+    md = next(tmp_path.glob("cpu-engine-*-smoke.md")).read_text()
+    for heading in ("## Targets", "## Full IMTL-G step", "## Training step", "## Loss-based"):
+        assert heading in md
+
+
+def test_engine_targets_name_every_missed_cell() -> None:
+    from benchmarks.harness import engine
+
+    steps = [
+        {"T": 2, "D": 10**6, "mtl_fast_step_s": 1.0, "step_floor_s": 0.9, "torchjd_step_s": 2.0},
+        {"T": 64, "D": 10**6, "mtl_fast_step_s": 2.0, "step_floor_s": 1.0, "torchjd_step_s": 2.2},
+        {"T": 64, "D": 10**5, "mtl_fast_step_s": 5.0, "step_floor_s": 1.0, "torchjd_step_s": 9.0},
+    ]
+    train = [
+        {"model": "mlp", "D": 16384, "method": m, "vs_equal": v}
+        for m, v in (("IMTLG", 1.05), ("MGDA", 1.2))
+    ]
+    loss = [{"method": "CVWeighting", "T": 10, "overhead_us": 120.0}]
+    targets = engine.evaluate_targets({"steps": steps, "train": train, "loss": loss})
+    t = {x["target"]: x for x in targets}
+    floor = next(x for x in t.values() if "floor" in x["target"])
+    assert floor["status"] == "miss" and "T=64 D=1e+06 (2.00x floor)" in floor["measured"]
+    assert "2 cells" in floor["measured"]  # D = 10⁵ is not part of the floor target
+    jd = next(x for x in t.values() if "torchjd" in x["target"])
+    assert jd["status"] == "miss" and "T=64 D=1e+06" in jd["measured"]
+    statuses = [x["status"] for x in t.values() if "MLP" in x["target"]]
+    assert statuses == ["pass", "miss"]
+    assert next(x for x in t.values() if "loss-based" in x["target"])["status"] == "miss"
+    assert next(x for x in t.values() if "Gram error" in x["target"])["status"] == "n/a"
