@@ -129,8 +129,9 @@ void combine_weights(const Kernels& k, const void* const* rows, std::size_t T, s
             w.push_back(weights[t]);
         }
     }
+    const bool stream = out_elem == Elem::F32 && !accumulate && D * 4 >= COMBINE_STREAM_BYTES;
     k.combine(CombineArgs{rows, T, D, e, kept.data(), w.data(), kept.size(), out, out_elem,
-                          accumulate, threads(num_threads)});
+                          accumulate, threads(num_threads), stream});
 }
 
 }  // namespace cpu

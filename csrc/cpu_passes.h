@@ -77,7 +77,12 @@ struct CombineArgs {
     Elem out_elem;
     bool accumulate;           // out += sum (else out = sum)
     int num_threads;
+    bool stream = false;       // float32 out, not accumulated: streaming (non-temporal) stores
 };
+
+//: Outputs of at least this many bytes are written with streaming stores (float32, not
+//: accumulated): they do not fit the caches, so reading them first (write-allocate) is waste.
+constexpr std::size_t COMBINE_STREAM_BYTES = std::size_t{8} << 20;
 
 using GramFn = void (*)(const GramArgs&);
 using CombineFn = void (*)(const CombineArgs&);

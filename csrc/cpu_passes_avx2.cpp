@@ -29,6 +29,8 @@ struct Isa {
         return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
     static void fstore(float* p, F x) { _mm256_storeu_ps(p, x); }
+    static void fstream(float* p, F x) { _mm256_stream_ps(p, x); }  // p aligned to the vector
+    static void fence() { _mm_sfence(); }
     static F fadd(F a, F b) { return _mm256_add_ps(a, b); }
     // Round to nearest even; NaN stays a (quiet) NaN, as float_to_bf16.
     static void fstore_bf16(std::uint16_t* p, F x) {

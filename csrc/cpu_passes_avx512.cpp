@@ -33,6 +33,8 @@ struct Isa {
         return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     }
     static void fstore(float* p, F x) { _mm512_storeu_ps(p, x); }
+    static void fstream(float* p, F x) { _mm512_stream_ps(p, x); }  // p aligned to the vector
+    static void fence() { _mm_sfence(); }
     static F fadd(F a, F b) { return _mm512_add_ps(a, b); }
     // Round to nearest even; NaN stays a (quiet) NaN, as float_to_bf16.
     static void fstore_bf16(std::uint16_t* p, F x) {

@@ -270,6 +270,13 @@ void emit_f32(const CombineArgs& a, std::size_t c0, const float* acc, std::size_
     switch (a.out_elem) {
         case Elem::F32: {
             float* o = static_cast<float*>(a.out) + c0;
+            if (a.stream && reinterpret_cast<std::uintptr_t>(o) % (W * sizeof(float)) == 0) {
+                // Streaming stores: the output is not read first (no write-allocate), then
+                // fenced so the chunk is visible before the thread moves on.
+                for (std::size_t k = 0; k < nv; k += W) I::fstream(o + k, I::fload(acc + k));
+                I::fence();
+                break;
+            }
             for (std::size_t k = 0; k < nv; k += W) {
                 typename I::F v = I::fload(acc + k);
                 if (a.accumulate) v = I::fadd(I::fload(o + k), v);

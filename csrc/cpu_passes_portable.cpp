@@ -55,6 +55,8 @@ struct Isa {
         for (int k = 0; k < W; ++k) p[k] = x.v[k];
     }
     static double fsum(const F& x) { return lanes_sum(x); }
+    static void fstream(float* p, const F& x) { fstore(p, x); }  // plain stores here
+    static void fence() {}
     static F fadd(const F& a, const F& b) {
         F r;
         for (int k = 0; k < W; ++k) r.v[k] = a.v[k] + b.v[k];

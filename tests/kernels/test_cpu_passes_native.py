@@ -286,6 +286,21 @@ def test_combine_any_shape(
         C.set_cpu_isa(None)
 
 
+def test_combine_large_output_streams(isa: str) -> None:
+    """A fresh fp32 output of at least 8 MiB is written with streaming stores; accumulated into
+    a given (here misaligned) output it is read and written as usual: the same values."""
+    T, D = 3, (1 << 21) + 5
+    J = _jacobian(T, D, torch.float32, seed=21)
+    w = torch.tensor([0.5, -1.0, 0.25])
+    c = _native_passes.combine_rows(as_task_rows(J), w, None)
+    _check_combine(c, J, w, torch.float32, None)
+    buf = torch.full((D + 1,), float("nan"))
+    out = buf[1:]  # 4 bytes past an aligned address
+    out.zero_()
+    _native_passes.combine_rows(as_task_rows(J), w, out)
+    assert torch.equal(out, c)
+
+
 def test_combine_all_weights_zero(isa: str) -> None:
     J = torch.full((3, 100), float("nan"))
     c = _native_passes.combine_rows(as_task_rows(J), torch.zeros(3), None)
