@@ -35,7 +35,9 @@ from mtl_fast.kernels.combine import _nonzero_mask, combine_config
 
 
 @triton.jit
-def _row_start(base_ptr, table_ptr, row_stride, t, USE_TABLE: tl.constexpr, ROW_ALIGN: tl.constexpr):
+def _row_start(
+    base_ptr, table_ptr, row_stride, t, USE_TABLE: tl.constexpr, ROW_ALIGN: tl.constexpr
+):
     """Pointer to the first element of row ``t`` (pointer table or stacked layout)."""
     if USE_TABLE:
         ptr = tl.load(table_ptr + t).to(base_ptr.dtype)
@@ -194,7 +196,9 @@ def _graddrop_combine_kernel(
 
 def _check_dtype(rows: TaskRows) -> None:
     if rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise TypeError(f"the Triton GradDrop kernels take fp32, bf16 or fp16 rows; got {rows.dtype}")
+        raise TypeError(
+            f"the Triton GradDrop kernels take fp32, bf16 or fp16 rows; got {rows.dtype}"
+        )
 
 
 def _flat_activations(activations: Tensor | None, rows: TaskRows) -> Tensor:

@@ -135,10 +135,10 @@ def backward(
         if reduced:
             distributed.all_reduce_mean_many_(jac, method.process_group)
         rows = [as_task_rows(j, name="task gradients") for j in jac]
-        kind = "features" if features is not None else "params"
-        alpha = method.balance(
-            rows, reduced=reduced, kind=kind, features=inputs if features is not None else None
-        )
+        if features is not None:
+            alpha = method.balance(rows, reduced=reduced, kind="features", features=inputs)
+        else:
+            alpha = method.balance(rows, reduced=reduced, kind="params")
     finally:
         method.discard_pending()
     if features is not None:

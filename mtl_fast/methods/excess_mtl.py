@@ -166,7 +166,11 @@ class ExcessMTL(Weighting):
         acc = self._state["accumulated"]
         if acc is None:
             acc = [
-                torch.zeros(b.shape, device=b.device, dtype=torch.float64 if b.dtype == torch.float64 else torch.float32)
+                torch.zeros(
+                    b.shape,
+                    device=b.device,
+                    dtype=torch.float64 if b.dtype == torch.float64 else torch.float32,
+                )
                 for b in blocks
             ]
         have, want = [tuple(a.shape) for a in acc], [tuple(b.shape) for b in blocks]

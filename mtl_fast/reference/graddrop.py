@@ -174,6 +174,4 @@ def graddrop(
     if uniform.shape != (want,):
         raise ValueError(f"uniform must have shape ({want},); got {tuple(uniform.shape)}")
     sums = graddrop_sums(rows, w, B, activations) if batch else None
-    return graddrop_combine_rows(
-        rows, w, uniform, lk, sums=sums, activations=activations, out=out
-    )
+    return graddrop_combine_rows(rows, w, uniform, lk, sums=sums, activations=activations, out=out)

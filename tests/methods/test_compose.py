@@ -73,7 +73,7 @@ def test_gradient_part_sees_the_scaled_gradients_and_losses():
 
 
 def test_statistics_part_resume_rollback_masks_and_lifecycle():
-    make = lambda **kw: Compose(mf.CVWeighting(T), mf.PCGrad(T, seed=3), **kw)  # noqa: E731
+    make = lambda **kw: Compose(mf.CVWeighting(T), mf.PCGrad(T, seed=3), **kw)
     check_resume(make, T, steps=5, split_at=2, weights_only=True)
     m = check_mask_and_nan(make)
     assert m.weights[1] == 0
@@ -110,7 +110,9 @@ def test_refusals():
     with pytest.raises(TypeError):
         Compose(mf.IMTLL(T), "MGDA")  # type: ignore[arg-type]
     comp = Compose(mf.IMTLL(T), mf.IMTLG())
-    assert comp.param_groups() and comp.param_groups()[0]["params"][0] is comp.loss_method.log_scales
+    assert (
+        comp.param_groups() and comp.param_groups()[0]["params"][0] is comp.loss_method.log_scales
+    )
 
 
 def test_row_method_inside_compose():

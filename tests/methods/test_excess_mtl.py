@@ -58,7 +58,9 @@ def test_params_route_equals_transcription():
         mf.backward(model.losses(x, ys), method=m, params=shared)
         w, d = transcription(grads, 0.5)[-1]
         torch.testing.assert_close(m.weights.double(), w, rtol=1e-5, atol=1e-7)
-        torch.testing.assert_close(_flat([p.grad for p in shared]).double(), d, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            _flat([p.grad for p in shared]).double(), d, rtol=1e-5, atol=1e-7
+        )
         opt.step()
     assert not torch.allclose(m.weights, torch.ones(T))
     assert float(m.weights.sum()) == pytest.approx(T)

@@ -62,7 +62,9 @@ def test_params_route_equals_transcription(options):
         opt.zero_grad(set_to_none=True)
         mf.backward(model.losses(x, ys), method=m, params=shared)
         want = transcription(grads, losses, **options)[-1]
-        torch.testing.assert_close(_flat([p.grad for p in shared]).double(), want, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(
+            _flat([p.grad for p in shared]).double(), want, rtol=1e-5, atol=1e-7
+        )
         opt.step()
     assert float(m.lambdas.sum()) == pytest.approx(1.0)
     y = m.tracked_gradients
