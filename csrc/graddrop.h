@@ -20,6 +20,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 namespace mtl_fast {
 namespace graddrop {
@@ -79,41 +81,75 @@ inline std::uint16_t float_to_f16(float f) {
     return static_cast<std::uint16_t>(sign | h);
 }
 
+// Element types as stored: float, double and the two 16-bit formats (their bits).
+struct Bf16 {
+    std::uint16_t bits;
+};
+struct Half {
+    std::uint16_t bits;
+};
+
 template <class Acc>
-inline Acc load(const void* p, Elem e, std::size_t i) {
+inline Acc widen(float v) {
+    return static_cast<Acc>(v);
+}
+template <class Acc>
+inline Acc widen(double v) {
+    return static_cast<Acc>(v);
+}
+template <class Acc>
+inline Acc widen(Bf16 v) {
+    return static_cast<Acc>(bf16_to_float(v.bits));
+}
+template <class Acc>
+inline Acc widen(Half v) {
+    return static_cast<Acc>(f16_to_float(v.bits));
+}
+
+// Calls f(E{}) with E the storage type of `e`.
+template <class F>
+inline void with_elem(Elem e, F&& f) {
     switch (e) {
         case Elem::F32:
-            return static_cast<Acc>(static_cast<const float*>(p)[i]);
+            f(float{});
+            break;
         case Elem::F64:
-            return static_cast<Acc>(static_cast<const double*>(p)[i]);
+            f(double{});
+            break;
         case Elem::BF16:
-            return static_cast<Acc>(bf16_to_float(static_cast<const std::uint16_t*>(p)[i]));
+            f(Bf16{});
+            break;
         default:
-            return static_cast<Acc>(f16_to_float(static_cast<const std::uint16_t*>(p)[i]));
+            f(Half{});
     }
 }
 
-template <class Acc>
-inline void store(void* p, Elem e, std::size_t i, Acc v) {
-    switch (e) {
-        case Elem::F32:
-            static_cast<float*>(p)[i] = static_cast<float>(v);
-            break;
-        case Elem::F64:
-            static_cast<double*>(p)[i] = static_cast<double>(v);
-            break;
-        case Elem::BF16:
-            static_cast<std::uint16_t*>(p)[i] = float_to_bf16(static_cast<float>(v));
-            break;
-        default:
-            static_cast<std::uint16_t*>(p)[i] = float_to_f16(static_cast<float>(v));
-    }
-}
+inline void put(float* o, double v) { *o = static_cast<float>(v); }
+inline void put(double* o, double v) { *o = v; }
+inline void put(Bf16* o, double v) { o->bits = float_to_bf16(static_cast<float>(v)); }
+inline void put(Half* o, double v) { o->bits = float_to_f16(static_cast<float>(v)); }
 
-// sgn(a) * x, exactly (sgn in {-1, 0, 1}; NaN -> 0).
+// out[i0 + j] = acc[j] (or out + acc, computed in double and rounded once to float, then to
+// out's type: exact for a float out, since double rounding of a sum of two floats is
+// innocuous), for j < n.
 template <class Acc>
-inline Acc signed_by(Acc x, Acc a) {
-    return a > 0 ? x : (a < 0 ? -x : Acc(0));
+inline void emit_block(void* out, Elem e, std::size_t i0, const Acc* acc, std::size_t n,
+                       bool accumulate) {
+    with_elem(e, [&](auto tag) {
+        using O = decltype(tag);
+        O* o = static_cast<O*>(out) + i0;
+        if (!accumulate) {
+            if constexpr (std::is_same_v<O, Acc>) {
+                for (std::size_t j = 0; j < n; ++j) o[j] = acc[j];
+            } else {
+                for (std::size_t j = 0; j < n; ++j) put(o + j, static_cast<double>(acc[j]));
+            }
+            return;
+        }
+        for (std::size_t j = 0; j < n; ++j) {
+            put(o + j, widen<double>(o[j]) + static_cast<double>(acc[j]));
+        }
+    });
 }
 
 struct Rows {
@@ -123,46 +159,58 @@ struct Rows {
     Elem elem;
 };
 
-// S (T x F, row-major, Acc) of the rows seen as [B, F]; `signs` (B x F elements of `sign_elem`)
-// may be null (sgn = 1).
-template <class Acc>
-void sums(const Rows& r, const Acc* alpha, std::size_t B, const void* signs, Elem sign_elem,
-          Acc* S, int num_threads) {
+// S (T x F, row-major, Acc) of the rows seen as [B, F]; `signs` (B x F int8 in {-1, 0, 1}) may
+// be null (sgn = 1).  Parallel over blocks of columns; each block reads the B rows of its
+// columns for every task, so the sums of a block are in the order b = 0..B-1.
+template <class Acc, class E>
+void sums_typed(const Rows& r, const Acc* alpha, std::size_t B, const std::int8_t* signs, Acc* S,
+                int num_threads) {
     const std::size_t F = r.D / B;
-    const std::size_t block = 256;
+    constexpr std::size_t block = 256;
     const auto blocks = static_cast<long long>((F + block - 1) / block);
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (long long k = 0; k < blocks; ++k) {
         const std::size_t f0 = static_cast<std::size_t>(k) * block;
-        const std::size_t f1 = f0 + block < F ? f0 + block : F;
-        Acc acc[256];
+        const std::size_t n = f0 + block < F ? block : F - f0;
+        Acc acc[block];
         for (std::size_t t = 0; t < r.T; ++t) {
-            Acc* s = S + t * F;
+            Acc* s = S + t * F + f0;
             if (alpha[t] == 0) {
-                for (std::size_t f = f0; f < f1; ++f) s[f] = 0;
+                for (std::size_t j = 0; j < n; ++j) s[j] = 0;
                 continue;
             }
-            for (std::size_t f = f0; f < f1; ++f) acc[f - f0] = 0;
+            const E* g = static_cast<const E*>(r.rows[t]);
+            for (std::size_t j = 0; j < n; ++j) acc[j] = 0;
             for (std::size_t b = 0; b < B; ++b) {
-                const std::size_t base = b * F;
-                for (std::size_t f = f0; f < f1; ++f) {
-                    Acc x = load<Acc>(r.rows[t], r.elem, base + f);
-                    if (signs != nullptr) x = signed_by(x, load<Acc>(signs, sign_elem, base + f));
-                    acc[f - f0] += x;
+                const E* gb = g + b * F + f0;
+                if (signs != nullptr) {
+                    const std::int8_t* ab = signs + b * F + f0;
+                    for (std::size_t j = 0; j < n; ++j) {
+                        acc[j] += widen<Acc>(gb[j]) * static_cast<Acc>(ab[j]);
+                    }
+                } else {
+                    for (std::size_t j = 0; j < n; ++j) acc[j] += widen<Acc>(gb[j]);
                 }
             }
-            for (std::size_t f = f0; f < f1; ++f) s[f] = alpha[t] * acc[f - f0];
+            for (std::size_t j = 0; j < n; ++j) s[j] = alpha[t] * acc[j];
         }
     }
 }
 
+template <class Acc>
+void sums(const Rows& r, const Acc* alpha, std::size_t B, const std::int8_t* signs, Acc* S,
+          int num_threads) {
+    with_elem(r.elem, [&](auto e) {
+        sums_typed<Acc, decltype(e)>(r, alpha, B, signs, S, num_threads);
+    });
+}
+
 struct CombineArgs {
-    const void* sums;      // T x F Acc, or null: the per-element rule
-    std::size_t F;         // columns of sums (D for the per-element rule)
-    const void* signs;     // D elements of sign_elem, or null (per-element rule only)
-    Elem sign_elem;
-    const void* uniform;   // F Acc values
-    void* out;             // D elements of out_elem
+    const void* sums;           // T x F Acc, or null: the per-element rule
+    std::size_t F;              // columns of sums (D for the per-element rule)
+    const std::int8_t* signs;   // D int8 in {-1, 0, 1}, or null (per-element rule only)
+    const void* uniform;        // F Acc values
+    void* out;                  // D elements of out_elem
     Elem out_elem;
     bool accumulate;
     double eps;
@@ -170,61 +218,111 @@ struct CombineArgs {
 };
 
 template <class Acc>
-void combine(const Rows& r, const Acc* alpha, const Acc* leak, const CombineArgs& a) {
+inline Acc purity(Acc num, Acc den, Acc eps) {
+    return Acc(0.5) * (Acc(1) + num / (den + eps));
+}
+
+template <class Acc>
+inline Acc mask_weight(Acc alpha, Acc leak, Acc P, Acc u, Acc s) {
+    const bool kept = ((P > u) & (s > 0)) | ((P < u) & (s < 0));
+    return alpha * (leak + (Acc(1) - leak) * static_cast<Acc>(kept));
+}
+
+// The batch rule: the masks depend on the column only, so the factors w[t][f] =
+// alpha_t (l_t + (1 - l_t) M_t[f]) are formed once (T x F), then out[b][f] = sum_t w[t][f]
+// g_t[b][f], parallel over the batch rows.
+template <class Acc, class E>
+void combine_batch(const Rows& r, const Acc* alpha, const Acc* leak, const CombineArgs& a) {
     const Acc* S = static_cast<const Acc*>(a.sums);
     const Acc* U = static_cast<const Acc*>(a.uniform);
     const Acc eps = static_cast<Acc>(a.eps);
+    const std::size_t F = a.F;
+    const std::size_t B = r.D / F;
+    std::vector<Acc> w(r.T * F, Acc(0));
+    for (std::size_t f = 0; f < F; ++f) {
+        Acc num = 0, den = 0;
+        for (std::size_t t = 0; t < r.T; ++t) {
+            if (alpha[t] == 0) continue;
+            num += S[t * F + f];
+            den += std::abs(S[t * F + f]);
+        }
+        const Acc P = purity(num, den, eps);
+        for (std::size_t t = 0; t < r.T; ++t) {
+            if (alpha[t] == 0) continue;
+            w[t * F + f] = mask_weight(alpha[t], leak[t], P, U[f], S[t * F + f]);
+        }
+    }
+    constexpr std::size_t block = 1024;
+    const std::size_t per_row = (F + block - 1) / block;
+    const auto blocks = static_cast<long long>(B * per_row);
+#pragma omp parallel for schedule(static) num_threads(a.num_threads) if (a.num_threads > 1)
+    for (long long k = 0; k < blocks; ++k) {
+        const std::size_t b = static_cast<std::size_t>(k) / per_row;
+        const std::size_t f0 = (static_cast<std::size_t>(k) % per_row) * block;
+        const std::size_t n = f0 + block < F ? block : F - f0;
+        Acc acc[block];
+        for (std::size_t j = 0; j < n; ++j) acc[j] = 0;
+        for (std::size_t t = 0; t < r.T; ++t) {
+            if (alpha[t] == 0) continue;
+            const E* g = static_cast<const E*>(r.rows[t]) + b * F + f0;
+            const Acc* wt = w.data() + t * F + f0;
+            for (std::size_t j = 0; j < n; ++j) acc[j] += wt[j] * widen<Acc>(g[j]);
+        }
+        emit_block<Acc>(a.out, a.out_elem, b * F + f0, acc, n, a.accumulate);
+    }
+}
+
+// The per-element rule: S_t = sgn(A) alpha_t g_t per element, formed twice (for P, then for the
+// masks) from the rows, which the second loop reads from the cache.
+template <class Acc, class E>
+void combine_elementwise(const Rows& r, const Acc* alpha, const Acc* leak, const CombineArgs& a) {
+    const Acc* U = static_cast<const Acc*>(a.uniform);
+    const Acc eps = static_cast<Acc>(a.eps);
     const std::size_t D = r.D;
-    const std::size_t block = 1024;
+    constexpr std::size_t block = 1024;
     const auto blocks = static_cast<long long>((D + block - 1) / block);
 #pragma omp parallel for schedule(static) num_threads(a.num_threads) if (a.num_threads > 1)
     for (long long k = 0; k < blocks; ++k) {
         const std::size_t d0 = static_cast<std::size_t>(k) * block;
-        const std::size_t d1 = d0 + block < D ? d0 + block : D;
-        Acc num[1024], den[1024], acc[1024];
-        for (std::size_t d = d0; d < d1; ++d) num[d - d0] = den[d - d0] = acc[d - d0] = 0;
-        // S_t at element d (0 for a skipped task).
-        auto s_of = [&](std::size_t t, std::size_t d) -> Acc {
-            if (S != nullptr) return S[t * a.F + d % a.F];
-            Acc h = alpha[t] * load<Acc>(r.rows[t], r.elem, d);
-            if (a.signs != nullptr) h = signed_by(h, load<Acc>(a.signs, a.sign_elem, d));
-            return h;
-        };
-        for (std::size_t t = 0; t < r.T; ++t) {
-            if (alpha[t] == 0) continue;
-            for (std::size_t d = d0; d < d1; ++d) {
-                const Acc s = s_of(t, d);
-                num[d - d0] += s;
-                den[d - d0] += std::abs(s);
-            }
-        }
-        for (std::size_t d = d0; d < d1; ++d) {
-            num[d - d0] = Acc(0.5) * (Acc(1) + num[d - d0] / (den[d - d0] + eps));  // P
+        const std::size_t n = d0 + block < D ? block : D - d0;
+        Acc num[block], den[block], acc[block], sg[block];
+        for (std::size_t j = 0; j < n; ++j) {
+            num[j] = den[j] = acc[j] = 0;
+            sg[j] = a.signs != nullptr ? static_cast<Acc>(a.signs[d0 + j]) : Acc(1);
         }
         for (std::size_t t = 0; t < r.T; ++t) {
             if (alpha[t] == 0) continue;
-            const Acc lk = leak[t];
-            for (std::size_t d = d0; d < d1; ++d) {
-                const Acc s = s_of(t, d);
-                const Acc P = num[d - d0];
-                const Acc u = U[S != nullptr ? d % a.F : d];
-                const bool kept = (P > u && s > 0) || (P < u && s < 0);
-                const Acc m = lk + (Acc(1) - lk) * (kept ? Acc(1) : Acc(0));
-                acc[d - d0] += (alpha[t] * m) * load<Acc>(r.rows[t], r.elem, d);
+            const E* g = static_cast<const E*>(r.rows[t]) + d0;
+            for (std::size_t j = 0; j < n; ++j) {
+                const Acc s = sg[j] * (alpha[t] * widen<Acc>(g[j]));
+                num[j] += s;
+                den[j] += std::abs(s);
             }
         }
-        for (std::size_t d = d0; d < d1; ++d) {
-            if (a.accumulate) {
-                // out + v in double, rounded once to float (exact for a float out: double
-                // rounding of a sum of two floats is innocuous), then to out's type.
-                store<double>(a.out, a.out_elem, d,
-                              load<double>(a.out, a.out_elem, d) +
-                                  static_cast<double>(acc[d - d0]));
-            } else {
-                store<Acc>(a.out, a.out_elem, d, acc[d - d0]);
+        for (std::size_t j = 0; j < n; ++j) num[j] = purity(num[j], den[j], eps);
+        for (std::size_t t = 0; t < r.T; ++t) {
+            if (alpha[t] == 0) continue;
+            const E* g = static_cast<const E*>(r.rows[t]) + d0;
+            for (std::size_t j = 0; j < n; ++j) {
+                const Acc x = widen<Acc>(g[j]);
+                const Acc s = sg[j] * (alpha[t] * x);
+                acc[j] += mask_weight(alpha[t], leak[t], num[j], U[d0 + j], s) * x;
             }
         }
+        emit_block<Acc>(a.out, a.out_elem, d0, acc, n, a.accumulate);
     }
+}
+
+template <class Acc>
+void combine(const Rows& r, const Acc* alpha, const Acc* leak, const CombineArgs& a) {
+    with_elem(r.elem, [&](auto e) {
+        using E = decltype(e);
+        if (a.sums != nullptr) {
+            combine_batch<Acc, E>(r, alpha, leak, a);
+        } else {
+            combine_elementwise<Acc, E>(r, alpha, leak, a);
+        }
+    });
 }
 
 }  // namespace graddrop

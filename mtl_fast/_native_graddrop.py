@@ -45,13 +45,14 @@ def _array(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t.detach().to(dtype).contiguous()
 
 
-def _signs(activations: Tensor | None) -> tuple[Tensor | None, int, str]:
+def _signs(activations: Tensor | None) -> tuple[Tensor | None, int]:
+    """sgn(A) as int8 (−1 / 0 / +1, NaN → 0) and its address (0 without activations): one pass
+    over A, which the native passes then read at a byte per element."""
     if activations is None:
-        return None, 0, "float32"
-    a = activations.detach().contiguous()
-    if a.dtype not in _DTYPE_NAMES:
-        a = a.to(torch.float32)
-    return a, a.data_ptr(), _DTYPE_NAMES[a.dtype]
+        return None, 0
+    a = activations.detach()
+    s = ((a > 0).to(torch.int8) - (a < 0).to(torch.int8)).contiguous()
+    return s, s.data_ptr()
 
 
 def graddrop_sums(
@@ -66,7 +67,7 @@ def graddrop_sums(
         raise ValueError(f"batch must divide the {rows.numel} elements of a task gradient")
     w = _array(weights, acc)
     S = torch.empty((rows.num_tasks, rows.numel // batch), dtype=acc)
-    keep, signs, signs_dtype = _signs(activations)
+    keep, signs = _signs(activations)
     C.graddrop_sums(
         _addresses(rows),
         rows.numel,
@@ -74,7 +75,6 @@ def graddrop_sums(
         w.data_ptr(),
         batch,
         signs,
-        signs_dtype,
         S.data_ptr(),
         _threads(rows),
     )
@@ -99,7 +99,7 @@ def graddrop_combine_rows(
     acc = _acc(rows)
     w, lk, U = _array(weights, acc), _array(leak, acc), _array(uniform, acc)
     S = None if sums is None else _array(sums, acc)
-    keep, signs, signs_dtype = _signs(activations if sums is None else None)
+    keep, signs = _signs(activations if sums is None else None)
     direct = out is not None and out.is_contiguous() and out.dtype in _DTYPE_NAMES
     if out is None or direct:
         target = torch.empty(rows.shape, dtype=rows.dtype) if out is None else out
@@ -114,7 +114,6 @@ def graddrop_combine_rows(
         0 if S is None else S.data_ptr(),
         rows.numel if S is None else S.shape[1],
         signs,
-        signs_dtype,
         U.data_ptr(),
         target.data_ptr(),
         _DTYPE_NAMES[target.dtype],

@@ -14,7 +14,7 @@ from torch import Tensor
 from mtl_fast._row_step import refuse_gram_only
 from mtl_fast._validation import TaskRows
 
-__all__ = ["ema_buffers", "ema_rows_", "refuse_gram_only", "writable_rows"]
+__all__ = ["ema_buffers", "ema_rows_", "ema_rows_masked_", "refuse_gram_only", "writable_rows"]
 
 
 def writable_rows(rows: TaskRows, who: str) -> tuple[Tensor, ...]:
@@ -38,8 +38,31 @@ def ema_rows_(
 ) -> None:
     """Per task t with ``update[t]``: buf[t] ← keep_t buf[t] + (1 − keep_t) c_t g_t, then the
     row g_t ← buf[t] (in the row's dtype); other tasks keep both. ``keep`` [T] (the EMA factor
-    β_k), ``scale`` c [T] (default 1). One read of the rows and of ``buf``, one write of each;
-    no host synchronisation (the choices are ``torch.where`` on device booleans)."""
+    β_k), ``scale`` c [T] (default 1). No host synchronisation on accelerators (the choices are
+    ``torch.where`` on device booleans); on the CPU, where reading them is free, the update is
+    done in place (three passes over a row: scale, add, copy back)."""
+    if buf.device.type == "cpu":
+        keeps = keep.tolist()
+        scales = None if scale is None else scale.tolist()
+        for t, (g, up) in enumerate(zip(rows, update.tolist())):
+            if not up:
+                continue
+            c = 1.0 if scales is None else scales[t]
+            buf[t].mul_(keeps[t]).add_(g, alpha=(1.0 - keeps[t]) * c)
+            g.copy_(buf[t])
+        return
+    ema_rows_masked_(buf, rows, keep, update, scale)
+
+
+def ema_rows_masked_(
+    buf: Tensor,
+    rows: Sequence[Tensor],
+    keep: Tensor,
+    update: Tensor,
+    scale: Tensor | None = None,
+) -> None:
+    """:func:`ema_rows_` without reading ``keep``, ``update`` or ``scale`` on the host (the
+    accelerator path; also runs on the CPU)."""
     for t, g in enumerate(rows):
         bt = keep[t].to(buf.dtype)
         x = g.to(buf.dtype)

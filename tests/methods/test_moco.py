@@ -106,3 +106,22 @@ def test_masks_state_and_errors():
     for bad in ({"beta": 0.0}, {"gamma": -1.0}, {"simplex": "sparsemax"}, {"rho": -1.0}):
         with pytest.raises(ValueError):
             MoCo(T, **bad)
+
+
+def test_ema_rows_cpu_and_device_formulations_agree():
+    from mtl_fast.methods._rows import ema_rows_, ema_rows_masked_
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(50, generator=gen) for _ in range(3)]
+    rows[1][3] = float("nan")  # a task that is not updated keeps its (non-finite) row
+    buf = torch.randn(3, 50, generator=gen)
+    keep = torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
+    update = torch.tensor([True, False, True])
+    scale = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
+    rows_b, buf_b = [r.clone() for r in rows], buf.clone()
+    ema_rows_(buf, rows, keep, update, scale)
+    ema_rows_masked_(buf_b, rows_b, keep, update, scale)
+    torch.testing.assert_close(buf, buf_b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(rows, rows_b):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True)
+    assert torch.isnan(rows[1][3])
