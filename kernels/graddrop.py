@@ -31,7 +31,7 @@ from mtl_fast import _solve_constants as SC
 from mtl_fast._validation import TaskRows
 from mtl_fast.kernels._launch import device_context, gpu_program_target
 from mtl_fast.kernels._pointers import row_access
-from mtl_fast.kernels.combine import _nonzero_mask, combine_config
+from mtl_fast.kernels.combine import _nonzero_mask, combine_config, finish_out, out_target
 
 
 @triton.jit
@@ -282,15 +282,7 @@ def graddrop_combine_rows(
     access = row_access(rows)
     F = D if sums is None else sums.shape[1]
     S = torch.empty(1, dtype=torch.float32, device=device) if sums is None else sums
-    if out is None:
-        target = torch.empty(D, dtype=rows.dtype, device=device)
-        accumulate = False
-    elif out.is_contiguous():
-        target = out.view(-1)
-        accumulate = True
-    else:
-        target = torch.empty(D, dtype=torch.float32, device=device)
-        accumulate = False
+    target, accumulate = out_target(rows, out)
     with device_context(device):
         _graddrop_combine_kernel[(triton.cdiv(D, cfg.block_d),)](
             access.base,
@@ -316,8 +308,4 @@ def graddrop_combine_rows(
             num_warps=cfg.num_warps,
         )
     del access
-    if out is None:
-        return target.view(rows.shape)
-    if not accumulate:
-        out.add_(target.view(rows.shape))
-    return out
+    return finish_out(rows, out, target, accumulate)

@@ -12,7 +12,7 @@ import functools
 import torch
 from torch import Tensor
 
-from mtl_fast import _backend
+from mtl_fast import _backend, _native_passes
 from mtl_fast import _solve_constants as SC
 from mtl_fast._native_passes import _DTYPE_NAMES, PARALLEL_MIN_ELEMS, _addresses
 from mtl_fast._validation import TaskRows
@@ -30,7 +30,7 @@ def available() -> bool:
 
 def serves(rows: TaskRows) -> bool:
     """The native passes can read these rows: CPU tensors of a supported dtype."""
-    return rows.device.type == "cpu" and rows.dtype in _DTYPE_NAMES and available()
+    return _native_passes.serves(rows) and available()
 
 
 def _acc(rows: TaskRows) -> torch.dtype:

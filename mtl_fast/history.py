@@ -119,6 +119,22 @@ class _GramLog:
         return self.host_gram[0], self.host_alpha[0]
 
 
+def _next_step(method_name: str, last: Optional[int], step: Optional[int]) -> int:
+    """The step of a new record: ``last + 1`` (0 first) when ``step`` is None, else ``step``,
+    which must be an integer above ``last``."""
+    if step is None:
+        return 0 if last is None else last + 1
+    if isinstance(step, bool):
+        raise ValueError(f"step must be an integer, got {step!r}")
+    try:
+        step = operator.index(step)
+    except TypeError:
+        raise ValueError(f"step must be an integer, got {step!r}") from None
+    if last is not None and step <= last:
+        raise ValueError(f"{method_name!r}: steps must strictly increase, got {step} after {last}")
+    return step
+
+
 def _objects_to_host(objs: Sequence[Any]) -> List[np.ndarray]:
     """float64 host copies of 1-D tensors/arrays, one transfer per (device, dtype) group."""
     out: List[Optional[np.ndarray]] = [None] * len(objs)
@@ -301,20 +317,7 @@ class WeightHistory:
             )
 
         log = self._logs.get(method_name)
-        last = None if log is None else log.last_step
-        if step is None:
-            step = 0 if last is None else last + 1
-        else:
-            if isinstance(step, bool):
-                raise ValueError(f"step must be an integer, got {step!r}")
-            try:
-                step = operator.index(step)
-            except TypeError:
-                raise ValueError(f"step must be an integer, got {step!r}") from None
-            if last is not None and step <= last:
-                raise ValueError(
-                    f"{method_name!r}: steps must strictly increase, got {step} after {last}"
-                )
+        step = _next_step(method_name, None if log is None else log.last_step, step)
 
         if self._task_names is None:
             self._task_names = [f"task_{i}" for i in range(n_w)]
@@ -388,15 +391,7 @@ class WeightHistory:
         known = None if glog is None else glog.num_tasks()
         if known is not None and known != T:
             raise ValueError(f"{method_name!r}: got {T} tasks, earlier records had {known}")
-        last = None if glog is None else glog.last_step
-        if step is None:
-            step = 0 if last is None else last + 1
-        else:
-            step = operator.index(step)
-            if last is not None and step <= last:
-                raise ValueError(
-                    f"{method_name!r}: steps must strictly increase, got {step} after {last}"
-                )
+        step = _next_step(method_name, None if glog is None else glog.last_step, step)
         if self._task_names is None:
             self._task_names = [f"task_{i}" for i in range(T)]
         if glog is None:
