@@ -210,9 +210,10 @@ class Weighting(nn.Module, MethodHelpers):
         gradient methods the Gram matrix of the task gradients ``split`` receives; for methods
         that rewrite the rows first (DB-MTL's and MoCo's tracked gradients) the Gram matrix of
         the tracked gradients. Computed on first read after a step (a few T×T operations).
-        Loss-based methods: ``None`` unless built with ``diagnostics=True``; then from the
-        weighted gradients c_t g_t their total gives each task, with α = 1. ``None`` before the
-        first step."""
+        Loss-based methods: ``None`` unless built with ``diagnostics=True``; then, from the
+        steps that go through ``split``, from the weighted gradients c_t g_t their total gives
+        each task, with α = 1 (:func:`mtl_fast.backward` and MultiTaskLinear form no Gram matrix
+        for them). ``None`` before the first step."""
         src = self._diag_source
         if src is None:
             return None
