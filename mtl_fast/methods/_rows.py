@@ -11,10 +11,29 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mtl_fast import ops
 from mtl_fast._row_step import refuse_gram_only
 from mtl_fast._validation import TaskRows
 
-__all__ = ["ema_buffers", "ema_rows_", "ema_rows_masked_", "refuse_gram_only", "writable_rows"]
+__all__ = [
+    "ema_buffers",
+    "ema_rows_",
+    "ema_rows_masked_",
+    "refuse_gram_only",
+    "squared_norms",
+    "writable_rows",
+]
+
+
+def squared_norms(rows: Sequence[TaskRows], backend: str) -> Tensor:
+    """‖g_t‖² [T] (float64) of the concatenated rows, by one Gram pass per feature tensor (the
+    fused, sync-free pass: NaN/Inf in a row, or an overflowing norm, make its entry
+    non-finite, as they make the base class drop the task)."""
+    T = rows[0].num_tasks
+    out = torch.zeros(T, dtype=torch.float64, device=rows[0].device)
+    for r in rows:
+        out = out + ops.gram_rows(r, backend=backend).diagonal().to(torch.float64)
+    return out
 
 
 def writable_rows(rows: TaskRows, who: str) -> tuple[Tensor, ...]:

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from mtl_fast._row_step import RowStep
-from mtl_fast.methods._rows import ema_buffers, ema_rows_, writable_rows
+from mtl_fast.methods._rows import ema_buffers, ema_rows_, squared_norms, writable_rows
 from mtl_fast.methods.baselines import positive_losses
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
@@ -257,10 +257,8 @@ class DBMTL(Weighting):
         if present is None:
             present = torch.ones(T, dtype=torch.bool, device=device)
         present = present.to(device)
-        finite = torch.ones(T, dtype=torch.bool, device=device)
-        for r in rows:
-            finite = finite & torch.stack([torch.isfinite(g).all() for g in r.rows])
-        update = present & finite
+        # One fused Gram pass tells which rows are finite (NaN/Inf make ‖g_t‖² non-finite).
+        update = present & torch.isfinite(squared_norms(rows, self.backend))
         counts = self._state["counts"].to(device) + update.to(torch.int64)
         b = _ema_factors(counts, self.beta, self.sigma)
         bufs = ema_buffers(

@@ -40,9 +40,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_fast import ops
 from mtl_fast._row_step import RowStep
-from mtl_fast.methods._rows import ema_buffers, ema_rows_, writable_rows
+from mtl_fast.methods._rows import ema_buffers, ema_rows_, squared_norms, writable_rows
 from mtl_fast.reference import project_simplex
 from mtl_fast.weighting import StepInputs, Weighting
 
@@ -161,10 +160,7 @@ class MoCo(Weighting):
         the step's rows (the Gram matrix, the λ step and the combine then act on y)."""
         rows = list(step.rows)
         device = rows[0].device
-        T = rows[0].num_tasks
-        norms2 = torch.zeros(T, dtype=torch.float64, device=device)
-        for r in rows:  # one Gram pass: the squared norms, and the finiteness of every row
-            norms2 = norms2 + ops.gram_rows(r, backend=self.backend).diagonal().to(torch.float64)
+        norms2 = squared_norms(rows, self.backend)  # also says which rows are finite
         # Global gradient = per-process blocks / N: ‖g‖² = Σ_r ‖g_r‖² / N² = mean_r / N.
         norms2 = step.mean_over_processes_(norms2) / step.processes
         present = step.present
