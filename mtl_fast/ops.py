@@ -209,3 +209,51 @@ def _to_native(G: Tensor):
 
 def _from_native(alpha, G: Tensor) -> Tensor:
     return torch.from_numpy(alpha).to(torch.float64 if G.dtype == torch.float64 else torch.float32)
+
+
+# ---- GradDrop (Chen et al. 2020): the sign-dropout combination -------------------------------
+
+
+def _graddrop_impl(rows: TaskRows, backend: str):
+    """The module serving GradDrop's two passes for these rows (same functions, same math)."""
+    import importlib
+
+    from mtl_fast import _native_graddrop
+
+    if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
+        return _kernels()
+    if backend == "auto" and _native_graddrop.serves(rows):
+        return _native_graddrop
+    return importlib.import_module("mtl_fast.reference.graddrop")
+
+
+def graddrop_sums_rows(
+    rows: TaskRows,
+    weights: Tensor,
+    batch: int,
+    activations: Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """GradDrop's batch sums S [T, F] of validated rows
+    (:func:`mtl_fast.reference.graddrop.graddrop_sums`)."""
+    return _graddrop_impl(rows, backend).graddrop_sums(rows, weights, batch, activations)
+
+
+def graddrop_combine_rows(
+    rows: TaskRows,
+    weights: Tensor,
+    uniform: Tensor,
+    leak: Tensor,
+    *,
+    sums: Tensor | None = None,
+    activations: Tensor | None = None,
+    out: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """GradDrop's combined gradient of validated rows
+    (:func:`mtl_fast.reference.graddrop.graddrop_combine_rows`): Triton on CUDA, the native
+    extension on the CPU, the reference otherwise."""
+    return _graddrop_impl(rows, backend).graddrop_combine_rows(
+        rows, weights, uniform, leak, sums=sums, activations=activations, out=out
+    )

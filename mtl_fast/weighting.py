@@ -12,8 +12,19 @@ The training loop is the same for every method::
 → the scalar to back-propagate, updating its statistics). A gradient method sets
 ``gradient_based = True`` and implements :meth:`Weighting.gram_weights` (the Gram matrix G of
 the task gradients → the weights α), in the spirit of a ``forward(gramian)``; it never sees the
-gradients themselves. State that must survive a restart lives in ``self._state`` (a dict) or in
-parameters; both are in ``state_dict()``, so a resumed run reproduces an unbroken one.
+gradients themselves. A gradient method that must act on the gradient rows (an EMA of the
+gradients, per-coordinate statistics or a per-coordinate rule) also sets
+``needs_gradient_rows = True`` and implements one or both row hooks,
+:meth:`Weighting.prepare_rows` (before G is formed) and :meth:`Weighting.combine_rows` (instead
+of Σ_t α_t g_t); see :mod:`mtl_fast._row_step`. State that must survive a restart lives in
+``self._state`` (a dict) or in parameters; both are in ``state_dict()``, so a resumed run
+reproduces an unbroken one.
+
+**Diagnostics.** Every gradient method keeps the Gram matrix its last solve used and the weights
+it found; :attr:`Weighting.diagnostics` turns them into gradient norms, cosines, the conflict
+rate, the norm spread and the weights' entropy (:mod:`mtl_fast.diagnostics`) on first read, on
+the device, with no extra pass over the gradients. Loss-based methods opt in with
+``diagnostics=True`` (one Gram pass per step in ``split``'s backward).
 
 The base class only keeps the step's state and delegates each job to its own module: the
 inputs and their validation (:mod:`mtl_fast._losses`), the step bookkeeping and the rollback of
@@ -30,7 +41,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl_fast import _state
+from mtl_fast import _state, distributed, ops
 from mtl_fast._backend import BACKENDS, cuda_capturing
 from mtl_fast._balance import balance_gram, gram_of_features
 from mtl_fast._losses import (
@@ -43,10 +54,12 @@ from mtl_fast._losses import (
 )
 from mtl_fast._method_helpers import MethodHelpers
 from mtl_fast._nonfinite import NonFiniteMonitor
+from mtl_fast._row_step import RowKind, RowStep, make_row_step, refuse_gram_only
 from mtl_fast._split import SplitFunction
 from mtl_fast._step import StepBook
 from mtl_fast._sync import MethodSync
 from mtl_fast._validation import TaskRows
+from mtl_fast.diagnostics import GramDiagnostics, gram_diagnostics
 
 __all__ = ["LossesLike", "MaskLike", "StepInputs", "Weighting"]
 
@@ -65,6 +78,9 @@ class Weighting(nn.Module, MethodHelpers):
             require it. See :mod:`mtl_fast.distributed`.
         process_group: the group to synchronise over (default: the world).
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` for the Gram-space ops.
+        diagnostics: loss-based methods only (gradient methods always keep them, at no cost):
+            ``True`` makes ``split`` form the Gram matrix of the T feature gradients in its
+            backward (one Gram pass per step) so that :attr:`diagnostics` is available.
     """
 
     #: True when the weights act on the shared gradient inside ``split``'s backward.
@@ -87,6 +103,15 @@ class Weighting(nn.Module, MethodHelpers):
     #: the compare problems (digits, denoise, synthetic) among 0.01 / 0.05 / 0.2 (README,
     #: "Pitfalls"; 0.05 and 0.2 collapse UW and IMTL-L on denoise).
     default_lr: ClassVar[float] = 0.01
+    #: True when the method acts on the task gradient rows themselves (:meth:`prepare_rows`,
+    #: :meth:`combine_rows`), so it needs a caller that has them (``split``,
+    #: :func:`mtl_fast.backward`); callers that form only G (MultiTaskLinear) refuse it.
+    needs_gradient_rows: bool = False
+    #: True when the row hooks read the forward features (:attr:`RowStep.features`): ``split``
+    #: then keeps them for its backward.
+    needs_features: bool = False
+    #: How to fix a refusal by a caller that formed only G (e.g. a variant that needs no rows).
+    gram_only_fix: str = ""
 
     def __init__(
         self,
@@ -96,6 +121,7 @@ class Weighting(nn.Module, MethodHelpers):
         sync: bool | None = None,
         process_group: Any = None,
         backend: str = "auto",
+        diagnostics: bool = False,
     ) -> None:
         super().__init__()
         if num_tasks is not None and (not isinstance(num_tasks, int) or num_tasks < 1):
@@ -116,6 +142,15 @@ class Weighting(nn.Module, MethodHelpers):
         self._monitor = NonFiniteMonitor(type(self).__name__)
         self._book = StepBook()
         self._sync = MethodSync(sync, process_group)
+        self._diagnose = bool(diagnostics)
+        # (G, α) of the last solve and their diagnostics, computed on first read.
+        self._diag_source: tuple[Tensor, Tensor] | None = None
+        self._diag_cache: GramDiagnostics | None = None
+        self._solve_gram: Tensor | None = None
+        # The open row step (row hooks) and the feature tensors already combined.
+        self._row_step: RowStep | None = None
+        self._rows_combined: set[int] = set()
+        self._rows_balanced = False
 
     # ------------------------------------------------------------------ public API
 
@@ -164,6 +199,36 @@ class Weighting(nn.Module, MethodHelpers):
         return dict(zip(names, w))
 
     @property
+    def diagnostics(self) -> GramDiagnostics | None:
+        """Gram diagnostics of the last step (:mod:`mtl_fast.diagnostics`): gradient norms, the
+        cosine matrix, the conflict rate, the norm spread and the entropy of the weights' terms,
+        as float64 tensors on the device (no host synchronisation; read them with ``.item()``
+        or record them with :meth:`mtl_fast.history.WeightHistory.record_diagnostics`).
+
+        Updated by every training step's backward (``split``, :func:`mtl_fast.backward`,
+        MultiTaskLinear), from the Gram matrix G the solve used and its weights α: for most
+        gradient methods the Gram matrix of the task gradients ``split`` receives; for methods
+        that rewrite the rows first (DB-MTL's and MoCo's tracked gradients) the Gram matrix of
+        the tracked gradients. Computed on first read after a step (a few T×T operations).
+        Loss-based methods: ``None`` unless built with ``diagnostics=True``; then, from the
+        steps that go through ``split``, from the weighted gradients c_t g_t their total gives
+        each task, with α = 1 (:func:`mtl_fast.backward` and MultiTaskLinear form no Gram matrix
+        for them). ``None`` before the first step."""
+        src = self._diag_source
+        if src is None:
+            return None
+        if self._diag_cache is None:
+            self._diag_cache = gram_diagnostics(*src)
+        return self._diag_cache
+
+    @property
+    def last_gram(self) -> tuple[Tensor, Tensor] | None:
+        """(G, α) of the last step, detached device tensors, from which :attr:`diagnostics` is
+        computed; ``None`` before the first step (or for a loss-based method without
+        ``diagnostics=True``)."""
+        return self._diag_source
+
+    @property
     def step(self) -> int:
         """Number of training steps seen (calls of :meth:`loss` that updated the method)."""
         return int(self._state["step"])
@@ -196,7 +261,8 @@ class Weighting(nn.Module, MethodHelpers):
         for k, f in enumerate(features):
             if not isinstance(f, Tensor):
                 raise TypeError(f"feature {k} must be a Tensor; got {type(f).__name__}")
-        if not (self.gradient_based and self._updating()):
+        balanced = self.gradient_based or self._diagnose
+        if not (balanced and self._updating()):
             return [features[0] if len(features) == 1 else tuple(features) for _ in range(T)]
         for k, f in enumerate(features):
             if not f.is_floating_point():
@@ -338,6 +404,21 @@ class Weighting(nn.Module, MethodHelpers):
         """What :attr:`weights` reports after a solve gave α (IMTL: α_t e^{s_t})."""
         return alpha
 
+    def prepare_rows(self, step: RowStep) -> None:
+        """Row methods (``needs_gradient_rows``): called with the step's task gradient rows
+        before their Gram matrix is formed. May rewrite ``step.rows`` in place (the Gram matrix,
+        the solve and the combine then act on the rewritten rows) or read them into state.
+        Default: nothing."""
+        del step
+
+    def combine_rows(
+        self, step: RowStep, alpha: Tensor, index: int, out: Tensor | None = None
+    ) -> Tensor:
+        """The shared gradient of feature tensor ``index`` from its rows and the solve's α
+        (``out +=`` it when given; returned). Default: Σ_t α_t g_t. Row methods acting per
+        coordinate override it (GradDrop)."""
+        return ops.combine_rows(step.rows[index], alpha, out=out, backend=self.backend)
+
     # ------------------------------------------------------------------ engine API
     # For code that drives a balanced step itself: split's autograd Function,
     # mtl_fast.backward and layers that form the Gram matrix (mtl_fast.MultiTaskLinear).
@@ -410,17 +491,64 @@ class Weighting(nn.Module, MethodHelpers):
         return total
 
     def balance(
-        self, rows: Sequence[TaskRows], *, token: int | None = None, reduced: bool = False
+        self,
+        rows: Sequence[TaskRows],
+        *,
+        token: int | None = None,
+        reduced: bool = False,
+        kind: RowKind = "features",
+        features: Sequence[Tensor | None] | None = None,
     ) -> Tensor:
-        """α from the feature gradients (one :class:`TaskRows` per feature tensor): the Gram
-        matrix of their concatenation, then :meth:`balance_gram`."""
-        return self.balance_gram(gram_of_features(rows, self.backend), token=token, reduced=reduced)
+        """α from the task gradients (one :class:`TaskRows` per feature tensor or parameter):
+        the row hook :meth:`prepare_rows` of a row method, the Gram matrix of the rows'
+        concatenation, then :meth:`balance_gram`. ``kind``: gradients of the shared
+        ``"features"`` (first dimension: the batch) or of the shared ``"params"``;
+        ``features``: the forward tensors (for methods with ``needs_features``). Follow it with
+        :meth:`combine` for every feature tensor."""
+        rows = tuple(rows)
+        if not self.gradient_based:  # a loss-based method with diagnostics=True
+            return self._observe_rows(rows, token)
+        self._row_step = None
+        self._rows_combined = set()
+        if self.needs_gradient_rows:
+            recorded = self._book.inputs
+            self._row_step = make_row_step(
+                rows,
+                kind=kind,
+                features=None if features is None else tuple(features),
+                present=None if recorded is None else recorded.present,
+                losses=None if recorded is None else recorded.losses,
+                partial=self._sync.active and not reduced,
+                group=self.process_group,
+            )
+            self.prepare_rows(self._row_step)
+            self._rows_balanced = True
+        G = gram_of_features(rows, self.backend)
+        return self.balance_gram(G, token=token, reduced=reduced)
+
+    def combine(
+        self, rows: TaskRows, alpha: Tensor, *, index: int = 0, out: Tensor | None = None
+    ) -> Tensor:
+        """The shared gradient of feature tensor ``index`` after :meth:`balance` gave α:
+        Σ_t α_t g_t, or the row method's :meth:`combine_rows` (``out +=`` it when given)."""
+        step = self._row_step
+        if step is None:
+            return ops.combine_rows(rows, alpha, out=out, backend=self.backend)
+        result = self.combine_rows(step, alpha, index, out)
+        self._rows_combined.add(index)
+        if len(self._rows_combined) == len(step.rows):  # every feature served: free the rows
+            self._row_step = None
+        return result
 
     def balance_gram(self, G: Tensor, *, token: int | None = None, reduced: bool = False) -> Tensor:
         """α [T] (float32 on G's device) from this process's Gram matrix of the task gradients,
         by the shared policy of :func:`mtl_fast._balance.balance_gram` and :meth:`gram_weights`;
         also stored as :attr:`weights`. ``token``: the split being back-propagated;
-        ``reduced``: G is already global (exact parameter mode under torch.distributed)."""
+        ``reduced``: G is already global (exact parameter mode under torch.distributed).
+        Row methods (``needs_gradient_rows``) refuse a Gram matrix without :meth:`balance`."""
+        rows_seen, self._rows_balanced = self._rows_balanced, False
+        if self.needs_gradient_rows and not rows_seen:
+            refuse_gram_only(self)
         inputs, update = self._book.close_split(token, type(self).__name__)
         alpha = balance_gram(
             G,
@@ -434,14 +562,42 @@ class Weighting(nn.Module, MethodHelpers):
             reduced=reduced,
         )
         self._set_weights(self.effective_weights(alpha))
+        self._note_gram(self._solve_gram, alpha)
         self._book.commit(update, type(self).__name__)
         return alpha
+
+    def _note_gram(self, G: Tensor | None, alpha: Tensor) -> None:
+        """Keep (G, α) of the step for :attr:`diagnostics` (no copy, no computation)."""
+        self._solve_gram = None
+        if G is not None:
+            self._diag_source = (G.detach(), alpha.detach())
+            self._diag_cache = None
+
+    def _observe_rows(self, rows: tuple[TaskRows, ...], token: int | None) -> Tensor:
+        """``split``'s backward for a loss-based method built with ``diagnostics=True``: the
+        Gram matrix of the (already weighted) rows for :attr:`diagnostics`, α = 1 (the plain
+        sum autograd would form). Under torch.distributed the Gram matrices are summed over the
+        processes (one collective, T(T+1)/2 + 2T numbers)."""
+        self._book.close_split(token, type(self).__name__)
+        G = gram_of_features(rows, self.backend)
+        T = G.shape[0]
+        ones = torch.ones(T, dtype=torch.float32, device=G.device)
+        if self._sync.active:
+            ok = torch.ones(T, dtype=torch.bool, device=G.device)
+            G_global, _, _, _ = distributed.reduce_gram(
+                torch.nan_to_num(G), ok, ~ok, None, self.process_group
+            )
+            assert G_global is not None
+            G = G_global
+        self._note_gram(G, ones)
+        return ones
 
     # ------------------------------------------------------------------ step internals
 
     def _solve_for_step(self, G: Tensor, inputs: StepInputs) -> Tensor:
         """:meth:`gram_weights`, or under ``accumulate(k, weights="step")`` the previous
         optimizer step's α while this step's Gram matrices are summed (see :meth:`accumulate`)."""
+        self._solve_gram = G
         if self._accumulate_weights != "step" or self._micro_batches == 1:
             return self.gram_weights(G, inputs)
         acc = self._state.get("gram_sum")

@@ -691,6 +691,15 @@ METHOD_NAMES = (
     "DBMTL",
     "FAMO",
     "STCH",
+    # Added with the methods the field added since: Gram-space (FairGrad, ConFIG, SDMGrad),
+    # on the gradient rows (ExcessMTL, MoCo, GradDrop) and a composition (IMTL-L ∘ IMTL-G).
+    "FairGrad",
+    "ConFIG",
+    "SDMGrad",
+    "ExcessMTL",
+    "MoCo",
+    "GradDrop",
+    "Compose",
 )
 #: LibMTL-style training steps measured next to the methods.
 LIBMTL_METHODS = {"LibMTL-style IMTL": "imtl", "LibMTL-style MGDA": "mgda"}
