@@ -26,6 +26,10 @@ from torch import Tensor
 from mtl_fast._losses import StepInputs
 
 
+#: Totals of compiled steps whose hooks are kept at once (see StepBook.keep_backward_hooks).
+_KEPT_HOOKS = 8
+
+
 class StepBook:
     """Open split, recorded inputs and the rollback snapshot of the current step."""
 
@@ -38,6 +42,11 @@ class StepBook:
         self._snapshot: Any = None  # the state before the last uncommitted update, or None
         self._snapshot_token = 0
         self._rolled_back_token = 0
+        # Compiled steps (mtl_fast._compiled_step): the hooks of a total collected instead of
+        # registered while ``_collecting`` is a list, kept by token until its backward runs.
+        self._collecting: list[Callable[[Tensor], Any]] | None = None
+        self._kept_hooks: dict[int, list[Callable[[Tensor], Any]]] = {}
+        self._hook_token = 0
 
     # ------------------------------------------------------------------ split
 
@@ -116,6 +125,35 @@ class StepBook:
             self.commit(token, owner)
 
         return hook
+
+    def on_backward(self, total: Tensor, hook: Callable[[Tensor], Any]) -> None:
+        """Run ``hook`` when the backward reaches ``total`` (a tensor hook; in a compiled step,
+        by the ``commit_step`` operator of :mod:`mtl_fast._compiled_step`)."""
+        if self._collecting is not None:
+            self._collecting.append(hook)
+        else:
+            total.register_hook(hook)
+
+    def collect_backward_hooks(self) -> list[Callable[[Tensor], Any]]:
+        """Collect the hooks :meth:`on_backward` is given until :meth:`stop_collecting`."""
+        self._collecting = []
+        return self._collecting
+
+    def stop_collecting(self) -> None:
+        self._collecting = None
+
+    def keep_backward_hooks(self, hooks: list[Callable[[Tensor], Any]]) -> int:
+        """Keep collected hooks for :meth:`take_backward_hooks`; returns their token (> 0). Only
+        the latest few are kept: an older total whose backward never ran was abandoned."""
+        self._hook_token += 1
+        token = self._hook_token
+        self._kept_hooks[token] = hooks
+        for old in [t for t in self._kept_hooks if t <= token - _KEPT_HOOKS]:
+            del self._kept_hooks[old]
+        return token
+
+    def take_backward_hooks(self, token: int) -> list[Callable[[Tensor], Any]]:
+        return self._kept_hooks.pop(token, [])
 
     def forget(self) -> None:
         """Drop the step (a loaded state_dict replaces it)."""

@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl_fast import _state
+from mtl_fast import _compiled_step, _custom_ops, _state
 from mtl_fast._backend import BACKENDS, cuda_capturing
 from mtl_fast._balance import balance_gram, gram_of_features
 from mtl_fast._losses import (
@@ -116,6 +116,9 @@ class Weighting(nn.Module, MethodHelpers):
         self._monitor = NonFiniteMonitor(type(self).__name__)
         self._book = StepBook()
         self._sync = MethodSync(sync, process_group)
+        self._compile_handle = _custom_ops.register(self)
+        # Orders a compiled step's operators (mtl_fast._compiled_step); not in state_dict.
+        self._compile_order = torch.zeros(1, dtype=torch.int64)
 
     # ------------------------------------------------------------------ public API
 
@@ -211,8 +214,10 @@ class Weighting(nn.Module, MethodHelpers):
                     "receive the output of the shared encoder (or wrap evaluation in "
                     "torch.no_grad() / method.eval())"
                 )
-        token = self.open_split("split")
-        outs = SplitFunction.apply(self, T, token, *features)
+        if _custom_ops.compiling():
+            outs = _compiled_step.traced_split(self, T, features)
+        else:
+            outs = SplitFunction.apply(self, T, self.open_split("split"), *features)
         K = len(features)
         return list(outs) if K == 1 else [tuple(outs[t * K : (t + 1) * K]) for t in range(T)]
 
@@ -233,7 +238,11 @@ class Weighting(nn.Module, MethodHelpers):
         methods before their first solve: Σ_t L_t, the value of their training total). A
         gradient method in training needs a pending ``split`` (or
         :class:`mtl_fast.MultiTaskLinear`, or :func:`mtl_fast.backward`).
+
+        Under ``torch.compile`` the step runs as custom operators (docs/compile_and_amp.md).
         """
+        if _custom_ops.compiling():
+            return _compiled_step.traced_loss(self, losses, mask)
         self._refuse_capture()
         prepared = self.prepare_losses(losses, mask)
         if not self._updating():
@@ -403,10 +412,10 @@ class Weighting(nn.Module, MethodHelpers):
         if not total.requires_grad:
             self._book.commit(token, type(self).__name__)
         elif not self.gradient_based:  # gradient methods commit when their solve succeeds
-            total.register_hook(self._book.commit_hook(token, type(self).__name__))
+            self._book.on_backward(total, self._book.commit_hook(token, type(self).__name__))
         if self._sync.has_pending and total.requires_grad:
             # Deferred statistics updates: waited for when the backward ends (MethodSync).
-            total.register_hook(self._sync.wait_after_backward)
+            self._book.on_backward(total, self._sync.wait_after_backward)
         return total
 
     def balance(
@@ -514,6 +523,11 @@ class Weighting(nn.Module, MethodHelpers):
             self.num_tasks = stored_T
         self._state = _state.unpack(state["state"], self._state)
         self._book.forget()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling / ``copy.deepcopy``: the copy gets its own operator handle."""
+        super().__setstate__(state)
+        self._compile_handle = _custom_ops.register(self)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"
