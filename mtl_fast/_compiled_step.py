@@ -9,11 +9,13 @@ read. Under ``torch.compile`` the step is therefore three custom operators
 * ``open_split`` (in :meth:`~mtl_fast.Weighting.split` of a gradient method): rolls back an
   abandoned step, polls lazy non-finite flags and opens the split
   (:meth:`~mtl_fast.Weighting.open_split`); it writes the split's token into the method's
-  one-element order tensor, which the later operators of the step read, so the compiler keeps
-  them in program order. The split's backward is ``split_backward`` (:mod:`mtl_fast._split`).
+  one-element order tensor, which every operator of the step writes (declared in its schema), so
+  the compiler keeps them in program order. The split's backward is ``split_backward``
+  (:mod:`mtl_fast._split`).
 * ``method_loss`` (in :meth:`~mtl_fast.Weighting.loss`): runs the eager ``loss()`` on a detached
   copy of the losses and returns its value, the coefficients c_t = ∂total/∂L_t and the gradients
-  of the total with respect to the method's own parameters (uncertainty log-variances, IMTL's
+  of the total with respect to the method's own parameters (concatenated in one tensor: a
+  mutating operator cannot return a list) (uncertainty log-variances, IMTL's
   s_t, ...). The traced total is the first-order expansion around the step's losses, exact for
   one backward:
 
@@ -63,6 +65,14 @@ _OPEN_SPLIT = _custom_ops.define(
 )
 
 
+def _flat_dtype(params: list[Tensor], losses: Tensor) -> torch.dtype:
+    """The dtype carrying every parameter's gradient exactly (their promotion)."""
+    dtype = params[0].dtype if params else losses.dtype
+    for p in params[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
+
+
 def _method_loss_eager(
     order: Tensor,
     handle: int,
@@ -71,8 +81,8 @@ def _method_loss_eager(
     names: list[str] | None,
     params: list[Tensor],
     grad_enabled: bool,
-) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
-    del order, params  # order: program order after open_split; params: their fake shapes
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    order.add_(1)  # program order: after open_split, before the step's later operators
     method = _custom_ops.lookup(handle)
     book = method._book
     with torch.set_grad_enabled(grad_enabled):
@@ -85,14 +95,18 @@ def _method_loss_eager(
         finally:
             book.stop_collecting()
         coeffs: Tensor | None = None
-        grads: list[Tensor | None] = [None] * len(own)
+        grads: Sequence[Tensor | None] = [None] * len(own)
         if total.requires_grad:
             coeffs, *grads = torch.autograd.grad(total, [leaf, *own], allow_unused=True)
     token = book.keep_backward_hooks(hooks) if total.requires_grad else 0
+    dtype = _flat_dtype(params, losses)
+    flat = [torch.zeros(p.numel()) if g is None else g.flatten() for p, g in zip(own, grads)]
     return (
         total.detach().to(losses.dtype).clone(),
         torch.zeros_like(losses) if coeffs is None else coeffs.to(losses.dtype),
-        [torch.zeros_like(p) if g is None else g for p, g in zip(own, grads)],
+        torch.cat([f.to(dtype=dtype, device=losses.device) for f in flat])
+        if flat
+        else losses.new_zeros(0),
         torch.tensor(token, dtype=torch.int64),
     )
 
@@ -105,18 +119,19 @@ def _method_loss_fake(
     names: list[str] | None,
     params: list[Tensor],
     grad_enabled: bool,
-) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    numel = sum(p.numel() for p in params)
     return (
         losses.new_empty(()),
         torch.empty_like(losses),
-        [torch.empty_like(p) for p in params],
+        losses.new_empty((numel,), dtype=_flat_dtype(params, losses)),
         torch.empty((), dtype=torch.int64, device="cpu"),
     )
 
 
 _METHOD_LOSS = _custom_ops.define(
-    "method_loss(Tensor order, int handle, Tensor losses, Tensor? mask, str[]? names, "
-    "Tensor[] params, bool grad_enabled) -> (Tensor, Tensor, Tensor[], Tensor)",
+    "method_loss(Tensor(a!) order, int handle, Tensor losses, Tensor? mask, str[]? names, "
+    "Tensor[] params, bool grad_enabled) -> (Tensor, Tensor, Tensor, Tensor)",
     _method_loss_eager,
     _method_loss_fake,
 )
@@ -148,7 +163,15 @@ class _FirstOrderTotal(torch.autograd.Function):
     given gradients to the method's parameters, after ``commit_step``."""
 
     @staticmethod
-    def forward(ctx: Any, handle: int, token: Tensor, value: Tensor, coeffs: Tensor, losses: Tensor, *params_and_grads: Tensor):  # type: ignore[override]  # noqa: E501
+    def forward(
+        ctx: Any,
+        handle: int,
+        token: Tensor,
+        value: Tensor,
+        coeffs: Tensor,
+        losses: Tensor,
+        *params_and_grads: Tensor,
+    ):  # type: ignore[override]
         n = len(params_and_grads) // 2
         ctx.handle = handle
         ctx.num_params = n
@@ -191,7 +214,7 @@ def traced_loss(method: Weighting, losses: LossesLike, mask: MaskLike) -> Tensor
     _, L, names = as_losses(losses, type(method).__name__)
     params = [p for p in method.parameters() if p.requires_grad]
     grad_enabled = torch.is_grad_enabled()
-    value, coeffs, param_grads, token = _METHOD_LOSS(
+    value, coeffs, flat_grads, token = _METHOD_LOSS(
         method._compile_order,
         method._compile_handle,
         L.detach(),
@@ -202,6 +225,8 @@ def traced_loss(method: Weighting, losses: LossesLike, mask: MaskLike) -> Tensor
     )
     if not grad_enabled:
         return value
+    sizes = [p.numel() for p in params]
+    param_grads = [g.view(p.shape).to(p.dtype) for g, p in zip(flat_grads.split(sizes), params)]
     return _FirstOrderTotal.apply(
         method._compile_handle, token, value, coeffs, L, *params, *param_grads
     )

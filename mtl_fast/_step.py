@@ -25,7 +25,6 @@ from torch import Tensor
 
 from mtl_fast._losses import StepInputs
 
-
 #: Totals of compiled steps whose hooks are kept at once (see StepBook.keep_backward_hooks).
 _KEPT_HOOKS = 8
 
