@@ -257,7 +257,8 @@ class DBMTL(Weighting):
         """ĝ_t ← β_k ĝ_t + (1 − β_k) g_t for the present tasks with a finite row, then write ĝ_t
         into the step's rows (the base class forms the Gram matrix of the rows and combines
         them, so both act on ĝ). The rows are the step's own gradient buffers (autograd's
-        incoming gradients, or the functional path's per-task gradients), used only here."""
+        incoming gradients, or the functional path's per-task gradients), used only here. In a
+        scaled step (mtl_fast.amp) the rows are s·g: ĝ keeps the unscaled g, the rows get s·ĝ."""
         T = rows[0].num_tasks
         device = rows[0].device
         present = self._step_present
@@ -272,12 +273,16 @@ class DBMTL(Weighting):
         counts = self._state["counts"].to(device) + update.to(torch.int64)
         b = _ema_factors(counts, self.beta, self.sigma)
         bufs = self._ema_buffers(rows)
+        scale = self._step_grad_scale()
         for r, buf in zip(rows, bufs):
+            s = None if scale is None else scale.to(device=device, dtype=buf.dtype)
             for t, g in enumerate(writable_rows(r, "DBMTL(ema='gradient')")):
                 bt = b[t].to(buf.dtype)
-                new = bt * buf[t] + (1.0 - bt) * g.to(buf.dtype)
+                g_true = g.to(buf.dtype) if s is None else g.to(buf.dtype) / s
+                new = bt * buf[t] + (1.0 - bt) * g_true
                 buf[t] = torch.where(update[t], new, buf[t])
-                g.copy_(torch.where(update[t], buf[t].to(g.dtype), g))
+                row = buf[t] if s is None else buf[t] * s
+                g.copy_(torch.where(update[t], row.to(g.dtype), g))
         self._state["counts"] = counts
         self._state["ema_grads"] = bufs
 
