@@ -8,10 +8,10 @@ read. Under ``torch.compile`` the step is therefore three custom operators
 
 * ``open_split`` (in :meth:`~mtl_fast.Weighting.split` of a gradient method): rolls back an
   abandoned step, polls lazy non-finite flags and opens the split
-  (:meth:`~mtl_fast.Weighting.open_split`); it writes the split's token into the method's
-  one-element order tensor, which every operator of the step writes (declared in its schema), so
-  the compiler keeps them in program order. The split's backward is ``split_backward``
-  (:mod:`mtl_fast._split`).
+  (:meth:`~mtl_fast.Weighting.open_split`) and returns the split's token. Every operator of the
+  step writes the method's one-element order tensor (declared in its schema; its value is never
+  read), so the compiler keeps them in program order. The split's backward is
+  ``split_backward`` (:mod:`mtl_fast._split`).
 * ``method_loss`` (in :meth:`~mtl_fast.Weighting.loss`): runs the eager ``loss()`` on a detached
   copy of the losses and returns its value, the coefficients c_t = ∂total/∂L_t and the gradients
   of the total with respect to the method's own parameters (concatenated in one tensor: a
@@ -49,17 +49,18 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- operators
 
 
-def _open_split_eager(order: Tensor, handle: int, features: list[Tensor]) -> None:
+def _open_split_eager(order: Tensor, handle: int, features: list[Tensor]) -> Tensor:
     del features  # inputs only to order the operator after the encoder's forward
-    order.fill_(_custom_ops.lookup(handle).open_split("split"))
+    order.add_(1)
+    return torch.tensor(_custom_ops.lookup(handle).open_split("split"), dtype=torch.int64)
 
 
-def _open_split_fake(order: Tensor, handle: int, features: list[Tensor]) -> None:
-    return None
+def _open_split_fake(order: Tensor, handle: int, features: list[Tensor]) -> Tensor:
+    return torch.empty((), dtype=torch.int64, device="cpu")
 
 
 _OPEN_SPLIT = _custom_ops.define(
-    "open_split(Tensor(a!) order, int handle, Tensor[] features) -> ()",
+    "open_split(Tensor(a!) order, int handle, Tensor[] features) -> Tensor",
     _open_split_eager,
     _open_split_fake,
 )
@@ -197,9 +198,7 @@ class _FirstOrderTotal(torch.autograd.Function):
 def traced_split(method: Weighting, num_tasks: int, features: Sequence[Tensor]) -> tuple:
     """The outputs of ``split``'s Function for a gradient method in training, under
     ``torch.compile`` (module docstring)."""
-    order = method._compile_order
-    _OPEN_SPLIT(order, method._compile_handle, list(features))
-    token = order.clone()
+    token = _OPEN_SPLIT(method._compile_order, method._compile_handle, list(features))
     return SplitFunction.apply(method, num_tasks, token, *features)
 
 

@@ -70,8 +70,9 @@ class _Verdict:
     def read(self) -> bool:
         if self.skipped is None:
             assert self.flag is not None
-            if self.event is not None:
-                self.event.synchronize()  # recorded behind the scaler's update: at worst waits for it
+            if self.event is not None and not self.event.query():
+                # Recorded behind the scaler's update: waits for that update only.
+                self.event.synchronize()
             self.skipped = bool(self.flag)
         return self.skipped
 

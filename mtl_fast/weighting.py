@@ -413,7 +413,7 @@ class Weighting(nn.Module, MethodHelpers):
         if not self._book.split_open:
             self._start_step()
         if scaler is not None:
-            self._book.begin_scaled(amp.watch(scaler), lambda: _state.pack(self._state))
+            self._book.begin_scaled(amp.watch(scaler), self._snapshot_all)
         safe, present = prepared.safe, prepared.present
         self._sync.wait()
         token = self._book.begin_update(self._snapshot())
@@ -523,8 +523,17 @@ class Weighting(nn.Module, MethodHelpers):
         skipped step's whole update is undone."""
         self._book.settle_scaled(self._restore_all)
 
+    def _snapshot_all(self) -> Any:
+        """The whole state and the method's parameters (a backward may change them in place:
+        GradNorm renormalises its weights), for a scaled step (:mod:`mtl_fast.amp`)."""
+        return _state.pack(self._state), [p.detach().clone() for p in self.parameters()]
+
     def _restore_all(self, snapshot: Any) -> None:
-        self._state = _state.unpack(snapshot, self._state)
+        state, params = snapshot
+        self._state = _state.unpack(state, self._state)
+        with torch.no_grad():
+            for p, saved in zip(self.parameters(), params):
+                p.copy_(saved)
 
     def _snapshot(self) -> Any:
         if self.gradient_based:  # their loss() changes nothing but the step counter
