@@ -390,6 +390,24 @@ def test_welford_and_non_finite_checks_compile() -> None:
         report(torch.tensor([1.0, 2.0, math.inf]))
 
 
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_compile_benchmark_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mtl-fast bench --only compile`` (here: smoke sizes, IMTL-G, aot_eager): eager, model and
+    whole-step rows relative to eager, and their table in the report."""
+    from benchmarks.harness import report, runner
+    from benchmarks.harness import workloads as wl
+
+    monkeypatch.setattr(wl, "COMPILE_METHODS", ("IMTLG",))
+    monkeypatch.setattr(wl, "COMPILE_BACKEND", "aot_eager")
+    results = runner.run(tier="smoke", sections=["compile"], device="cpu")
+    recs = [r for r in results["records"] if r["section"] == "compile"]
+    assert {r["mode"] for r in recs} == set(wl.COMPILE_MODES), results["skipped"]
+    assert all(r["vs_eager"] > 0 for r in recs)
+    assert "training step compiled vs eager" in report.markdown(results)
+
+
 # --------------------------------------------------------------------------- example
 
 
