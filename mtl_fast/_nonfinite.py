@@ -21,6 +21,7 @@ Policy (documented in the README, "Degenerate and bad input"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -144,15 +145,7 @@ def _report_eager(
     _custom_ops.lookup(handle).report(bad, what, step, problem=problem, names=names)
 
 
-def _report_fake(
-    order: Tensor,
-    handle: int,
-    bad: Tensor,
-    what: str,
-    step: int,
-    problem: str,
-    names: list[str] | None,
-) -> None:
+def _report_fake(*args: Any) -> None:
     return None
 
 

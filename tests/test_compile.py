@@ -13,7 +13,6 @@ inductor (which builds C++ with gcc on the CPU) runs for two representative meth
 from __future__ import annotations
 
 import copy
-import importlib.util
 import inspect
 import math
 from pathlib import Path
@@ -32,7 +31,6 @@ from mtl_fast.weighting import Weighting
 
 T = 3
 NAMES = registry.names()
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(autouse=True)
@@ -406,16 +404,3 @@ def test_compile_benchmark_section(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {r["mode"] for r in recs} == set(wl.COMPILE_MODES), results["skipped"]
     assert all(r["vs_eager"] > 0 for r in recs)
     assert "training step compiled vs eager" in report.markdown(results)
-
-
-# --------------------------------------------------------------------------- example
-
-
-def test_compile_example_runs() -> None:
-    spec = importlib.util.spec_from_file_location("example_compile", EXAMPLES / "compile_train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    result = module.main(["--epochs", "1", "--samples", "128", "--backend", "aot_eager"])
-    assert result["graph_breaks"] == 0
-    assert all(math.isfinite(v) for v in result["losses"].values())

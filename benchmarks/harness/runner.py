@@ -765,6 +765,18 @@ def cuda_graph_capturable(fn: Callable[[], Any]) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
 
+def _time_train_steps(
+    ctx: Context, steps: dict[str, wl.TrainStep], errors: dict[str, str]
+) -> dict[str, Timing]:
+    """Training steps timed interleaved with the tier's training-step repeats."""
+    kw = ctx.timing_kwargs()
+    kw["warmup"] = ctx.tier.train_warmup
+    kw["min_repeats"] = ctx.tier.train_min_repeats
+    kw["max_repeats"] = max(kw["max_repeats"], kw["min_repeats"])
+    kw["max_s"] = None  # the training step keeps its repeats (the section has a time limit)
+    return time_interleaved({n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw)
+
+
 def _train_records(
     ctx: Context,
     section: str,
@@ -783,14 +795,7 @@ def _train_records(
             except (LookupError, TypeError, ValueError, wl.Unsupported) as exc:
                 skipped.append({"section": section, "what": f"{name} T={T}", "reason": str(exc)})
         errors: dict[str, str] = {}
-        kw = ctx.timing_kwargs()
-        kw["warmup"] = ctx.tier.train_warmup
-        kw["min_repeats"] = ctx.tier.train_min_repeats
-        kw["max_repeats"] = max(kw["max_repeats"], kw["min_repeats"])
-        kw["max_s"] = None  # the training step keeps its repeats (the section has a time limit)
-        timings = time_interleaved(
-            {n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw
-        )
+        timings = _time_train_steps(ctx, steps, errors)
         for name, msg in errors.items():
             skipped.append({"section": section, "what": f"{name} T={T}", "reason": msg})
         base = timings.get("EqualWeighting")
@@ -931,14 +936,7 @@ def run_compile(ctx: Context, skipped: list[dict[str, Any]]) -> list[dict[str, A
                     msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                     skipped.append({"section": "compile", "what": f"{name} {mode}", "reason": msg})
         errors: dict[str, str] = {}
-        kw = ctx.timing_kwargs()
-        kw["warmup"] = ctx.tier.train_warmup
-        kw["min_repeats"] = ctx.tier.train_min_repeats
-        kw["max_repeats"] = max(kw["max_repeats"], kw["min_repeats"])
-        kw["max_s"] = None
-        timings = time_interleaved(
-            {n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw
-        )
+        timings = _time_train_steps(ctx, steps, errors)
         for key, msg in errors.items():
             skipped.append({"section": "compile", "what": f"{key} T={T}", "reason": msg})
         for key, tm in timings.items():
