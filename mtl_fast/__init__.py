@@ -5,7 +5,7 @@ Gram-space gradient balancing (IMTL-G, MGDA, ...) with fused Triton kernels, los
 (:class:`Weighting`) and one training loop for all of them.
 """
 
-from mtl_fast import diagnostics, history, metrics, reference
+from mtl_fast import _compiled_ops, amp, diagnostics, history, metrics, reference  # noqa: F401 (_compiled_ops)
 from mtl_fast._version import __version__
 from mtl_fast.functional import backward
 from mtl_fast.methods import (
@@ -85,6 +85,7 @@ __all__ = [
     "UncertaintyWeighting",
     "Weighting",
     "__version__",
+    "amp",
     "backward",
     "combine",
     "diagnostics",

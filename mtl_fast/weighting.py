@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl_fast import _state, distributed, ops
+from mtl_fast import _compiled_step, _custom_ops, _state, amp, distributed, ops
 from mtl_fast._backend import BACKENDS, cuda_capturing
 from mtl_fast._balance import balance_gram, gram_of_features
 from mtl_fast._losses import (
@@ -151,6 +151,9 @@ class Weighting(nn.Module, MethodHelpers):
         self._row_step: RowStep | None = None
         self._rows_combined: set[int] = set()
         self._rows_balanced = False
+        self._compile_handle = _custom_ops.register(self)
+        # Orders a compiled step's operators (mtl_fast._compiled_step); not in state_dict.
+        self._compile_order = torch.zeros(1, dtype=torch.int64)
 
     # ------------------------------------------------------------------ public API
 
@@ -177,7 +180,9 @@ class Weighting(nn.Module, MethodHelpers):
         Loss-based methods: before the first step, the weights the first step will use
         (:meth:`initial_weights`). Gradient methods have no weights before their first solve
         (in the backward of the first step): reading them then raises ``RuntimeError``.
+        After a step a gradient scaler skipped, the weights from before it (:mod:`mtl_fast.amp`).
         """
+        self._settle_scaled()
         w = self._state["weights"]
         if w is not None:
             return w
@@ -231,6 +236,7 @@ class Weighting(nn.Module, MethodHelpers):
     @property
     def step(self) -> int:
         """Number of training steps seen (calls of :meth:`loss` that updated the method)."""
+        self._settle_scaled()
         return int(self._state["step"])
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
@@ -277,12 +283,14 @@ class Weighting(nn.Module, MethodHelpers):
                     "receive the output of the shared encoder (or wrap evaluation in "
                     "torch.no_grad() / method.eval())"
                 )
-        token = self.open_split("split")
-        outs = SplitFunction.apply(self, T, token, *features)
+        if _custom_ops.compiling():
+            outs = _compiled_step.traced_split(self, T, features)
+        else:
+            outs = SplitFunction.apply(self, T, self.open_split("split"), *features)
         K = len(features)
         return list(outs) if K == 1 else [tuple(outs[t * K : (t + 1) * K]) for t in range(T)]
 
-    def loss(self, losses: LossesLike, mask: MaskLike = None) -> Tensor:
+    def loss(self, losses: LossesLike, mask: MaskLike = None, *, scaler: Any = None) -> Tensor:
         """The scalar to back-propagate.
 
         Args:
@@ -292,6 +300,10 @@ class Weighting(nn.Module, MethodHelpers):
                 excluded from the solve, no statistics updated). With a mask, a non-finite loss
                 also marks its task absent. A host mask (list, CPU tensor) also keeps absent
                 losses out of the graph; a device mask uses ``torch.where`` (no sync).
+            scaler: a :class:`torch.amp.GradScaler` for fp16 training: the result is
+                ``scaler.scale(total)`` (do not scale it again), the solve sees the unscaled
+                gradients, and a step the scaler skips (overflow) leaves no trace in the method
+                (:mod:`mtl_fast.amp`, docs/compile_and_amp.md).
 
         Without a mask a NaN/Inf loss raises ``ValueError`` (``nonfinite="raise"``) or marks the
         task absent (``nonfinite="absent"``). In ``eval()`` mode or with gradients disabled the
@@ -299,7 +311,18 @@ class Weighting(nn.Module, MethodHelpers):
         methods before their first solve: Σ_t L_t, the value of their training total). A
         gradient method in training needs a pending ``split`` (or
         :class:`mtl_fast.MultiTaskLinear`, or :func:`mtl_fast.backward`).
+
+        Under ``torch.compile`` the step runs as custom operators (docs/compile_and_amp.md).
         """
+        scaling = amp.is_scaling(scaler)
+        if _custom_ops.compiling():
+            if scaling:
+                raise RuntimeError(
+                    f"{type(self).__name__}.loss(..., scaler=) cannot run inside torch.compile: "
+                    "compile the model (its forward, with split) and keep method.loss, the "
+                    "backward and the scaler calls outside the compiled function"
+                )
+            return _compiled_step.traced_loss(self, losses, mask)
         self._refuse_capture()
         prepared = self.prepare_losses(losses, mask)
         if not self._updating():
@@ -312,7 +335,7 @@ class Weighting(nn.Module, MethodHelpers):
                 "heads, or use mtl_fast.backward(losses, features=z, method=method), or "
                 "mtl_fast.MultiTaskLinear as the last layer"
             )
-        return self.record_loss(prepared)
+        return self.record_loss(prepared, scaler=scaler if scaling else None)
 
     def accumulate(self, micro_batches: int, *, weights: str = "micro_batch") -> Weighting:
         """Gradient accumulation: ``micro_batches`` back-propagated micro-batches per optimizer
@@ -463,11 +486,15 @@ class Weighting(nn.Module, MethodHelpers):
             self.task_names = prepared.names
         return prepared
 
-    def record_loss(self, prepared: PreparedLosses) -> Tensor:
+    def record_loss(self, prepared: PreparedLosses, *, scaler: Any = None) -> Tensor:
         """Count a training step, keep the inputs for the pending balanced step and return the
-        total; the update is rolled back unless the total is back-propagated."""
+        total; the update is rolled back unless the total is back-propagated. ``scaler``: an
+        enabled gradient scaler (:mod:`mtl_fast.amp`): the total is returned scaled and the
+        update stays provisional until the scaler's verdict."""
         if not self._book.split_open:
             self._start_step()
+        if scaler is not None:
+            self._book.begin_scaled(amp.watch(scaler), self._snapshot_all)
         safe, present = prepared.safe, prepared.present
         self._sync.wait()
         token = self._book.begin_update(self._snapshot())
@@ -484,11 +511,16 @@ class Weighting(nn.Module, MethodHelpers):
         if not total.requires_grad:
             self._book.commit(token, type(self).__name__)
         elif not self.gradient_based:  # gradient methods commit when their solve succeeds
-            total.register_hook(self._book.commit_hook(token, type(self).__name__))
+            self._book.on_backward(total, self._book.commit_hook(token, type(self).__name__))
         if self._sync.has_pending and total.requires_grad:
             # Deferred statistics updates: waited for when the backward ends (MethodSync).
-            total.register_hook(self._sync.wait_after_backward)
-        return total
+            self._book.on_backward(total, self._sync.wait_after_backward)
+        if scaler is None:
+            return total
+        scaled, scale = amp.scale_total(scaler, total)
+        if self.gradient_based and self._book.inputs is not None:
+            self._book.inputs.grad_scale = scale
+        return scaled
 
     def balance(
         self,
@@ -561,7 +593,13 @@ class Weighting(nn.Module, MethodHelpers):
             needs_losses=self.needs_losses_in_backward,
             reduced=reduced,
         )
-        self._set_weights(self.effective_weights(alpha))
+        weights = self.effective_weights(alpha)
+        if inputs is not None and inputs.grad_scale is not None:
+            # An overflowing scaled step keeps the weights it had (its alpha is NaN).
+            previous = self._state["weights"]
+            keep = torch.zeros_like(weights) if previous is None else previous.to(weights)
+            weights = torch.where(torch.isfinite(weights), weights, keep)
+        self._set_weights(weights)
         self._note_gram(self._solve_gram, alpha)
         self._book.commit(update, type(self).__name__)
         return alpha
@@ -611,6 +649,12 @@ class Weighting(nn.Module, MethodHelpers):
             self._state["gram_sum"] = acc
         return alpha
 
+    def _step_grad_scale(self) -> Tensor | None:
+        """The gradient scaler's scale s of the step whose backward runs (:mod:`mtl_fast.amp`),
+        else ``None``; for methods that read the gradients themselves (DB-MTL's EMA)."""
+        inputs = self._book.inputs
+        return None if inputs is None else inputs.grad_scale
+
     def _updating(self) -> bool:
         """Whether a call is a training step (training mode, gradients enabled)."""
         return self.training and torch.is_grad_enabled()
@@ -628,6 +672,24 @@ class Weighting(nn.Module, MethodHelpers):
         self._monitor.poll()
         self._sync.wait()
         self._book.rollback(self._restore)
+        self._settle_scaled()
+
+    def _settle_scaled(self) -> None:
+        """Apply a gradient scaler's verdict on the last scaled step (:mod:`mtl_fast.amp`): a
+        skipped step's whole update is undone."""
+        self._book.settle_scaled(self._restore_all)
+
+    def _snapshot_all(self) -> Any:
+        """The whole state and the method's parameters (a backward may change them in place:
+        GradNorm renormalises its weights), for a scaled step (:mod:`mtl_fast.amp`)."""
+        return _state.pack(self._state), [p.detach().clone() for p in self.parameters()]
+
+    def _restore_all(self, snapshot: Any) -> None:
+        state, params = snapshot
+        self._state = _state.unpack(state, self._state)
+        with torch.no_grad():
+            for p, saved in zip(self.parameters(), params):
+                p.copy_(saved)
 
     def _snapshot(self) -> Any:
         if self.gradient_based:  # their loss() changes nothing but the step counter
@@ -654,6 +716,7 @@ class Weighting(nn.Module, MethodHelpers):
 
     def get_extra_state(self) -> dict[str, Any]:
         self._sync.wait()  # the state includes every step taken (no new collective)
+        self._settle_scaled()  # a step the scaler skipped is not saved
         return {"version": 1, "num_tasks": self.num_tasks, "state": _state.pack(self._state)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -670,6 +733,11 @@ class Weighting(nn.Module, MethodHelpers):
             self.num_tasks = stored_T
         self._state = _state.unpack(state["state"], self._state)
         self._book.forget()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling / ``copy.deepcopy``: the copy gets its own operator handle."""
+        super().__setstate__(state)
+        self._compile_handle = _custom_ops.register(self)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"

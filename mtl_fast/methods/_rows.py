@@ -54,23 +54,27 @@ def ema_rows_(
     keep: Tensor,
     update: Tensor,
     scale: Tensor | None = None,
+    grad_scale: Tensor | None = None,
 ) -> None:
-    """Per task t with ``update[t]``: buf[t] ← keep_t buf[t] + (1 − keep_t) c_t g_t, then the
-    row g_t ← buf[t] (in the row's dtype); other tasks keep both. ``keep`` [T] (the EMA factor
-    β_k), ``scale`` c [T] (default 1). No host synchronisation on accelerators (the choices are
-    ``torch.where`` on device booleans); on the CPU, where reading them is free, the update is
-    done in place (three passes over a row: scale, add, copy back)."""
-    if buf.device.type == "cpu":
+    """Per task t with ``update[t]``: buf[t] ← keep_t buf[t] + (1 − keep_t) c_t g_t / s, then the
+    row g_t ← s buf[t] (in the row's dtype); other tasks keep both. ``keep`` [T] (the EMA factor
+    β_k), ``scale`` c [T] (default 1), ``grad_scale`` s: the gradient scaler's factor of a scaled
+    step (:mod:`mtl_fast.amp`; default 1), so that the buffer holds unscaled gradients and the
+    rows stay scaled. No host synchronisation on accelerators (the choices are ``torch.where``
+    on device booleans); on the CPU, where reading them is free, the update is done in place
+    (three passes over a row: scale, add, copy back)."""
+    if buf.device.type == "cpu" and (grad_scale is None or grad_scale.device.type == "cpu"):
         keeps = keep.tolist()
         scales = None if scale is None else scale.tolist()
+        s = 1.0 if grad_scale is None else float(grad_scale)
         for t, (g, up) in enumerate(zip(rows, update.tolist())):
             if not up:
                 continue
             c = 1.0 if scales is None else scales[t]
-            buf[t].mul_(keeps[t]).add_(g, alpha=(1.0 - keeps[t]) * c)
-            g.copy_(buf[t])
+            buf[t].mul_(keeps[t]).add_(g, alpha=(1.0 - keeps[t]) * c / s)
+            g.copy_(buf[t] if s == 1.0 else buf[t] * s)
         return
-    ema_rows_masked_(buf, rows, keep, update, scale)
+    ema_rows_masked_(buf, rows, keep, update, scale, grad_scale)
 
 
 def ema_rows_masked_(
@@ -79,17 +83,22 @@ def ema_rows_masked_(
     keep: Tensor,
     update: Tensor,
     scale: Tensor | None = None,
+    grad_scale: Tensor | None = None,
 ) -> None:
-    """:func:`ema_rows_` without reading ``keep``, ``update`` or ``scale`` on the host (the
-    accelerator path; also runs on the CPU)."""
+    """:func:`ema_rows_` without reading ``keep``, ``update``, ``scale`` or ``grad_scale`` on the
+    host (the accelerator path; also runs on the CPU)."""
+    s = None if grad_scale is None else grad_scale.to(device=buf.device, dtype=buf.dtype)
     for t, g in enumerate(rows):
         bt = keep[t].to(buf.dtype)
         x = g.to(buf.dtype)
         if scale is not None:
             x = scale[t].to(buf.dtype) * x
+        if s is not None:
+            x = x / s
         new = bt * buf[t] + (1.0 - bt) * x
         buf[t] = torch.where(update[t], new, buf[t])
-        g.copy_(torch.where(update[t], buf[t].to(g.dtype), g))
+        row = buf[t] if s is None else buf[t] * s
+        g.copy_(torch.where(update[t], row.to(g.dtype), g))
 
 
 def ema_buffers(

@@ -246,7 +246,8 @@ class DBMTL(Weighting):
     def prepare_rows(self, step: RowStep) -> None:
         """ĝ_t ← β_k ĝ_t + (1 − β_k) g_t for the present tasks with a finite row, then write ĝ_t
         into the step's rows (the base class forms the Gram matrix of the rows and combines
-        them, so both act on ĝ)."""
+        them, so both act on ĝ). In a scaled step (mtl_fast.amp) the rows are s·g: ĝ keeps the
+        unscaled g, the rows get s·ĝ."""
         if self.ema != "gradient":
             return
         rows = list(step.rows)
@@ -269,7 +270,13 @@ class DBMTL(Weighting):
             "mtl_fast.backward, or use ema='norm'",
         )
         for r, buf in zip(rows, bufs):
-            ema_rows_(buf, writable_rows(r, "DBMTL(ema='gradient')"), b, update)
+            ema_rows_(
+                buf,
+                writable_rows(r, "DBMTL(ema='gradient')"),
+                b,
+                update,
+                grad_scale=self._step_grad_scale(),
+            )
         self._state["counts"] = counts
         self._state["ema_grads"] = bufs
 

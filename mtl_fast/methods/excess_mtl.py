@@ -163,6 +163,9 @@ class ExcessMTL(Weighting):
 
     def prepare_rows(self, step: RowStep) -> None:
         blocks = self._blocks(step)
+        scale = self._step_grad_scale()
+        if scale is not None:  # a gradient scaler's s: the statistics are of the true g
+            blocks = [b / scale.to(b.device, b.dtype) for b in blocks]
         acc = self._state["accumulated"]
         if acc is None:
             acc = [

@@ -163,6 +163,9 @@ class MoCo(Weighting):
         norms2 = squared_norms(rows, self.backend)  # also says which rows are finite
         # Global gradient = per-process blocks / N: ‖g‖² = Σ_r ‖g_r‖² / N² = mean_r / N.
         norms2 = step.mean_over_processes_(norms2) / step.processes
+        grad_scale = self._step_grad_scale()  # a gradient scaler's s: y tracks the true g
+        if grad_scale is not None:
+            norms2 = norms2 / grad_scale.to(norms2.device, norms2.dtype) ** 2
         present = step.present
         losses = step.losses.to(torch.float64)
         if self._step_losses is not None:
@@ -183,7 +186,7 @@ class MoCo(Weighting):
             "to mtl_fast.backward",
         )
         for r, buf in zip(rows, bufs):
-            ema_rows_(buf, writable_rows(r, "MoCo"), 1.0 - beta_k, update, scale)
+            ema_rows_(buf, writable_rows(r, "MoCo"), 1.0 - beta_k, update, scale, grad_scale)
         self._state["counts"] = counts
         self._state["y"] = bufs
 
