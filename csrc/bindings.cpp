@@ -9,6 +9,7 @@ void register_all(pybind11::module_& m) {
     register_cpu_passes(m);
     register_cpu_step(m);
     register_loss_steps(m);
+    register_graddrop(m);
 }
 
 }  // namespace mtl_fast

@@ -18,5 +18,7 @@ void register_cpu_passes(pybind11::module_& m);
 void register_cpu_step(pybind11::module_& m);
 // loss_steps.cpp: mtl_fast._C.cv_step, ..., the per-step formulas of loss-based methods.
 void register_loss_steps(pybind11::module_& m);
+// graddrop.cpp: mtl_fast._C.graddrop_sums / graddrop_combine, GradDrop's sign dropout.
+void register_graddrop(pybind11::module_& m);
 
 }  // namespace mtl_fast

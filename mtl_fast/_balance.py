@@ -16,6 +16,10 @@ Between the Gram matrix G [T, T] of the task gradients (formed by ``split``'s ba
 On one process with CPU rows, :func:`native_balance` does steps 1, 2 and 4 and the combine in
 one native call (:func:`mtl_fast._native_passes.balance_rows`) when the method's solve is a native
 one (:meth:`mtl_fast.Weighting.native_solve`), and steps 1 and 2 when it is not.
+
+A scaled step (:mod:`mtl_fast.amp`, ``inputs.grad_scale`` = s) solves on G / s², the Gram matrix of
+the true gradients; there a non-finite gradient is an overflow the scaler will skip, not an
+error: nothing is reported and α is NaN, so the combined gradient carries the overflow.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ def balance_gram(
         )
     present = inputs.present.to(device)
     losses = inputs.losses.to(device)
+    scale = inputs.grad_scale
+    if scale is not None:
+        s = scale.to(device=device, dtype=G.dtype)
+        G = G / (s * s)  # exact: the scale is a power of two
     if sync and reduced:
         no = torch.zeros_like(present)
         _, present, _, avg = distributed.reduce_gram(
@@ -91,9 +99,13 @@ def balance_gram(
         G = G_global
         if avg is not None:
             losses = avg
-    monitor.report(bad, "gradient", step)
-    alpha = solve(G, StepInputs(losses=losses, present=ok))
-    return torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
+    if scale is None:
+        monitor.report(bad, "gradient", step)
+    alpha = solve(G, StepInputs(losses=losses, present=ok, grad_scale=scale))
+    alpha = torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
+    if scale is not None:
+        alpha = torch.where(bad.any(), torch.full_like(alpha, float("nan")), alpha)
+    return alpha
 
 
 def native_serves(rows: Sequence[TaskRows]) -> bool:
@@ -118,9 +130,9 @@ def native_balance(
     *,
     monitor: NonFiniteMonitor,
     step: int,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Rules 1, 2 and 4 of the module docstring for one process's CPU rows, in one native call:
-    α float32 [T] (weight 0 where G_tt = 0) and Σ α_t g_t, as (None, α, Σ); with
+    the masked G, α float32 [T] (weight 0 where G_tt = 0) and Σ α_t g_t, as (G, α, Σ); with
     ``solver=None`` (the method's solve is Python) the masked G only, as (G, None, None).
 
     Raises:

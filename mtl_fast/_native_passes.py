@@ -156,21 +156,19 @@ def balance_rows(
     options: dict[str, float | int],
     *,
     combine: bool,
-) -> tuple[Tensor | None, Tensor | None, Tensor | None] | BadStep:
+) -> tuple[Tensor, Tensor | None, Tensor | None] | BadStep:
     """One balanced step on CPU rows (``csrc/cpu_step.cpp``).
 
     ``present``: bool [T] CPU tensor (``None``: every task). ``solver``: ``"imtl_g"`` / ``"mgda"``
     (with ``options``, the keywords of :mod:`mtl_fast._solve_constants`), or ``None``: only the
-    masked Gram matrix. Returns (G masked [T, T] in the accumulation dtype, or ``None`` when a
-    solver was given; α float32 [T] or ``None``; Σ α_t g_t in the rows' dtype or ``None``), or
+    masked Gram matrix. Returns (G masked [T, T] in the accumulation dtype (the method's
+    diagnostics read it); α float32 [T] or ``None``; Σ α_t g_t in the rows' dtype or ``None``), or
     :class:`BadStep` (nothing computed beyond the check).
     """
     C = _ext()
     T = rows.num_tasks
     dtype = rows.dtype
-    G = None
-    if solver is None:
-        G = torch.empty((T, T), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    G = torch.empty((T, T), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     alpha = torch.empty(T) if solver is not None else None
     out = torch.empty(rows.shape, dtype=dtype) if combine and solver is not None else None
     mask = 0
@@ -183,7 +181,7 @@ def balance_rows(
         rows.numel,
         name,
         mask,
-        0 if G is None else G.data_ptr(),
+        G.data_ptr(),
         solver or "none",
         0 if alpha is None else alpha.data_ptr(),
         0 if out is None else out.data_ptr(),

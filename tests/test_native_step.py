@@ -64,11 +64,11 @@ def test_balance_rows_equals_the_python_policy(dtype, solver, T, D, masked) -> N
     assert not isinstance(got, _native_passes.BadStep)
     G, alpha, out = got
     want_G, want_alpha, want_out = _python_step(J, present, solver)
+    assert torch.equal(G, want_G)  # the masked G, also with a solver (diagnostics read it)
     if solver is None:
-        assert G is not None and alpha is None and out is None
-        assert torch.equal(G, want_G)
+        assert alpha is None and out is None
         return
-    assert G is None and alpha is not None and out is not None
+    assert alpha is not None and out is not None
     assert alpha.dtype == torch.float32 and out.dtype == dtype and out.shape == (D,)
     assert torch.equal(alpha, want_alpha)
     assert torch.equal(out, want_out)
@@ -218,3 +218,63 @@ def test_a_subclass_overriding_gram_weights_keeps_its_solve() -> None:
     split_step(model, b, x, ys)
     assert a._native_step_solver(3) is None and b._native_step_solver(3) == "imtl_g"
     torch.testing.assert_close(a.weights, b.weights / 2)
+
+
+@pytest.mark.parametrize("name", ["IMTLG", "MGDA-l2"])
+def test_native_path_keeps_the_diagnostics_of_the_general_path(general_path, name) -> None:
+    got = []
+    for flag in (False, True):
+        general_path(flag)
+        model = ToyMTL(num_tasks=4, seed=5)
+        method = METHODS[name](4)
+        x, ys = toy_batch(model)
+        split_step(model, method, x, ys, [True, False, True, True])
+        got.append(method.diagnostics)
+    native, general = got
+    assert native is not None and general is not None
+    for a, b in zip(
+        (native.norms, native.cosines, native.weight_entropy),
+        (general.norms, general.cosines, general.weight_entropy),
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def _taken(method: Weighting, monkeypatch) -> list[bool]:
+    """Runs one split step; returns whether the native path was taken."""
+    taken: list[bool] = []
+    real = Weighting._native_step_applies
+
+    def spy(self, rows):
+        taken.append(real(self, rows))
+        return taken[-1]
+
+    monkeypatch.setattr(Weighting, "_native_step_applies", spy)
+    model = ToyMTL(num_tasks=3, seed=6)
+    x, ys = toy_batch(model)
+    split_step(model, method, x, ys)
+    return taken
+
+
+def test_native_path_is_not_taken_for_row_methods_or_loss_based_diagnostics(monkeypatch) -> None:
+    assert _taken(mf.IMTLG(), monkeypatch) == [True]
+    monkeypatch.undo()
+    for method in (mf.GradDrop(seed=0), mf.MoCo(3), mf.ExcessMTL(3)):
+        assert method.needs_gradient_rows
+        assert _taken(method, monkeypatch) == [False]
+        monkeypatch.undo()
+    assert _taken(mf.DWA(3, diagnostics=True), monkeypatch) == [False]
+
+
+def test_native_path_is_not_taken_for_a_scaled_step(monkeypatch) -> None:
+    method = mf.IMTLG()
+    model = ToyMTL(num_tasks=3, seed=7)
+    x, ys = toy_batch(model)
+    taken: list[bool] = []
+    real = Weighting._native_step_applies
+    monkeypatch.setattr(
+        Weighting, "_native_step_applies", lambda self, rows: taken.append(real(self, rows))
+    )
+    losses = model.task_losses(method.split(model.encoder(x), num_tasks=3), ys)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    method.loss(losses, scaler=scaler).backward()
+    assert taken == [False]
