@@ -241,7 +241,12 @@ class FAMO(Weighting):
         xi = self._state["logits"]
         if xi.device.type == "cpu":  # the same step in one native call
             self._native_logit_step(delta, present)
-            return
+        else:
+            self._torch_logit_step(delta, present)
+
+    def _torch_logit_step(self, delta: Tensor, present: Tensor) -> None:
+        """:meth:`_logit_step` in torch operations (any device)."""
+        xi = self._state["logits"]
         grad = famo_logit_gradient(xi, delta, present) + self.gamma * xi
         if self.optimizer == "sgd":
             new = xi - self.lr * grad
@@ -294,6 +299,11 @@ class FAMO(Weighting):
             from mtl_fast import _C
 
             return torch.from_numpy(_C.famo_factors(logits.numpy(), d.numpy(), avail.numpy()))
+        return self._torch_factors(d, avail)
+
+    def _torch_factors(self, d: Tensor, avail: Tensor) -> Tensor:
+        """:meth:`_factors` in torch operations (any device)."""
+        logits = self._state["logits"]
         z = softmax_over_present(logits, avail)
         c = torch.where(avail, z / d, 0.0).sum()
         return torch.where(avail, z / torch.where(c > 0, c, 1.0) / d, 0.0)

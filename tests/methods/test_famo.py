@@ -239,3 +239,30 @@ def test_resume_equals_unbroken_next_step_option():
         split_at=2,
         masks=lambda k: [True, k % 3 != 1, True],
     )
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_native_cpu_step_equals_the_torch_step(monkeypatch, optimizer):
+    """CPU state takes one native call per logit step and per weight (mtl_fast._C.famo_*); the
+    torch operations (any device) give the same weights and state, masks included."""
+    gen = torch.Generator().manual_seed(3)
+    losses = torch.rand(10, 4, generator=gen, dtype=torch.float64) * 3 + 0.1
+    masks = torch.rand(10, 4, generator=gen) > 0.25
+
+    def run():
+        m = FAMO(4, optimizer=optimizer, extra_pass=False)
+        weights = []
+        for L, mask in zip(losses, masks):
+            m.loss(L.clone().requires_grad_(), mask.tolist()).backward()
+            weights.append(m.weights.clone())
+        return weights, {k: v for k, v in m._state.items() if isinstance(v, torch.Tensor)}
+
+    native = run()
+    monkeypatch.setattr(FAMO, "_native_logit_step", FAMO._torch_logit_step)
+    monkeypatch.setattr(FAMO, "_factors", FAMO._torch_factors)
+    torch_path = run()
+    for a, b in zip(native[0], torch_path[0]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    assert native[1].keys() == torch_path[1].keys()
+    for k in native[1]:
+        torch.testing.assert_close(native[1][k], torch_path[1][k], rtol=1e-12, atol=1e-15)
