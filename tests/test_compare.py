@@ -182,11 +182,19 @@ def test_registry_resolves_and_builds_every_available_method() -> None:
         assert isinstance(method, mtl_fast.Weighting), name
 
 
-def test_registry_expands_all_and_extra() -> None:
+def test_registry_reads_the_method_registry() -> None:
+    from mtl_fast.methods import registry as method_registry
+
+    # every registered method is compared (a method registered later is picked up), plus SI
+    assert set(registry.METHODS) == set(method_registry.names()) | {"SI"}
     assert registry.expand(["all"]) == list(registry.METHODS)
-    extra = registry.extra_methods()
-    assert not set(extra) & set(registry.METHODS)
-    assert registry.expand(["equal", "extra", "EqualWeighting"]) == ["EqualWeighting", *extra]
+    loss, grad = registry.GROUPS["loss"], registry.GROUPS["gradient"]
+    assert set(loss) | set(grad) == set(registry.METHODS) and not set(loss) & set(grad)
+    assert "SI" in loss and "IMTLG" in grad
+    assert registry.expand(["equal", "gradient", "EqualWeighting"]) == ["EqualWeighting", *grad]
+    assert registry.expand(["published"])[:2] == ["EqualWeighting", "SI"]
+    with pytest.raises(ValueError, match="'all' now means"):
+        registry.expand(["extra"])
 
 
 def test_registry_names_and_errors() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +26,7 @@ import torch
 from mtl_fast.compare.train import MethodOutcome, ProblemResult, RunResult
 
 __all__ = [
-    "FEATURED",
+    "QUICK_NOTE",
     "problem_table",
     "results_json",
     "scale_changes",
@@ -36,15 +35,19 @@ __all__ = [
     "write_report",
 ]
 
-#: Methods drawn in the featured weight figure, when they ran (Lee et al. 2021 Figure 9's set plus
-#: the gradient balancers).
 #: above this many tasks the weight figures colour tasks by index instead of a legend.
 MAX_LEGEND = 12
 
 #: Δ_MTL below this is drawn clipped (with its value written) in the summary chart.
 SUMMARY_FLOOR = -60.0
 
-FEATURED = ("EqualWeighting", "UncertaintyWeighting", "DWA", "LSB", "IMTLG", "GradNorm")
+#: what ``--quick`` results say about themselves (printed, and at the top of the report)
+QUICK_NOTE = (
+    "quick tier: indicative only. It differs from the full protocol: each problem's "
+    "`quick_epochs` instead of its `epochs` (recorded per problem below), `synthetic` at T = 5 "
+    "instead of 10, and 6 instead of 20 timing rounds; rankings and Δ_MTL can change at the "
+    "full budget."
+)
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -229,48 +232,22 @@ def overview_table(results: Sequence[ProblemResult]) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+def write_figures(result: ProblemResult, out_dir: Path, *, dpi: int = 150) -> dict[str, list[Path]]:
+    """The figures of one problem: the weights of **every** method that ran, as small multiples
+    (``{key}_weights.png``), their loss scales w·L (``{key}_scales.png``, log scale), and for a
+    problem with a reference run, the change chart (``{key}_changes.png``).
 
-
-def write_figures(
-    result: ProblemResult,
-    out_dir: Path,
-    *,
-    dpi: int = 60,
-    per_figure: int = 6,
-    all_methods: bool = False,
-) -> dict[str, list[Path]]:
-    """Weight / loss-scale figures of one problem (and the scale-change chart for ``scale``).
-
-    The featured figure shows :data:`FEATURED` (the methods that ran); ``all_methods`` adds
-    figures of every method, ``per_figure`` per file.
-
-    Returns ``{"featured": [path], "all": [paths], "extra": [paths]}``.
+    Returns ``{"weights": [path], "scales": [path], "extra": [paths]}`` (empty lists when
+    nothing was recorded).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     key = result.problem.key
-    recorded = [m for m in result.history.methods]
-    paths: dict[str, list[Path]] = {"featured": [], "all": [], "extra": []}
-    if not recorded:
-        return paths
-    featured = [m for m in FEATURED if m in recorded] or recorded[:per_figure]
-    chunks = _chunks(recorded, per_figure) if all_methods else []
-    for kind, methods, p in [("featured", featured, out_dir / f"{key}_weights.png")] + [
-        ("all", chunk, out_dir / f"{key}_weights_all_{i}.png")
-        for i, chunk in enumerate(chunks, start=1)
-    ]:
-        with warnings.catch_warnings():
-            # many tasks: the legend does not fit until _colour_by_task removes it
-            warnings.filterwarnings("ignore", message="Tight layout not applied")
-            fig = result.history.plot(
-                None, methods=methods, log_scale=True, figsize=(2.6 * len(methods), 4.6), dpi=dpi
-            )
-        if result.problem.num_tasks > MAX_LEGEND:
-            _colour_by_task(fig, result.problem.num_tasks)
-        fig.savefig(p, dpi=dpi)
-        _close(fig)
-        paths[kind].append(p)
+    paths: dict[str, list[Path]] = {"weights": [], "scales": [], "extra": []}
+    if result.history.methods:
+        for kind in ("weights", "scales"):
+            p = out_dir / f"{key}_{kind}.png"
+            _small_multiples(result, kind, p, dpi=dpi)
+            paths[kind].append(p)
     if result.reference is not None:
         p = out_dir / f"{key}_changes.png"
         if _scale_chart(result, p, dpi=dpi):
@@ -278,33 +255,73 @@ def write_figures(
     return paths
 
 
-def _close(fig: Any) -> None:
-    fig.clf()
+#: small multiples: methods per row
+PANELS_PER_ROW = 6
 
 
-def _colour_by_task(fig: Any, num_tasks: int) -> None:
-    """Many tasks: drop the legend, colour task t by viridis(t / (T − 1)) and add a colour bar
-    (for ``synthetic`` the task index orders σ_t from 1 to 100)."""
+def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) -> None:
+    """One panel per recorded method: the normalised weights (``kind="weights"``, shared
+    linear y axis) or the loss scales w·L (``"scales"``, shared log y axis) of every task over
+    the training steps of the first seed; tasks coloured alike in every panel (a legend up to
+    :data:`MAX_LEGEND` tasks, else a colour bar over the task index)."""
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    cmap = matplotlib.colormaps["viridis"]
-    for ax in fig.axes:
-        legend = ax.get_legend()
-        if legend is not None:
-            legend.remove()
-        lines = ax.get_lines()
-        if len(lines) == num_tasks:
-            for t, line in enumerate(lines):
-                line.set_color(cmap(t / max(1, num_tasks - 1)))
-                line.set_linewidth(0.6)
-    mappable = matplotlib.cm.ScalarMappable(
-        norm=matplotlib.colors.Normalize(0, num_tasks - 1), cmap=cmap
+    history = result.history
+    methods = list(history.methods)
+    T = result.problem.num_tasks
+    names = list(result.problem.task_names)
+    cols = min(PANELS_PER_ROW, len(methods))
+    rows = -(-len(methods) // cols)
+    fig = Figure(figsize=(2.4 * cols + 1.4, 1.9 * rows + 0.9), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharex=False, sharey=True, squeeze=False)
+    cmap = matplotlib.colormaps["viridis" if T > MAX_LEGEND else "tab20" if T > 10 else "tab10"]
+    colour = [cmap(t / max(1, T - 1)) if T > MAX_LEGEND else cmap(t) for t in range(T)]
+    for k, ax in enumerate(axes.flat):
+        if k >= len(methods):
+            ax.set_visible(False)
+            continue
+        arrays = history.to_arrays(methods[k])
+        values = arrays[kind]
+        for t in range(values.shape[1]):
+            ys = values[:, t]
+            if kind == "scales":
+                ys = np.where(ys > 0, ys, np.nan)
+            ax.plot(arrays["steps"], ys, color=colour[t], lw=0.7 if T > MAX_LEGEND else 0.9)
+        ax.set_title(methods[k], fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if kind == "scales":
+            ax.set_yscale("log")
+        if k % cols == 0:
+            ax.set_ylabel("weight (Σ = 1)" if kind == "weights" else "w·L (log)", fontsize=8)
+        if k // cols == rows - 1 or k + cols >= len(methods):
+            ax.set_xlabel("step", fontsize=8)
+    what = "task weights, normalised to sum to 1" if kind == "weights" else "loss scales w·L"
+    fig.suptitle(
+        f"{result.problem.key}: {what}, every method (seed {result.config.seeds[0]})", fontsize=10
     )
-    width = fig.get_figwidth()
-    right = 1.0 - 0.9 / width  # keep ~0.9 inch for the colour bar and its labels
-    fig.tight_layout(rect=(0, 0, right, 1))
-    cax = fig.add_axes((right + 0.1 / width, 0.15, 0.12 / width, 0.7))
-    fig.colorbar(mappable, cax=cax, label="task index")
+    right = 1.0 - 1.3 / fig.get_figwidth()
+    fig.tight_layout(rect=(0, 0, right, 0.97))
+    if T > MAX_LEGEND:
+        mappable = matplotlib.cm.ScalarMappable(
+            norm=matplotlib.colors.Normalize(0, T - 1), cmap=cmap
+        )
+        cax = fig.add_axes(
+            (right + 0.15 / fig.get_figwidth(), 0.15, 0.15 / fig.get_figwidth(), 0.7)
+        )
+        fig.colorbar(mappable, cax=cax, label="task index")
+    else:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colour[t], lw=1.5) for t in range(T)]
+        fig.legend(
+            handles, names, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=8,
+            frameon=False,
+        )  # fmt: skip
+    fig.savefig(path, dpi=dpi)
 
 
 def _scale_chart(result: ProblemResult, path: Path, *, dpi: int) -> bool:
@@ -330,7 +347,7 @@ def _scale_chart(result: ProblemResult, path: Path, *, dpi: int) -> bool:
     return True
 
 
-def summary_chart(results: Sequence[ProblemResult], path: Path, *, dpi: int = 60) -> bool:
+def summary_chart(results: Sequence[ProblemResult], path: Path, *, dpi: int = 150) -> bool:
     """Δ_MTL per method (rows) and problem (bars): an overview figure."""
     shown = [r for r in results if r.ran and r.reference is None]
     if not shown:
@@ -463,6 +480,12 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
     seeds = list(result.config.seeds)
     text = p.description()
     lines = [f"## {p.title} (`{p.key}`)", "", text[:1].upper() + text[1:], ""]
+    if result.config.quick:
+        lines += [
+            f"**Quick tier: indicative only** ({tc.epochs} epochs instead of the full "
+            f"protocol's {p.epochs}).",
+            "",
+        ]
     lines.append(
         f"Budget: {tc.epochs} epochs, batch {tc.batch_size}, Adam lr {tc.lr:g} (the methods' "
         f"own parameters: {tc.method_lr:g}), seeds {seeds} (metrics averaged over seeds; "
@@ -486,20 +509,16 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
         lines.append("Unavailable methods:")
         lines += [f"- `{n}`: {why}" for n, why in result.unavailable.items()]
         lines.append("")
-    if figures.get("featured"):
+    if figures.get("weights"):
         lines.append(
-            "Weights (top, normalised to sum to 1 per step) and loss scales w·L (bottom, log "
-            "scale) over training, seed "
-            f"{seeds[0]} (Groenendijk et al. 2021 Figure 1, Lee et al. 2021 Figure 9):"
+            "Weights (normalised to sum to 1 per step) and loss scales w·L (log scale) of every "
+            f"method over training, seed {seeds[0]} (Groenendijk et al. 2021 Figure 1, Lee et "
+            "al. 2021 Figure 9):"
         )
         lines.append("")
-        lines += [f"![{p.key} weights]({f.name})" for f in figures["featured"]]
-        if figures.get("all"):
-            links = ", ".join(f"[{f.name}]({f.name})" for f in figures["all"])
-            lines += ["", f"All methods: {links}."]
-        else:
-            lines += ["", "(`--all-figures` draws every method.)"]
-        lines.append("")
+        for kind in ("weights", "scales"):
+            lines += [f"![{p.key} {kind}]({f.name})" for f in figures.get(kind, [])]
+            lines.append("")
     return lines
 
 
@@ -509,12 +528,14 @@ def write_report(
     *,
     command: str = "",
     seconds: float | None = None,
-    dpi: int = 60,
-    all_figures: bool = False,
+    dpi: int = 150,
+    figures: bool = True,
+    partial: bool = False,
 ) -> Path:
     """Write ``report.md``, ``results.json`` and the figures to ``out_dir``; return the report.
 
-    ``all_figures``: also draw the weights of every method (else the featured methods only).
+    ``figures=False`` skips the figures (the partial reports written while a long comparison
+    runs); ``partial`` marks the report as such.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -522,6 +543,15 @@ def write_report(
     cfg = results[0].config if results else None
     timing = f"{cfg.timing_rounds} × {cfg.timing_steps}" if cfg is not None else "20 × 3"
     lines = ["# mtl_fast method comparison", ""]
+    quick = any(r.config.quick for r in results)
+    if quick:
+        lines += [f"**{QUICK_NOTE[:1].upper() + QUICK_NOTE[1:]}**", ""]
+    if partial:
+        lines += [
+            "*Partial report, written while the comparison runs: the problems finished so far,"
+            " no figures.*",
+            "",
+        ]
     if command:
         lines += [f"Command: `{command}`", ""]
     total = f"{seconds:.0f} s" if seconds is not None else "n/a"
@@ -549,15 +579,21 @@ def write_report(
     overview = overview_table(results)
     if overview and len(results) > 1:
         lines += ["## Overview", "", overview, ""]
-    if summary_chart(results, out / "summary.png", dpi=dpi):
+    if figures and summary_chart(results, out / "summary.png", dpi=dpi):
         lines += ["![Δ_MTL per method and problem](summary.png)", ""]
     for r in results:
-        figs = write_figures(r, out, dpi=dpi, all_methods=all_figures)
+        figs = write_figures(r, out, dpi=dpi) if figures else {}
         figures_all[r.problem.key] = figs
         lines += _problem_section(r, figs)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    meta = {**env, "command": command, "seconds": seconds}
+    meta = {
+        **env,
+        "command": command,
+        "seconds": seconds,
+        "tier": "quick" if quick else "full",
+        "partial": partial,
+    }
     (out / "results.json").write_text(
         json.dumps(results_json(results, meta), separators=(",", ":"), allow_nan=False) + "\n",
         encoding="utf-8",

@@ -44,7 +44,7 @@ from torch import nn
 
 from mtl_fast import metrics as mtl_metrics
 from mtl_fast.compare import registry
-from mtl_fast.compare.problems import Evaluation, MetricTree, Problem
+from mtl_fast.compare.problems import Evaluation, MetricTree, Problem, Split
 from mtl_fast.history import WeightHistory
 from mtl_fast.methods import EqualWeighting
 from mtl_fast.weighting import Weighting
@@ -57,6 +57,8 @@ __all__ = [
     "TrainConfig",
     "compare_problem",
     "deterministic",
+    "resolve_device",
+    "to_device",
     "train_run",
 ]
 
@@ -72,6 +74,10 @@ class TrainConfig:
         seed: seeds the initialisation, the batch order, the augmentation and the method.
         max_steps: optional cap on the steps per epoch (tests).
         method_lr: Adam learning rate of the method's own parameters.
+        device: where the model, the method and each batch live (``"cpu"``, ``"cuda"``, ...);
+            the data stay on the CPU and every batch is moved there after slicing (and the
+            problem's augmentation, drawn on the CPU: the random stream is the same on every
+            device).
     """
 
     epochs: int
@@ -80,6 +86,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     method_lr: float = Weighting.default_lr
+    device: str = "cpu"
 
 
 @dataclass
@@ -165,10 +172,14 @@ def train_run(
     """
     tasks = list(tasks)
     data = problem.data()
+    device = resolve_device(config.device)
+    val_split, test_split = to_device(data.val, device), to_device(data.test, device)
     start = time.perf_counter()
     with deterministic(config.seed):
-        model = problem.build_model(tasks)
-        method = make_method()
+        # built on the CPU inside the seeded scope, then moved: the same initialisation on
+        # every device
+        model = problem.build_model(tasks).to(device)
+        method = make_method().to(device)
         groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": config.lr}]
         extra = [p for p in method.parameters() if p.requires_grad]
         if extra:
@@ -189,6 +200,8 @@ def train_run(
             perm = torch.randperm(n, generator=gen)
             for i in range(steps_per_epoch):
                 batch = problem.train_batch(train, perm[i * bs : (i + 1) * bs], gen)
+                batch = to_device(batch, device)
+                _sync(device)
                 t0 = time.perf_counter()
                 outputs = model(batch.inputs, method)
                 losses = torch.stack(problem.scaled_losses(outputs, batch, tasks))
@@ -197,6 +210,7 @@ def train_run(
                 total.backward()
                 optimizer.step()
                 _post_step(problem, model, method, batch, tasks)
+                _sync(device)
                 times.append(time.perf_counter() - t0)
                 if history is not None:
                     history.record(label, _normalised(method.weights), losses.detach(), step=step)
@@ -204,14 +218,14 @@ def train_run(
             method.end_epoch()
             if "observe" in _lifecycle(method):
                 model.eval()
-                ev = problem.evaluate(model, data.val, tasks)
+                ev = problem.evaluate(model, val_split, tasks)
                 method.observe([float(k) for k in ev.kpi])
                 model.train()
             if on_epoch is not None:
                 on_epoch()
         model.eval()
-        test = problem.evaluate(model, data.test, tasks)
-        val = problem.evaluate(model, data.val, tasks)
+        test = problem.evaluate(model, test_split, tasks)
+        val = problem.evaluate(model, val_split, tasks)
         weights = _normalised(method.weights).tolist()
     return RunResult(
         label=label,
@@ -224,6 +238,43 @@ def train_run(
         seconds=time.perf_counter() - start,
         final_weights=[float(w) for w in weights],
     )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked to be usable.
+
+    Raises:
+        ValueError: an unknown device string, or CUDA asked for where it is not available (the
+            message names the fix).
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} asked for, but torch.cuda.is_available() is False (torch "
+            f"{torch.__version__}); install a CUDA build of torch or use --device cpu"
+        )
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def to_device(split: Split, device: torch.device) -> Split:
+    """``split`` with its inputs and targets on ``device`` (itself when already there).
+
+    Inputs may be a tensor or any object with a ``to(device)`` method (qm9's graphs)."""
+    inputs = split.inputs
+    moved = inputs.to(device) if hasattr(inputs, "to") else inputs
+    targets = {k: v.to(device) for k, v in split.targets.items()}
+    return Split(moved, targets)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that wall times cover the step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _lifecycle(method: nn.Module) -> tuple[str, ...]:
@@ -256,6 +307,9 @@ class CompareConfig:
         progress: show a tqdm progress bar (on stderr).
         timing_rounds, timing_steps: the round-robin timing of :func:`interleaved_step_times`
             that gives the reported ms/step (``timing_rounds=0``: report the per-run medians).
+        device: see :class:`TrainConfig`.
+        quick: the quick tier (``--quick``): a reduced budget whose results are indicative
+            only; recorded so that the report says so.
     """
 
     epochs: int | None = None
@@ -267,6 +321,8 @@ class CompareConfig:
     progress: bool = True
     timing_rounds: int = 20
     timing_steps: int = 3
+    device: str = "cpu"
+    quick: bool = False
 
     def train_config(self, problem: Problem, seed: int) -> TrainConfig:
         """The :class:`TrainConfig` of ``problem`` for ``seed``."""
@@ -277,6 +333,7 @@ class CompareConfig:
             seed=seed,
             max_steps=self.max_steps,
             method_lr=self.method_lr,
+            device=self.device,
         )
 
 
@@ -373,10 +430,11 @@ def compare_problem(
     n_runs = (len(single_sets) + len(available)) * len(seeds)
     bar = _progress(n_runs * tc0.epochs, f"{problem.key}", config.progress)
     history = WeightHistory(problem.task_names, chunk_size=512)
-    if reference is not None and list(reference.config.seeds) != seeds:
+    ref_seeds = list(reference.config.seeds) if reference is not None else []
+    if reference is not None and not set(seeds) <= set(ref_seeds):
         raise ValueError(
-            f"reference was run with seeds {list(reference.config.seeds)}, not {seeds}: "
-            "the scale comparison needs the same seeds"
+            f"reference was run with seeds {ref_seeds}, which do not include {seeds}: "
+            "the comparison reuses the reference's single-task baselines of the same seeds"
         )
 
     singles: list[list[RunResult]] = []
@@ -384,7 +442,7 @@ def compare_problem(
         for seed in seeds:
             tc = config.train_config(problem, seed)
             if reference is not None:
-                singles.append(reference.singles[seeds.index(seed)])
+                singles.append(reference.singles[ref_seeds.index(seed)])
                 continue
             row = []
             for subset in single_sets:
@@ -503,6 +561,7 @@ def interleaved_step_times(
     run while it is busy (the per-run medians of :func:`train_run` are kept in the results).
     """
     data = problem.data()
+    device = resolve_device(config.device)
     tasks = list(range(problem.num_tasks))
     n = len(data.train)
     bs = min(config.batch_size, n)
@@ -511,17 +570,21 @@ def interleaved_step_times(
     with deterministic(config.seed):
         gen = torch.Generator().manual_seed(config.seed)
         batches = [
-            problem.train_batch(data.train, torch.randperm(n, generator=gen)[:bs], gen)
+            to_device(
+                problem.train_batch(data.train, torch.randperm(n, generator=gen)[:bs], gen),
+                device,
+            )
             for _ in range(steps)
         ]
         for name, make in factories.items():
-            model = problem.build_model(tasks)
-            method = make()
+            model = problem.build_model(tasks).to(device)
+            method = make().to(device)
             params = list(model.parameters()) + list(method.parameters())
             states[name] = (model, method, torch.optim.Adam(params, lr=config.lr))
 
         def step(name: str, batch: Any) -> float:
             model, method, opt = states[name]
+            _sync(device)
             t0 = time.perf_counter()
             losses = torch.stack(problem.scaled_losses(model(batch.inputs, method), batch, tasks))
             total = method.loss(losses)
@@ -529,6 +592,7 @@ def interleaved_step_times(
             total.backward()
             opt.step()
             _post_step(problem, model, method, batch, tasks)
+            _sync(device)
             return time.perf_counter() - t0
 
         for name in factories:

@@ -85,7 +85,7 @@ class MessagePassingEncoder(nn.Module):
             messages = filt(rbf) * lin(h)[src]
             h = h + upd(torch.zeros_like(h).index_add_(0, dst, messages))
         out = self.readout(h)
-        z = torch.zeros(len(mols), out.shape[1], dtype=out.dtype)
+        z = torch.zeros(len(mols), out.shape[1], dtype=out.dtype, device=out.device)
         return z.index_add_(0, mol_of_atom, out)
 
 
@@ -196,8 +196,8 @@ class QM9Problem(Problem):
     @torch.no_grad()
     def evaluate(self, model: MultiTaskNet, split: Split, tasks: Sequence[int]) -> Evaluation:
         tasks = list(tasks)
-        pred = self.predict(model, split.inputs) * self.std[tasks] + self.mean[tasks]
-        y = split.targets["raw"][:, tasks]
+        pred = self.predict(model, split.inputs).cpu() * self.std[tasks] + self.mean[tasks]
+        y = split.targets["raw"][:, tasks].cpu()
         metrics: MetricTree = {}
         kpi: list[float] = []
         for k, t in enumerate(tasks):
