@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mtl_fast.compare import published_report
 from mtl_fast.compare.train import MethodOutcome, ProblemResult, RunResult
 
 __all__ = [
@@ -101,6 +102,14 @@ def _single_rows(result: ProblemResult) -> list[tuple[str, dict[str, float]]]:
     return [("single-task", _display(result, result.baseline))]
 
 
+def _display_std(result: ProblemResult, outcome: MethodOutcome) -> dict[str, float]:
+    """Standard deviation over the seeds of every display column (empty with one seed)."""
+    if len(outcome.runs) < 2:
+        return {}
+    per_run = [_display(result, r.test.metrics) for r in outcome.runs]
+    return {c: float(np.std([d[c] for d in per_run])) for c in per_run[0]}
+
+
 def problem_table(result: ProblemResult) -> str:
     """The main Markdown table of one problem (see the module docstring)."""
     problem = result.problem
@@ -124,10 +133,14 @@ def problem_table(result: ProblemResult) -> str:
         lines.append(_row([f"*{label}*", *[_fmt(disp[c]) for c in cols], *tail]))
     for o in ran:
         d = displays[o.name]
+        spread = _display_std(result, o)
         cells = [o.name]
         for c in cols:
             s = _fmt(d[c])
-            cells.append(f"**{s}**" if best[c] is not None and d[c] == best[c] else s)
+            s = f"**{s}**" if best[c] is not None and d[c] == best[c] else s
+            if c in spread:
+                s += f" ± {_fmt(spread[c], 2)}"
+            cells.append(s)
         delta = _fmt_signed(o.delta_mtl, o.delta_mtl_std)
         cells.append(f"**{delta}**" if o.delta_mtl == best_delta else delta)
         acc = _fmt(o.acc_mtl)
@@ -159,7 +172,8 @@ def scale_changes(result: ProblemResult) -> dict[str, dict[str, Any]]:
         if r is None or not r.ok or o.metrics is None or r.metrics is None:
             continue
         now = _display(result, o.metrics)
-        before = _display(ref, r.metrics)
+        before_tree, before_delta = _reference_on_seeds(ref, r, list(result.config.seeds))
+        before = _display(ref, before_tree)
         changes = {c: now[c] - before[c] for c in now}
         rel = [abs(changes[c]) / abs(before[c]) for c in now if before[c] != 0]
         out[o.name] = {
@@ -167,9 +181,30 @@ def scale_changes(result: ProblemResult) -> dict[str, dict[str, Any]]:
             "unscaled": before,
             "changes": changes,
             "mean_abs_rel_change": 100.0 * float(np.mean(rel)) if rel else float("nan"),
-            "delta_mtl_change": o.delta_mtl - r.delta_mtl,
+            "delta_mtl_change": o.delta_mtl - before_delta,
         }
     return out
+
+
+def _reference_on_seeds(
+    ref: ProblemResult, outcome: MethodOutcome, seeds: Sequence[int]
+) -> tuple[dict[str, dict[str, float]], float]:
+    """The reference run's mean metrics and mean Δ_MTL over ``seeds`` only (a reference run
+    with more seeds, e.g. ``qm9`` with 3 beside ``qm9-raw`` with 1, is compared seed for seed)."""
+    from mtl_fast import metrics as mtl_metrics
+
+    ref_seeds = list(ref.config.seeds)
+    runs = [r for r in outcome.runs if r.seed in seeds]
+    trees = [r.test.metrics for r in runs]
+    mean = {
+        t: {m: float(np.mean([tr[t][m] for tr in trees])) for m in ms} for t, ms in trees[0].items()
+    }
+    deltas = []
+    for r in runs:
+        row = ref.singles[ref_seeds.index(r.seed)]
+        base = ref.problem.baseline([s.test for s in row])
+        deltas.append(mtl_metrics.delta_mtl(r.test.metrics, base, ref.problem.higher_is_better))
+    return mean, float(np.mean(deltas))
 
 
 def scale_table(result: ProblemResult) -> str:
@@ -242,7 +277,7 @@ def write_figures(result: ProblemResult, out_dir: Path, *, dpi: int = 150) -> di
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     key = result.problem.key
-    paths: dict[str, list[Path]] = {"weights": [], "scales": [], "extra": []}
+    paths: dict[str, list[Path]] = {"weights": [], "scales": [], "extra": [], "published": []}
     if result.history.methods:
         for kind in ("weights", "scales"):
             p = out_dir / f"{key}_{kind}.png"
@@ -252,6 +287,11 @@ def write_figures(result: ProblemResult, out_dir: Path, *, dpi: int = 150) -> di
         p = out_dir / f"{key}_changes.png"
         if _scale_chart(result, p, dpi=dpi):
             paths["extra"].append(p)
+    comp = published_report.comparison(result)
+    if comp is not None:
+        p = out_dir / f"{key}_published.png"
+        if published_report.comparison_chart(comp, p, dpi=dpi):
+            paths["published"].append(p)
     return paths
 
 
@@ -290,7 +330,13 @@ def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) 
             if kind == "scales":
                 ys = np.where(ys > 0, ys, np.nan)
             ax.plot(arrays["steps"], ys, color=colour[t], lw=0.7 if T > MAX_LEGEND else 0.9)
-        ax.set_title(methods[k], fontsize=9)
+        outcome = result.methods.get(methods[k])
+        failed = outcome is not None and not outcome.ok
+        ax.set_title(
+            methods[k] + (" (failed, see the table)" if failed else ""),
+            fontsize=9 if not failed else 7,
+            color="C3" if failed else "black",
+        )
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
         if kind == "scales":
@@ -457,6 +503,7 @@ def results_json(results: Sequence[ProblemResult], meta: dict[str, Any]) -> dict
             "unavailable": r.unavailable,
             "seconds": r.seconds,
             "scale_changes": scale_changes(r) if r.reference is not None else None,
+            "published_comparison": published_report.comparison(r),
         }
     return _clean(out)
 
@@ -505,6 +552,10 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
         for path in figures.get("extra", []):
             lines += [f"![{p.key} changes]({path.name})", ""]
     lines += [problem_table(result), ""]
+    comp = published_report.comparison(result)
+    if comp is not None:
+        charts = figures.get("published", [])
+        lines += published_report.comparison_lines(result, comp, charts[0].name if charts else None)
     if result.unavailable:
         lines.append("Unavailable methods:")
         lines += [f"- `{n}`: {why}" for n, why in result.unavailable.items()]

@@ -120,6 +120,9 @@ class Problem:
     #: a problem whose single-task baselines this one reuses (``scale`` reuses ``digits``): the
     #: report shows every metric's change from that problem's run of the same method
     reference_problem: ClassVar[str | None] = None
+    #: a published table this problem's results are set beside (:mod:`mtl_fast.compare.published`;
+    #: ``"qm9"``), or None
+    published: ClassVar[str | None] = None
 
     #: the T loss names
     task_names: list[str]

@@ -115,6 +115,7 @@ class QM9Problem(Problem):
     task_types: ClassVar[list[str]] = ["regression"] * len(TARGETS)
     units: ClassVar[dict[str, str]] = {t[0]: t[2] for t in TARGETS}
     scale_targets: ClassVar[bool] = True
+    published: ClassVar[str | None] = "qm9"
 
     def __init__(self, *, tiny: bool = False, protocol: str = "reduced") -> None:
         super().__init__(tiny=tiny)
@@ -232,3 +233,4 @@ class QM9RawProblem(QM9Problem):
     title = "QM9 without target standardisation (raw units)"
     scale_targets = False
     reference_problem = "qm9"
+    published = None  # the papers standardise the targets: no published counterpart
