@@ -243,7 +243,7 @@ def test_cli_quick_runs(tmp_path, capsys) -> None:
 
     out = tmp_path / "quick"
     argv = ["compare", "--quick", "--tiny", "--steps", "1", "--epochs", "1"]
-    argv += ["--methods", "equal,IMTLG", "--out", str(out), "--no-progress"]
+    argv += ["--methods", "equal,IMTLG", "--out", str(out), "--no-progress", "--dpi", "40"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for key in ("digits", "denoise", "synthetic-T5", "scale"):
@@ -288,3 +288,106 @@ def test_multitasknet_split_is_used_by_gradient_methods() -> None:
     method.loss(torch.stack(losses)).backward()
     w = method.weights
     assert w.shape == (5,) and float(w.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- SI, devices, API
+def test_si_is_the_sum_of_log_losses_and_scale_invariant() -> None:
+    from mtl_fast.compare.transforms import ScaleInvariant
+
+    si = ScaleInvariant(num_tasks=3)
+    losses = torch.tensor([0.5, 2.0, 8.0], requires_grad=True)
+    total = si.loss(losses)
+    assert float(total) == pytest.approx(float(torch.log(losses.detach()).sum()))
+    total.backward()
+    assert losses.grad is not None
+    assert losses.grad.tolist() == pytest.approx([2.0, 0.5, 0.125])  # 1 / L_t
+    assert si.weights.tolist() == pytest.approx([2.0, 0.5, 0.125])
+    # ×10 on one loss: the same gradient with respect to the model (d log(10 L) = d log L)
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    ScaleInvariant(num_tasks=3).loss(torch.stack([x[0] ** 2, 10 * x[1] ** 2, x[2] ** 2])).backward()
+    assert x.grad is not None and x.grad.tolist() == pytest.approx([2.0, 1.0, 2 / 3])
+    with pytest.raises(ValueError, match="> 0"):
+        ScaleInvariant(num_tasks=2).loss(torch.tensor([1.0, 0.0]))
+
+
+def test_unavailable_cuda_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cpu"):
+        train.resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        train.resolve_device("no-such-device")
+    from mtl_fast.cli import main
+
+    with pytest.raises(SystemExit, match="cuda"):
+        main(["compare", "--problem", "digits", "--tiny", "--device", "cuda", "--no-progress"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_matches_the_protocol() -> None:
+    """--device cuda: model, method and batches on the GPU, metrics finite (runs on GPUs only)."""
+    problem = get_problem("digits", tiny=True)
+    cfg = CompareConfig(
+        epochs=1, max_steps=2, progress=False, timing_rounds=1, timing_steps=1, device="cuda"
+    )
+    result = compare_problem(problem, ["EqualWeighting", "IMTLG", "FAMO"], cfg)
+    assert [o.name for o in result.ran] == ["EqualWeighting", "IMTLG", "FAMO"]
+    assert all(_finite(o.metrics or {}) for o in result.ran)
+
+
+def test_to_device_moves_tensors_and_graph_inputs() -> None:
+    split = problems.Split(torch.zeros(2, 3), {"y": torch.ones(2)})
+    moved = train.to_device(split, torch.device("cpu"))
+    assert moved.inputs is split.inputs  # already there: no copy
+    from mtl_fast.compare.problems.qm9_data import Molecules
+
+    mols = Molecules(*(torch.zeros(1, dtype=torch.int64) for _ in range(4)),
+                     atom_ptr=torch.tensor([0, 1]), edge_ptr=torch.tensor([0, 1]))  # fmt: skip
+    assert mols.to("cpu") is mols and mols.device == torch.device("cpu")
+
+
+def test_reference_with_more_seeds_is_compared_seed_for_seed(digits_result) -> None:
+    two = CompareConfig(
+        epochs=2, max_steps=2, progress=False, timing_rounds=1, timing_steps=2, seeds=(0, 1)
+    )
+    digits2 = compare_problem(get_problem("digits", tiny=True), METHODS, two)
+    scale = compare_problem(get_problem("scale", tiny=True), METHODS, TINY, reference=digits2)
+    assert scale.baseline == digits_result.baseline  # seed 0's single-task models
+    changes = report.scale_changes(scale)
+    for name in METHODS:
+        before = changes[name]["unscaled"]
+        seed0 = problems.get_problem("digits", tiny=True).display_columns(
+            digits2.methods[name].runs[0].test.metrics
+        )
+        assert before == pytest.approx(seed0)
+    with pytest.raises(ValueError, match="do not include"):
+        compare_problem(get_problem("scale", tiny=True), METHODS, two, reference=digits_result)
+
+
+def test_cli_seeds_of_and_quick_note(tmp_path, capsys) -> None:
+    from mtl_fast.cli import main
+
+    out = tmp_path / "q"
+    argv = ["compare", "--problem", "digits,scale", "--quick", "--tiny", "--steps", "1"]
+    argv += ["--epochs", "1", "--seeds", "2", "--seeds-of", "scale=1", "--methods", "equal"]
+    assert main([*argv, "--no-progress", "--dpi", "40", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "quick tier: indicative only" in printed
+    text = (out / "report.md").read_text()
+    assert "Quick tier: indicative only" in text
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["tier"] == "quick"
+    assert data["problems"]["digits"]["train"]["seeds"] == [0, 1]
+    assert data["problems"]["scale"]["train"]["seeds"] == [0]
+    with pytest.raises(SystemExit, match="PROBLEM=N"):
+        main(["compare", "--seeds-of", "scale", "--tiny"])
+
+
+def test_python_api_run(tmp_path) -> None:
+    result = mtl_fast.compare.run(
+        "scale", methods="equal,SI", seeds=1, epochs=1, tiny=True, out=tmp_path / "api"
+    )
+    assert [o.name for o in result.ran] == ["EqualWeighting", "SI"]
+    assert result.reference is not None and result.reference.problem.key == "digits"
+    assert (tmp_path / "api" / "report.md").exists()
+    with pytest.raises(TypeError, match="Problem instance"):
+        mtl_fast.compare.run(3.0)  # type: ignore[arg-type]

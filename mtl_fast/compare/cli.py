@@ -50,7 +50,8 @@ def register(subparsers: Any) -> None:
         default="all",
         help=(
             "digits, denoise, synthetic, scale, multimnist, qm9, qm9-raw (needs the "
-            "mtl_fast[qm9] extra), all (the first five), or your own problem as "
+            "mtl_fast[qm9] extra), nyuv2, cityscapes, celeba (need --data-root), all (the "
+            "first five), or your own problem as "
             "module:factory or file.py:factory (docs/compare.md); several comma-separated "
             "(default all)"
         ),
@@ -69,6 +70,22 @@ def register(subparsers: Any) -> None:
         choices=("reduced", "full"),
         default=None,
         help="qm9 size: reduced (default; CPU minutes per method) or full (the papers' split)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="PATH",
+        help=(
+            "nyuv2 / cityscapes: the folder with train/ and val/ in the MTAN/LibMTL .npy layout; "
+            "celeba: the folder with list_attr_celeba.txt, list_eval_partition.txt and "
+            "img_align_celeba/ (docs/compare.md, 'Local data')"
+        ),
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="with --data-root: at most this many samples per split (a quick look on a CPU)",
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default per problem)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, averaged (default 1)")
@@ -159,12 +176,17 @@ def _build(name: str, args: argparse.Namespace, num_tasks: int | None) -> Any:
         if is_user_spec(name):
             return load_user_problem(name)
         options: dict[str, Any] = {}
+        params = inspect.signature(PROBLEMS[name]).parameters
+        if "data_root" in params:
+            options["data_root"] = args.data_root
+            if args.limit is not None:
+                options["limit"] = args.limit
         if args.protocol is not None:
             if "protocol" not in inspect.signature(PROBLEMS[name]).parameters:
                 raise ValueError(f"--protocol applies to qm9 and qm9-raw, not {name!r}")
             options["protocol"] = args.protocol
         return get_problem(name, tiny=args.tiny, num_tasks=num_tasks, **options)
-    except (ImportError, ValueError) as exc:
+    except (ImportError, ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"mtl-fast compare: {exc}") from None
 
 
@@ -205,6 +227,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit("mtl-fast compare: --seeds must be >= 1")
     seeds_of = _seeds_of(args.seeds_of, args.seeds)
+    if args.data_root is not None and not any(
+        n in PROBLEMS and "data_root" in inspect.signature(PROBLEMS[n]).parameters for n in names
+    ):
+        raise SystemExit(
+            "mtl-fast compare: --data-root applies to nyuv2, cityscapes and celeba, none of "
+            f"which is in --problem {args.problem!r}"
+        )
     try:
         resolve_device(args.device)
     except ValueError as exc:
@@ -326,6 +355,8 @@ def _argv_for_report(args: argparse.Namespace) -> list[str]:
         ("--lr", args.lr),
         ("--steps", args.steps),
         ("--protocol", args.protocol),
+        ("--data-root", args.data_root),
+        ("--limit", args.limit),
     ):
         if value is not None:
             out += [flag, str(value)]

@@ -154,6 +154,9 @@ def problem_table(result: ProblemResult) -> str:
     for o in result.methods.values():
         if not o.ok:
             lines.append(_row([o.name, f"*{o.error}*", *[""] * (len(header) - 2)]))
+    notes = sorted({o.delta_note for o in ran if o.delta_note})
+    if notes:
+        lines += ["", "Δ_MTL undefined: " + "; ".join(notes)]
     return "\n".join(lines)
 
 
@@ -191,8 +194,6 @@ def _reference_on_seeds(
 ) -> tuple[dict[str, dict[str, float]], float]:
     """The reference run's mean metrics and mean Δ_MTL over ``seeds`` only (a reference run
     with more seeds, e.g. ``qm9`` with 3 beside ``qm9-raw`` with 1, is compared seed for seed)."""
-    from mtl_fast import metrics as mtl_metrics
-
     ref_seeds = list(ref.config.seeds)
     runs = [r for r in outcome.runs if r.seed in seeds]
     trees = [r.test.metrics for r in runs]
@@ -203,7 +204,7 @@ def _reference_on_seeds(
     for r in runs:
         row = ref.singles[ref_seeds.index(r.seed)]
         base = ref.problem.baseline([s.test for s in row])
-        deltas.append(mtl_metrics.delta_mtl(r.test.metrics, base, ref.problem.higher_is_better))
+        deltas.append(ref.problem.delta_mtl(r.test.metrics, base))
     return mean, float(np.mean(deltas))
 
 
@@ -465,6 +466,7 @@ def _outcome_json(o: MethodOutcome) -> dict[str, Any]:
         "avg_rank": o.rank,
         "ms_per_step": o.ms_per_step,
         "win_rate_vs_equal": o.win_rate,
+        "delta_note": o.delta_note,
         "runs": [_run_json(r) for r in o.runs],
     }
 

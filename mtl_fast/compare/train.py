@@ -345,7 +345,8 @@ class MethodOutcome:
     per-seed Δ_MTL (each against that seed's baseline), ``delta_mtl_std`` their standard
     deviation; ``rank`` the average rank over all metrics (Lee et al. 2021's protocol) among the
     methods that ran; ``ms_per_step`` the median over seeds of the median step time;
-    ``win_rate`` the mean per-seed win rate against EqualWeighting (when defined).
+    ``win_rate`` the mean per-seed win rate against EqualWeighting (when defined);
+    ``delta_note`` why Δ_MTL is NaN when it cannot be computed (a baseline metric of 0).
     """
 
     name: str
@@ -358,6 +359,8 @@ class MethodOutcome:
     rank: float = float("nan")
     ms_per_step: float = float("nan")
     win_rate: float | None = None
+    #: why Δ_MTL is undefined (NaN), e.g. a baseline metric of 0
+    delta_note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -617,7 +620,11 @@ def _aggregate(
             continue
         trees = [r.test.metrics for r in out.runs]
         out.metrics = _mean_tree(trees)
-        deltas = [mtl_metrics.delta_mtl(tree, base, hib) for tree, base in zip(trees, baselines)]
+        try:
+            deltas = [problem.delta_mtl(tree, base) for tree, base in zip(trees, baselines)]
+        except ValueError as exc:  # e.g. a single-task F1 of 0: the relative change is undefined
+            deltas = [float("nan")]
+            out.delta_note = str(exc)
         out.delta_mtl = float(np.mean(deltas))
         out.delta_mtl_std = float(np.std(deltas)) if len(deltas) > 1 else float("nan")
         out.acc_mtl = float(np.mean([_safe_acc_mtl(t, hib) for t in trees]))
