@@ -20,6 +20,8 @@ AMTL                        ``potentials`` = single-task validation KPIs (Yun & 
 DWA                         ``temperature=2`` (the paper's)
 methods with ``seed``       ``seed`` = the run's seed (RLW, PCGrad, GradVac, ...)
 StaticWeighting             ``weights`` = the problem's static weights (see the report)
+Compose                     the method registry's representative composition,
+                            ``Compose(IMTLL(T), IMTLG())`` (which equals IMTL)
 others                      the class defaults
 ==========================  ==================================================================
 """
@@ -235,6 +237,9 @@ def build_method(name: str, ctx: MethodContext) -> nn.Module:
     if cls is None:
         raise LookupError(f"{canon}: {where}")
     kwargs, missing = _constructor_kwargs(cls, _defaults(canon, ctx))
+    if missing and canon in method_registry.names() and method_registry.get(canon).make:
+        # a method whose constructor takes objects (Compose): the registry's own instance
+        return method_registry.get(canon).build(ctx.num_tasks)
     if missing:
         raise LookupError(
             f"{canon} ({where}) needs {', '.join(missing)}, which the comparison cannot supply"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from pathlib import Path
 from typing import Any, Sequence
@@ -456,8 +457,23 @@ def _run_json(r: RunResult) -> dict[str, Any]:
     }
 
 
+#: version of the results.json layout (docs/compare.md, "results.json"); bumped on any change
+#: that is not a pure addition
+RESULTS_SCHEMA = 1
+
+
+def _family(name: str) -> str | None:
+    from mtl_fast.compare import registry
+
+    try:
+        return registry.family(name)
+    except (ValueError, KeyError):
+        return None
+
+
 def _outcome_json(o: MethodOutcome) -> dict[str, Any]:
     return {
+        "family": _family(o.name),
         "error": o.error,
         "metrics": o.metrics,
         "delta_mtl": o.delta_mtl,
@@ -519,8 +535,22 @@ def _environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
         "threads": 1,
     }
+
+
+def _cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> list[str]:
@@ -641,6 +671,7 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     meta = {
+        "schema": RESULTS_SCHEMA,
         **env,
         "command": command,
         "seconds": seconds,

@@ -13,7 +13,13 @@
   by about that much per step, so it settles within the few hundred steps of this budget
   rather than the 10⁵ of the papers; README, "Pitfalls", has the measurement);
 * the ordinary loop of docs/design.md: ``zs = method.split(z)``, T losses,
-  ``method.loss(losses).backward()``, ``optimizer.step()``;
+  ``method.loss(losses).backward()``, ``optimizer.step()``; except for the methods that keep
+  per-element state of the gradient rows across steps (:func:`gradient_level` is
+  ``"params"``: DB-MTL's gradient EMA, MoCo's tracked gradients, ExcessMTL's accumulated
+  squares), which balance the shared encoder's parameter gradients through
+  ``mtl_fast.backward(losses, method=..., params=encoder.parameters())``, their papers'
+  setting: at the feature level their state would be indexed by batch position, and with
+  reshuffled batches it would mix the gradients of different samples (docs/compare.md);
 * the method's hooks when it has them: ``end_period()`` / ``end_epoch()`` after every epoch
   (LSB, DWA / STCH), ``update_accuracy(kpi)`` after every epoch with the validation KPIs in
   [0, 1] of :meth:`Problem.evaluate` (AMTL, DTP), and ``update(losses)`` after every optimizer
@@ -45,6 +51,7 @@ from torch import nn
 from mtl_fast import metrics as mtl_metrics
 from mtl_fast.compare import registry
 from mtl_fast.compare.problems import Evaluation, MetricTree, Problem, Split
+from mtl_fast.functional import backward as mtl_backward
 from mtl_fast.history import WeightHistory
 from mtl_fast.methods import EqualWeighting
 from mtl_fast.weighting import Weighting
@@ -140,6 +147,44 @@ def deterministic(seed: int, threads: int | None = 1) -> Iterator[None]:
         torch.set_rng_state(rng)
 
 
+def gradient_level(method: nn.Module, model: nn.Module | None = None) -> str:
+    """Where ``method`` balances the task gradients in the comparison: ``"features"`` (``split``
+    on the shared features, the default), ``"params"`` (``mtl_fast.backward(params=)`` on the
+    shared encoder's parameters) for a gradient method that keeps per-element state of the
+    gradient rows across steps (``needs_gradient_rows`` without ``needs_features``: DB-MTL with
+    ``ema="gradient"``, MoCo, ExcessMTL), or ``"loss"`` for a loss-based method.
+
+    ``model`` (optional): a model without an ``encoder`` attribute (a user's problem) has no
+    shared parameters to name, so such a method falls back to ``"features"``.
+    """
+    if not getattr(method, "gradient_based", False):
+        return "loss"
+    rows = bool(getattr(method, "needs_gradient_rows", False))
+    if rows and not getattr(method, "needs_features", False):
+        if model is None or isinstance(getattr(model, "encoder", None), nn.Module):
+            return "params"
+    return "features"
+
+
+def _backward_step(
+    problem: Problem,
+    model: nn.Module,
+    method: nn.Module,
+    batch: Split,
+    tasks: Sequence[int],
+    level: str,
+) -> torch.Tensor:
+    """Forward, the method's weighting and the backward pass of one step; the T losses."""
+    if level == "params":
+        losses = torch.stack(problem.scaled_losses(model(batch.inputs), batch, tasks))
+        mtl_backward(losses, method=method, params=list(model.encoder.parameters()))
+        return losses
+    outputs = model(batch.inputs, method)
+    losses = torch.stack(problem.scaled_losses(outputs, batch, tasks))
+    method.loss(losses).backward()
+    return losses
+
+
 def _normalised(weights: torch.Tensor) -> torch.Tensor:
     w = weights.detach().to(torch.float64).reshape(-1)
     s = w.sum()
@@ -180,6 +225,7 @@ def train_run(
         # every device
         model = problem.build_model(tasks).to(device)
         method = make_method().to(device)
+        level = gradient_level(method, model)
         groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": config.lr}]
         extra = [p for p in method.parameters() if p.requires_grad]
         if extra:
@@ -203,11 +249,8 @@ def train_run(
                 batch = to_device(batch, device)
                 _sync(device)
                 t0 = time.perf_counter()
-                outputs = model(batch.inputs, method)
-                losses = torch.stack(problem.scaled_losses(outputs, batch, tasks))
-                total = method.loss(losses)
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                losses = _backward_step(problem, model, method, batch, tasks, level)
                 optimizer.step()
                 _post_step(problem, model, method, batch, tasks)
                 _sync(device)
