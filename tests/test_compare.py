@@ -391,3 +391,61 @@ def test_python_api_run(tmp_path) -> None:
     assert (tmp_path / "api" / "report.md").exists()
     with pytest.raises(TypeError, match="Problem instance"):
         mtl_fast.compare.run(3.0)  # type: ignore[arg-type]
+
+
+def test_gradient_level_of_each_method() -> None:
+    T = 3
+    assert train.gradient_level(mtl_fast.EqualWeighting(T)) == "loss"
+    assert train.gradient_level(mtl_fast.IMTLG()) == "features"
+    for m in (mtl_fast.methods.DBMTL(T), mtl_fast.methods.MoCo(T), mtl_fast.methods.ExcessMTL(T)):
+        assert train.gradient_level(m) == "params"
+        # a model without an ``encoder`` (a user's own) has no shared parameters to name
+        assert train.gradient_level(m, torch.nn.Linear(2, 2)) == "features"
+    assert train.gradient_level(mtl_fast.methods.DBMTL(T, ema="norm")) == "features"
+    assert train.gradient_level(mtl_fast.methods.GradDrop(T)) == "features"  # acts on features
+
+
+def test_row_state_methods_train_on_the_encoder_parameters(monkeypatch) -> None:
+    problem = get_problem("digits", tiny=True)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=0, max_steps=3)
+    seen: list[int] = []
+    real = train.mtl_backward
+
+    def spy(losses, *, method, params):
+        seen.append(len(params))
+        return real(losses, method=method, params=params)
+
+    monkeypatch.setattr(train, "mtl_backward", spy)
+    split_calls: list[int] = []
+    monkeypatch.setattr(
+        mtl_fast.methods.MoCo, "split", lambda self, z, **kw: split_calls.append(1) or [z] * 5
+    )
+    T = problem.num_tasks
+    run = train_run(problem, list(range(T)), lambda: mtl_fast.methods.MoCo(T), cfg, label="MoCo")
+    n_encoder = len(list(problem.build_model(list(range(T))).encoder.parameters()))
+    assert seen == [n_encoder] * run.steps and not split_calls
+    assert _finite(run.test.metrics)
+
+
+def test_compose_is_compared_as_imtl() -> None:
+    problem = get_problem("digits", tiny=True)
+    result = compare_problem(problem, ["Compose", "IMTL"], TINY)
+    a, b = result.methods["Compose"], result.methods["IMTL"]
+    assert a.ok and b.ok
+    for ra, rb in zip(a.runs, b.runs):
+        for task, ms in ra.test.metrics.items():
+            for k, v in ms.items():
+                assert v == pytest.approx(rb.test.metrics[task][k], rel=1e-4, abs=1e-6)
+
+
+def test_figures_are_palette_pngs(tmp_path) -> None:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot(range(100), [i % 7 for i in range(100)])
+    path = tmp_path / "f.png"
+    report.save_png(fig, path, dpi=150)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "P" and im.size == (300, 300)
+        assert len(im.getcolors() or []) <= report.PNG_COLOURS
