@@ -3,6 +3,7 @@
 Run it with::
 
     mtl-fast compare --problem examples/custom_problem.py:make_problem --methods equal,IMTLG,UW
+    python examples/custom_problem.py        # the same through the Python API, mf.compare.run
 
 Two tasks on scikit-learn's bundled diabetes data (442 patients, 10 features): regress the
 disease progression (MSE on the standardised target; metric MAE ↓) and classify whether it is
@@ -95,3 +96,12 @@ class DiabetesProblem(Problem):
 def make_problem() -> DiabetesProblem:
     """The factory ``mtl-fast compare --problem examples/custom_problem.py:make_problem`` calls."""
     return DiabetesProblem()
+
+
+if __name__ == "__main__":
+    import mtl_fast as mf
+
+    result = mf.compare.run(make_problem(), methods=["equal", "IMTLG", "UW"], seeds=3)
+    for name, outcome in result.methods.items():
+        print(f"{name:>22}: Δ_MTL {outcome.delta_mtl:+.2f} % ± {outcome.delta_mtl_std:.2f}, "
+              f"average rank {outcome.rank:.2f}, {outcome.ms_per_step:.2f} ms/step")  # fmt: skip

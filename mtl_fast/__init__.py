@@ -96,3 +96,13 @@ __all__ = [
     "mgda_weights",
     "reference",
 ]
+
+
+def __getattr__(name: str):
+    # ``mf.compare`` (the method comparison, docs/compare.md) is imported on first use: it
+    # pulls in scikit-learn / matplotlib-based problems that a training loop does not need.
+    if name == "compare":
+        import importlib
+
+        return importlib.import_module("mtl_fast.compare")
+    raise AttributeError(f"module 'mtl_fast' has no attribute {name!r}")

@@ -182,11 +182,19 @@ def test_registry_resolves_and_builds_every_available_method() -> None:
         assert isinstance(method, mtl_fast.Weighting), name
 
 
-def test_registry_expands_all_and_extra() -> None:
+def test_registry_reads_the_method_registry() -> None:
+    from mtl_fast.methods import registry as method_registry
+
+    # every registered method is compared (a method registered later is picked up), plus SI
+    assert set(registry.METHODS) == set(method_registry.names()) | {"SI"}
     assert registry.expand(["all"]) == list(registry.METHODS)
-    extra = registry.extra_methods()
-    assert not set(extra) & set(registry.METHODS)
-    assert registry.expand(["equal", "extra", "EqualWeighting"]) == ["EqualWeighting", *extra]
+    loss, grad = registry.GROUPS["loss"], registry.GROUPS["gradient"]
+    assert set(loss) | set(grad) == set(registry.METHODS) and not set(loss) & set(grad)
+    assert "SI" in loss and "IMTLG" in grad
+    assert registry.expand(["equal", "gradient", "EqualWeighting"]) == ["EqualWeighting", *grad]
+    assert registry.expand(["published"])[:2] == ["EqualWeighting", "SI"]
+    with pytest.raises(ValueError, match="'all' now means"):
+        registry.expand(["extra"])
 
 
 def test_registry_names_and_errors() -> None:
@@ -235,7 +243,7 @@ def test_cli_quick_runs(tmp_path, capsys) -> None:
 
     out = tmp_path / "quick"
     argv = ["compare", "--quick", "--tiny", "--steps", "1", "--epochs", "1"]
-    argv += ["--methods", "equal,IMTLG", "--out", str(out), "--no-progress"]
+    argv += ["--methods", "equal,IMTLG", "--out", str(out), "--no-progress", "--dpi", "40"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for key in ("digits", "denoise", "synthetic-T5", "scale"):
@@ -280,3 +288,164 @@ def test_multitasknet_split_is_used_by_gradient_methods() -> None:
     method.loss(torch.stack(losses)).backward()
     w = method.weights
     assert w.shape == (5,) and float(w.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- SI, devices, API
+def test_si_is_the_sum_of_log_losses_and_scale_invariant() -> None:
+    from mtl_fast.compare.transforms import ScaleInvariant
+
+    si = ScaleInvariant(num_tasks=3)
+    losses = torch.tensor([0.5, 2.0, 8.0], requires_grad=True)
+    total = si.loss(losses)
+    assert float(total) == pytest.approx(float(torch.log(losses.detach()).sum()))
+    total.backward()
+    assert losses.grad is not None
+    assert losses.grad.tolist() == pytest.approx([2.0, 0.5, 0.125])  # 1 / L_t
+    assert si.weights.tolist() == pytest.approx([2.0, 0.5, 0.125])
+    # ×10 on one loss: the same gradient with respect to the model (d log(10 L) = d log L)
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    ScaleInvariant(num_tasks=3).loss(torch.stack([x[0] ** 2, 10 * x[1] ** 2, x[2] ** 2])).backward()
+    assert x.grad is not None and x.grad.tolist() == pytest.approx([2.0, 1.0, 2 / 3])
+    with pytest.raises(ValueError, match="> 0"):
+        ScaleInvariant(num_tasks=2).loss(torch.tensor([1.0, 0.0]))
+
+
+def test_unavailable_cuda_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cpu"):
+        train.resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        train.resolve_device("no-such-device")
+    from mtl_fast.cli import main
+
+    with pytest.raises(SystemExit, match="cuda"):
+        main(["compare", "--problem", "digits", "--tiny", "--device", "cuda", "--no-progress"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_matches_the_protocol() -> None:
+    """--device cuda: model, method and batches on the GPU, metrics finite (runs on GPUs only)."""
+    problem = get_problem("digits", tiny=True)
+    cfg = CompareConfig(
+        epochs=1, max_steps=2, progress=False, timing_rounds=1, timing_steps=1, device="cuda"
+    )
+    result = compare_problem(problem, ["EqualWeighting", "IMTLG", "FAMO"], cfg)
+    assert [o.name for o in result.ran] == ["EqualWeighting", "IMTLG", "FAMO"]
+    assert all(_finite(o.metrics or {}) for o in result.ran)
+
+
+def test_to_device_moves_tensors_and_graph_inputs() -> None:
+    split = problems.Split(torch.zeros(2, 3), {"y": torch.ones(2)})
+    moved = train.to_device(split, torch.device("cpu"))
+    assert moved.inputs is split.inputs  # already there: no copy
+    from mtl_fast.compare.problems.qm9_data import Molecules
+
+    mols = Molecules(*(torch.zeros(1, dtype=torch.int64) for _ in range(4)),
+                     atom_ptr=torch.tensor([0, 1]), edge_ptr=torch.tensor([0, 1]))  # fmt: skip
+    assert mols.to("cpu") is mols and mols.device == torch.device("cpu")
+
+
+def test_reference_with_more_seeds_is_compared_seed_for_seed(digits_result) -> None:
+    two = CompareConfig(
+        epochs=2, max_steps=2, progress=False, timing_rounds=1, timing_steps=2, seeds=(0, 1)
+    )
+    digits2 = compare_problem(get_problem("digits", tiny=True), METHODS, two)
+    scale = compare_problem(get_problem("scale", tiny=True), METHODS, TINY, reference=digits2)
+    assert scale.baseline == digits_result.baseline  # seed 0's single-task models
+    changes = report.scale_changes(scale)
+    for name in METHODS:
+        before = changes[name]["unscaled"]
+        seed0 = problems.get_problem("digits", tiny=True).display_columns(
+            digits2.methods[name].runs[0].test.metrics
+        )
+        assert before == pytest.approx(seed0)
+    with pytest.raises(ValueError, match="do not include"):
+        compare_problem(get_problem("scale", tiny=True), METHODS, two, reference=digits_result)
+
+
+def test_cli_seeds_of_and_quick_note(tmp_path, capsys) -> None:
+    from mtl_fast.cli import main
+
+    out = tmp_path / "q"
+    argv = ["compare", "--problem", "digits,scale", "--quick", "--tiny", "--steps", "1"]
+    argv += ["--epochs", "1", "--seeds", "2", "--seeds-of", "scale=1", "--methods", "equal"]
+    assert main([*argv, "--no-progress", "--dpi", "40", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "quick tier: indicative only" in printed
+    text = (out / "report.md").read_text()
+    assert "Quick tier: indicative only" in text
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["tier"] == "quick"
+    assert data["problems"]["digits"]["train"]["seeds"] == [0, 1]
+    assert data["problems"]["scale"]["train"]["seeds"] == [0]
+    with pytest.raises(SystemExit, match="PROBLEM=N"):
+        main(["compare", "--seeds-of", "scale", "--tiny"])
+
+
+def test_python_api_run(tmp_path) -> None:
+    result = mtl_fast.compare.run(
+        "scale", methods="equal,SI", seeds=1, epochs=1, tiny=True, out=tmp_path / "api"
+    )
+    assert [o.name for o in result.ran] == ["EqualWeighting", "SI"]
+    assert result.reference is not None and result.reference.problem.key == "digits"
+    assert (tmp_path / "api" / "report.md").exists()
+    with pytest.raises(TypeError, match="Problem instance"):
+        mtl_fast.compare.run(3.0)  # type: ignore[arg-type]
+
+
+def test_gradient_level_of_each_method() -> None:
+    T = 3
+    assert train.gradient_level(mtl_fast.EqualWeighting(T)) == "loss"
+    assert train.gradient_level(mtl_fast.IMTLG()) == "features"
+    for m in (mtl_fast.methods.DBMTL(T), mtl_fast.methods.MoCo(T), mtl_fast.methods.ExcessMTL(T)):
+        assert train.gradient_level(m) == "params"
+        # a model without an ``encoder`` (a user's own) has no shared parameters to name
+        assert train.gradient_level(m, torch.nn.Linear(2, 2)) == "features"
+    assert train.gradient_level(mtl_fast.methods.DBMTL(T, ema="norm")) == "features"
+    assert train.gradient_level(mtl_fast.methods.GradDrop(T)) == "features"  # acts on features
+
+
+def test_row_state_methods_train_on_the_encoder_parameters(monkeypatch) -> None:
+    problem = get_problem("digits", tiny=True)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=0, max_steps=3)
+    seen: list[int] = []
+    real = train.mtl_backward
+
+    def spy(losses, *, method, params):
+        seen.append(len(params))
+        return real(losses, method=method, params=params)
+
+    monkeypatch.setattr(train, "mtl_backward", spy)
+    split_calls: list[int] = []
+    monkeypatch.setattr(
+        mtl_fast.methods.MoCo, "split", lambda self, z, **kw: split_calls.append(1) or [z] * 5
+    )
+    T = problem.num_tasks
+    run = train_run(problem, list(range(T)), lambda: mtl_fast.methods.MoCo(T), cfg, label="MoCo")
+    n_encoder = len(list(problem.build_model(list(range(T))).encoder.parameters()))
+    assert seen == [n_encoder] * run.steps and not split_calls
+    assert _finite(run.test.metrics)
+
+
+def test_compose_is_compared_as_imtl() -> None:
+    problem = get_problem("digits", tiny=True)
+    result = compare_problem(problem, ["Compose", "IMTL"], TINY)
+    a, b = result.methods["Compose"], result.methods["IMTL"]
+    assert a.ok and b.ok
+    for ra, rb in zip(a.runs, b.runs):
+        for task, ms in ra.test.metrics.items():
+            for k, v in ms.items():
+                assert v == pytest.approx(rb.test.metrics[task][k], rel=1e-4, abs=1e-6)
+
+
+def test_figures_are_palette_pngs(tmp_path) -> None:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot(range(100), [i % 7 for i in range(100)])
+    path = tmp_path / "f.png"
+    report.save_png(fig, path, dpi=150)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "P" and im.size == (300, 300)
+        assert len(im.getcolors() or []) <= report.PNG_COLOURS

@@ -29,6 +29,9 @@ __all__ = ["register", "run"]
 #: ``--quick``: T for synthetic unless --tasks is given.
 QUICK_TASKS = 5
 
+#: figure resolution (``--dpi``)
+DEFAULT_DPI = 150
+
 
 def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand to the ``mtl-fast`` parser."""
@@ -47,7 +50,8 @@ def register(subparsers: Any) -> None:
         default="all",
         help=(
             "digits, denoise, synthetic, scale, multimnist, qm9, qm9-raw (needs the "
-            "mtl_fast[qm9] extra), all (the first five), or your own problem as "
+            "mtl_fast[qm9] extra), nyuv2, cityscapes, celeba (need --data-root), all (the "
+            "first five), or your own problem as "
             "module:factory or file.py:factory (docs/compare.md); several comma-separated "
             "(default all)"
         ),
@@ -56,8 +60,9 @@ def register(subparsers: Any) -> None:
         "--methods",
         default="all",
         help=(
-            "comma-separated method names or aliases; 'all' = the 17 methods of the papers "
-            "(default), 'extra' = the other methods in mtl_fast.methods (see --list-methods)"
+            "comma-separated method names, aliases or groups: 'all' = every registered method "
+            "plus SI (default), 'loss', 'gradient', 'published' = the methods of the published "
+            "QM9 tables (see --list-methods)"
         ),
     )
     p.add_argument(
@@ -66,8 +71,39 @@ def register(subparsers: Any) -> None:
         default=None,
         help="qm9 size: reduced (default; CPU minutes per method) or full (the papers' split)",
     )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="PATH",
+        help=(
+            "nyuv2 / cityscapes: the folder with train/ and val/ in the MTAN/LibMTL .npy layout; "
+            "celeba: the folder with list_attr_celeba.txt, list_eval_partition.txt and "
+            "img_align_celeba/ (docs/compare.md, 'Local data')"
+        ),
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="with --data-root: at most this many samples per split (a quick look on a CPU)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default per problem)")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, averaged (default 1)")
+    p.add_argument(
+        "--seeds-of",
+        action="append",
+        default=[],
+        metavar="PROBLEM=N",
+        help=(
+            "fewer seeds for one problem, e.g. qm9-raw=1 beside --seeds 3 (its first N seeds; "
+            "repeatable)"
+        ),
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where models train: cpu (default), cuda, cuda:1, ... (same code, same seeds)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument(
         "--tasks",
@@ -85,12 +121,18 @@ def register(subparsers: Any) -> None:
         help=f"Adam learning rate of the methods' own parameters (default {Weighting.default_lr})",
     )
     p.add_argument("--out", default="compare-out", help="output directory (default compare-out)")
-    p.add_argument("--dpi", type=int, default=60, help="figure resolution (default 60)")
     p.add_argument(
-        "--all-figures", action="store_true", help="draw the weights of every method, not 6"
+        "--dpi", type=int, default=DEFAULT_DPI, help=f"figure resolution (default {DEFAULT_DPI})"
     )
     p.add_argument(
-        "--quick", action="store_true", help="all four problems on a reduced budget (< 3 min)"
+        "--all-figures",
+        action="store_true",
+        help=argparse.SUPPRESS,  # kept for old scripts: every method is always drawn now
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the quick tier: the default problems on a reduced budget (minutes); indicative only",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-methods", action="store_true", help="list methods and availability")
@@ -134,23 +176,31 @@ def _build(name: str, args: argparse.Namespace, num_tasks: int | None) -> Any:
         if is_user_spec(name):
             return load_user_problem(name)
         options: dict[str, Any] = {}
+        params = inspect.signature(PROBLEMS[name]).parameters
+        if "data_root" in params:
+            options["data_root"] = args.data_root
+            if args.limit is not None:
+                options["limit"] = args.limit
         if args.protocol is not None:
             if "protocol" not in inspect.signature(PROBLEMS[name]).parameters:
                 raise ValueError(f"--protocol applies to qm9 and qm9-raw, not {name!r}")
             options["protocol"] = args.protocol
         return get_problem(name, tiny=args.tiny, num_tasks=num_tasks, **options)
-    except (ImportError, ValueError) as exc:
+    except (ImportError, ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"mtl-fast compare: {exc}") from None
 
 
 def _list_methods() -> int:
     from mtl_fast.compare import registry
 
-    for name in list(registry.METHODS) + registry.extra_methods():
+    for name in registry.METHODS:
         cls, where = registry.resolve(name)
         state = "available: " + where if cls is not None else "UNAVAILABLE: " + where
-        tag = "" if name in registry.METHODS else " (extra)"
-        print(f"{name + tag:<22} {state}")
+        tags = [registry.family(name)] + (
+            ["published QM9"] if name in registry.GROUPS["published"] else []
+        )
+        print(f"{name:<22} {', '.join(tags):<24} {state}")
+    print("\ngroups for --methods: " + ", ".join(registry.GROUPS))
     return 0
 
 
@@ -161,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     from mtl_fast.compare import registry, report
     from mtl_fast.compare.problems import PROBLEMS
     from mtl_fast.compare.problems.user import is_user_spec
-    from mtl_fast.compare.train import CompareConfig, ProblemResult, compare_problem
+    from mtl_fast.compare.train import CompareConfig, ProblemResult, compare_problem, resolve_device
 
     start = time.perf_counter()
     names = _problems(args.problem, args.quick)
@@ -176,6 +226,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {n}: {why}", file=sys.stderr)
     if args.seeds < 1:
         raise SystemExit("mtl-fast compare: --seeds must be >= 1")
+    seeds_of = _seeds_of(args.seeds_of, args.seeds)
+    if args.data_root is not None and not any(
+        n in PROBLEMS and "data_root" in inspect.signature(PROBLEMS[n]).parameters for n in names
+    ):
+        raise SystemExit(
+            "mtl-fast compare: --data-root applies to nyuv2, cityscapes and celeba, none of "
+            f"which is in --problem {args.problem!r}"
+        )
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"mtl-fast compare: {exc}") from None
     if args.tasks is not None:
         try:
             task_counts = [int(t) for t in str(args.tasks).split(",") if t.strip()]
@@ -196,33 +258,70 @@ def run(args: argparse.Namespace) -> int:
                 if args.epochs is not None
                 else (problem.quick_epochs if args.quick else None)
             )
+            n_seeds = seeds_of.get(name, args.seeds)
             config = CompareConfig(
                 epochs=epochs,
-                seeds=tuple(range(args.seed, args.seed + args.seeds)),
+                seeds=tuple(range(args.seed, args.seed + n_seeds)),
                 batch_size=args.batch_size,
                 lr=args.lr,
                 max_steps=args.steps,
                 method_lr=args.method_lr,
                 progress=not args.no_progress,
                 timing_rounds=6 if args.quick else 20,
+                device=args.device,
+                quick=args.quick,
             )
             ref = by_name.get(cls.reference_problem) if cls.reference_problem else None
             result = compare_problem(problem, methods, config, reference=ref)
             by_name.setdefault(name, result)
             results.append(result)
             _print_result(result)
+            if len(results) < len(names) * len(task_counts):
+                # a partial report after each problem: a long campaign keeps what it finished
+                _write(results, args, time.perf_counter() - start, final=False)
     seconds = time.perf_counter() - start
+    path = _write(results, args, seconds, final=True)
+    if args.quick:
+        print(f"\n{report.QUICK_NOTE}")
+    print(f"\nReport: {path}  ({seconds:.1f} s in total)")
+    return 0
+
+
+def _write(results: list[Any], args: argparse.Namespace, seconds: float, *, final: bool) -> Any:
+    from mtl_fast.compare import report
+
     command = "mtl-fast compare " + " ".join(shlex.quote(a) for a in _argv_for_report(args))
-    path = report.write_report(
+    return report.write_report(
         results,
         args.out,
         command=command,
         seconds=seconds,
         dpi=args.dpi,
-        all_figures=args.all_figures,
+        figures=final,
+        partial=not final,
     )
-    print(f"\nReport: {path}  ({seconds:.1f} s in total)")
-    return 0
+
+
+def _seeds_of(specs: list[str], default: int) -> dict[str, int]:
+    """``--seeds-of qm9-raw=1`` → ``{"qm9-raw": 1}``, checked against ``--seeds``."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if not sep or not name.strip() or n < 1:
+            raise SystemExit(
+                f"mtl-fast compare: --seeds-of wants PROBLEM=N with N >= 1; got {spec!r}"
+            )
+        if n > default:
+            raise SystemExit(
+                f"mtl-fast compare: --seeds-of {spec}: more seeds than --seeds {default} (a "
+                "problem's seeds are the first N of the run's)"
+            )
+        out[name.strip().lower()] = n
+    return out
 
 
 def _print_result(result: Any) -> None:
@@ -245,6 +344,10 @@ def _argv_for_report(args: argparse.Namespace) -> list[str]:
     out = ["--problem", args.problem, "--methods", args.methods]
     if args.quick:
         out.append("--quick")
+    for spec in args.seeds_of:
+        out += ["--seeds-of", spec]
+    if args.device != "cpu":
+        out += ["--device", args.device]
     for flag, value in (
         ("--epochs", args.epochs),
         ("--tasks", args.tasks),
@@ -252,6 +355,8 @@ def _argv_for_report(args: argparse.Namespace) -> list[str]:
         ("--lr", args.lr),
         ("--steps", args.steps),
         ("--protocol", args.protocol),
+        ("--data-root", args.data_root),
+        ("--limit", args.limit),
     ):
         if value is not None:
             out += [flag, str(value)]
@@ -263,7 +368,7 @@ def _argv_for_report(args: argparse.Namespace) -> list[str]:
         out += ["--method-lr", str(args.method_lr)]
     if args.tiny:
         out.append("--tiny")
-    if args.all_figures:
-        out.append("--all-figures")
+    if args.dpi != DEFAULT_DPI:
+        out += ["--dpi", str(args.dpi)]
     out += ["--out", args.out]
     return out

@@ -1,8 +1,10 @@
 """Method name → constructor, with sensible defaults for the comparison problems.
 
-Classes come from the method registry (:mod:`mtl_fast.methods.registry`). A method that is not
-registered, or whose constructor needs an argument the comparison cannot supply, is listed as
-*unavailable* with the reason; it never stops the comparison.
+The method list is the method registry's (:mod:`mtl_fast.methods.registry`: every registered
+method, in its order), plus the comparison-side baselines of :mod:`mtl_fast.compare.transforms`
+(SI, the scale-invariant Σ log L_t of the published QM9 tables). A method whose constructor
+needs an argument the comparison cannot supply is listed as *unavailable* with the reason; it
+never stops the comparison.
 
 Defaults (each passed only when the constructor has a parameter of that name):
 
@@ -16,8 +18,10 @@ LSB                         ``expected_periods`` = the number of epochs (β reac
 AMTL                        ``potentials`` = single-task validation KPIs (Yun & Cho 2023: p_t is the
                             single-task accuracy), floored at 1e-3
 DWA                         ``temperature=2`` (the paper's)
-RLW, PCGrad                 ``seed`` = the run's seed
+methods with ``seed``       ``seed`` = the run's seed (RLW, PCGrad, GradVac, ...)
 StaticWeighting             ``weights`` = the problem's static weights (see the report)
+Compose                     the method registry's representative composition,
+                            ``Compose(IMTLL(T), IMTLG())`` (which equals IMTL)
 others                      the class defaults
 ==========================  ==================================================================
 """
@@ -30,49 +34,87 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from mtl_fast.compare.transforms import COMPARISON_METHODS
+from mtl_fast.methods import registry as method_registry
+
 __all__ = [
     "ALIASES",
+    "GROUPS",
     "METHODS",
     "MethodContext",
     "build_method",
     "canonical_name",
     "expand",
-    "extra_methods",
+    "family",
     "resolve",
     "resolve_all",
 ]
 
-#: Every method the comparison knows, in report order (loss-based, then gradient-based).
-METHODS: tuple[str, ...] = (
+
+def _ordered_methods() -> tuple[str, ...]:
+    """Every method of the method registry (:mod:`mtl_fast.methods.registry`, its order:
+    loss-based, then gradient-based) with the comparison-side baselines
+    (:data:`~mtl_fast.compare.transforms.COMPARISON_METHODS`) after the loss-based ones."""
+    names = list(method_registry.names())
+    loss = [n for n in names if method_registry.get(n).family == "loss"]
+    grad = [n for n in names if n not in loss]
+    return tuple(loss + [n for n in COMPARISON_METHODS if n not in names] + grad)
+
+
+#: Every method the comparison knows, in report order (loss-based, the comparison-side
+#: baselines, then gradient-based). Read from the method registry, so a method registered there
+#: is compared without another list to edit.
+METHODS: tuple[str, ...] = _ordered_methods()
+
+#: The methods of the published QM9 tables (Navon et al. 2022 Table 2, Liu et al. 2023 Table 3),
+#: under this library's names: LS, SI, RLW, DWA, UW, MGDA, PCGrad, CAGrad, IMTL-G, Nash-MTL, FAMO.
+PUBLISHED_QM9: tuple[str, ...] = (
     "EqualWeighting",
-    "StaticWeighting",
-    "UncertaintyWeighting",
-    "CVWeighting",
-    "LSB",
-    "AMTL",
-    "IMTLL",
-    "GLS",
-    "DWA",
+    "SI",
     "RLW",
-    "DTP",
-    "IMTLG",
-    "IMTL",
+    "DWA",
+    "UncertaintyWeighting",
     "MGDA",
-    "GradNorm",
     "PCGrad",
     "CAGrad",
+    "IMTLG",
+    "NashMTL",
+    "FAMO",
 )
+
+
+def _family_of(canon: str) -> str:
+    if canon in COMPARISON_METHODS:
+        return "gradient" if COMPARISON_METHODS[canon].gradient_based else "loss"
+    return method_registry.get(canon).family
+
+
+def family(name: str) -> str:
+    """``"loss"`` or ``"gradient"`` for a method of :data:`METHODS` (or an alias)."""
+    return _family_of(canonical_name(name))
+
+
+#: Group names accepted by :func:`expand` (``--methods``), each with its members.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": METHODS,
+    "loss": tuple(n for n in METHODS if _family_of(n) == "loss"),
+    "gradient": tuple(n for n in METHODS if _family_of(n) == "gradient"),
+    "published": PUBLISHED_QM9,
+}
 
 #: Short names accepted on the command line (case-insensitive, '-' and '_' ignored).
 ALIASES: dict[str, str] = {
     "equal": "EqualWeighting",
     "ew": "EqualWeighting",
+    "ls": "EqualWeighting",
     "uniform": "EqualWeighting",
     "static": "StaticWeighting",
     "uncertainty": "UncertaintyWeighting",
     "uw": "UncertaintyWeighting",
     "kendall": "UncertaintyWeighting",
     "cv": "CVWeighting",
+    "nash": "NashMTL",
+    "scaleinvariant": "SI",
 }
 
 
@@ -100,7 +142,8 @@ class MethodContext:
 
 def _defaults(name: str, ctx: MethodContext) -> dict[str, Any]:
     """Candidate keyword arguments for ``name`` (filtered by the signature later)."""
-    kw: dict[str, Any] = {"num_tasks": ctx.num_tasks}
+    # seed: every method with a generator of its own (RLW, PCGrad, ...) draws from the run's seed
+    kw: dict[str, Any] = {"num_tasks": ctx.num_tasks, "seed": int(ctx.seed)}
     if name == "UncertaintyWeighting" and ctx.task_types is not None:
         kw["task_types"] = list(ctx.task_types)
     elif name == "LSB":
@@ -109,8 +152,6 @@ def _defaults(name: str, ctx: MethodContext) -> dict[str, Any]:
         kw["potentials"] = [max(1e-3, float(p)) for p in ctx.potentials]
     elif name == "DWA":
         kw["temperature"] = 2.0
-    elif name in ("RLW", "PCGrad"):
-        kw["seed"] = int(ctx.seed)
     elif name == "StaticWeighting" and ctx.static_weights is not None:
         kw["weights"] = [float(w) for w in ctx.static_weights]
     kw.update(ctx.extra.get(name, {}))
@@ -122,60 +163,54 @@ def _key(name: str) -> str:
 
 
 def canonical_name(name: str) -> str:
-    """The class name for ``name`` (a class name or an alias; case-insensitive; also any other
-    :class:`mtl_fast.Weighting` subclass found in ``mtl_fast.methods``, see :func:`extra_methods`).
+    """The name in :data:`METHODS` for ``name`` (a class name or an alias; case-insensitive,
+    '-' and '_' ignored).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
     key = _key(name)
     for m in METHODS:
-        if m.lower() == key:
+        if _key(m) == key:
             return m
     if key in ALIASES:
         return ALIASES[key]
-    for m in extra_methods():
-        if m.lower() == key:
-            return m
     raise ValueError(
         f"unknown method {name!r}; known: {', '.join(METHODS)} "
-        f"(aliases: {', '.join(sorted(ALIASES))}; extra: {', '.join(extra_methods()) or 'none'})"
+        f"(aliases: {', '.join(sorted(ALIASES))}; groups: {', '.join(GROUPS)})"
     )
 
 
-def extra_methods() -> list[str]:
-    """Registered methods (:mod:`mtl_fast.methods.registry`) beyond :data:`METHODS` (e.g. FAMO,
-    STCH), sorted; requested by name or with the ``extra`` token of :func:`expand`."""
-    from mtl_fast.methods import registry
-
-    return sorted(n for n in registry.names() if n not in METHODS)
-
-
 def expand(names: Sequence[str]) -> list[str]:
-    """Canonical names for a user list: ``all`` → :data:`METHODS`, ``extra`` →
-    :func:`extra_methods`, anything else through :func:`canonical_name`; duplicates dropped."""
+    """Canonical names for a user list: a group of :data:`GROUPS` (``all``, ``loss``,
+    ``gradient``, ``published``) → its members, anything else through :func:`canonical_name`;
+    duplicates dropped, order kept."""
     out: list[str] = []
     for n in names:
         n = n.strip()
         if not n:
             continue
-        if n.lower() == "all":
-            out += list(METHODS)
+        if n.lower() in GROUPS:
+            out += list(GROUPS[n.lower()])
         elif n.lower() == "extra":
-            out += extra_methods()
+            raise ValueError(
+                "the method group 'extra' is gone: 'all' now means every registered method "
+                f"({len(METHODS)}); 'loss' and 'gradient' select a family"
+            )
         else:
             out.append(canonical_name(n))
     return list(dict.fromkeys(out))
 
 
 def resolve(name: str) -> tuple[type | None, str]:
-    """The class for ``name`` and where it was found (the method registry), or
-    ``(None, reason)``."""
-    from mtl_fast.methods import registry
-
+    """The class for ``name`` and where it was found (the method registry, or the comparison's
+    own baselines), or ``(None, reason)``."""
     name = canonical_name(name)
+    if name in COMPARISON_METHODS:
+        cls: type = COMPARISON_METHODS[name]
+        return cls, f"{cls.__module__}.{cls.__name__} (comparison-side)"
     try:
-        cls = registry.get(name).cls
+        cls = method_registry.get(name).cls
     except KeyError:
         return None, "not in the method registry (mtl_fast.methods.registry)"
     return cls, f"{cls.__module__}.{name}"
@@ -202,6 +237,9 @@ def build_method(name: str, ctx: MethodContext) -> nn.Module:
     if cls is None:
         raise LookupError(f"{canon}: {where}")
     kwargs, missing = _constructor_kwargs(cls, _defaults(canon, ctx))
+    if missing and canon in method_registry.names() and method_registry.get(canon).make:
+        # a method whose constructor takes objects (Compose): the registry's own instance
+        return method_registry.get(canon).build(ctx.num_tasks)
     if missing:
         raise LookupError(
             f"{canon} ({where}) needs {', '.join(missing)}, which the comparison cannot supply"

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from mtl_fast.compare import published_report
 from mtl_fast.compare.train import MethodOutcome, ProblemResult, RunResult
 
 __all__ = [
-    "FEATURED",
+    "QUICK_NOTE",
     "problem_table",
     "results_json",
     "scale_changes",
@@ -36,15 +37,19 @@ __all__ = [
     "write_report",
 ]
 
-#: Methods drawn in the featured weight figure, when they ran (Lee et al. 2021 Figure 9's set plus
-#: the gradient balancers).
 #: above this many tasks the weight figures colour tasks by index instead of a legend.
 MAX_LEGEND = 12
 
 #: Δ_MTL below this is drawn clipped (with its value written) in the summary chart.
 SUMMARY_FLOOR = -60.0
 
-FEATURED = ("EqualWeighting", "UncertaintyWeighting", "DWA", "LSB", "IMTLG", "GradNorm")
+#: what ``--quick`` results say about themselves (printed, and at the top of the report)
+QUICK_NOTE = (
+    "quick tier: indicative only. It differs from the full protocol: each problem's "
+    "`quick_epochs` instead of its `epochs` (recorded per problem below), `synthetic` at T = 5 "
+    "instead of 10, and 6 instead of 20 timing rounds; rankings and Δ_MTL can change at the "
+    "full budget."
+)
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -98,6 +103,14 @@ def _single_rows(result: ProblemResult) -> list[tuple[str, dict[str, float]]]:
     return [("single-task", _display(result, result.baseline))]
 
 
+def _display_std(result: ProblemResult, outcome: MethodOutcome) -> dict[str, float]:
+    """Standard deviation over the seeds of every display column (empty with one seed)."""
+    if len(outcome.runs) < 2:
+        return {}
+    per_run = [_display(result, r.test.metrics) for r in outcome.runs]
+    return {c: float(np.std([d[c] for d in per_run])) for c in per_run[0]}
+
+
 def problem_table(result: ProblemResult) -> str:
     """The main Markdown table of one problem (see the module docstring)."""
     problem = result.problem
@@ -121,10 +134,14 @@ def problem_table(result: ProblemResult) -> str:
         lines.append(_row([f"*{label}*", *[_fmt(disp[c]) for c in cols], *tail]))
     for o in ran:
         d = displays[o.name]
+        spread = _display_std(result, o)
         cells = [o.name]
         for c in cols:
             s = _fmt(d[c])
-            cells.append(f"**{s}**" if best[c] is not None and d[c] == best[c] else s)
+            s = f"**{s}**" if best[c] is not None and d[c] == best[c] else s
+            if c in spread:
+                s += f" ± {_fmt(spread[c], 2)}"
+            cells.append(s)
         delta = _fmt_signed(o.delta_mtl, o.delta_mtl_std)
         cells.append(f"**{delta}**" if o.delta_mtl == best_delta else delta)
         acc = _fmt(o.acc_mtl)
@@ -138,6 +155,9 @@ def problem_table(result: ProblemResult) -> str:
     for o in result.methods.values():
         if not o.ok:
             lines.append(_row([o.name, f"*{o.error}*", *[""] * (len(header) - 2)]))
+    notes = sorted({o.delta_note for o in ran if o.delta_note})
+    if notes:
+        lines += ["", "Δ_MTL undefined: " + "; ".join(notes)]
     return "\n".join(lines)
 
 
@@ -156,7 +176,8 @@ def scale_changes(result: ProblemResult) -> dict[str, dict[str, Any]]:
         if r is None or not r.ok or o.metrics is None or r.metrics is None:
             continue
         now = _display(result, o.metrics)
-        before = _display(ref, r.metrics)
+        before_tree, before_delta = _reference_on_seeds(ref, r, list(result.config.seeds))
+        before = _display(ref, before_tree)
         changes = {c: now[c] - before[c] for c in now}
         rel = [abs(changes[c]) / abs(before[c]) for c in now if before[c] != 0]
         out[o.name] = {
@@ -164,9 +185,28 @@ def scale_changes(result: ProblemResult) -> dict[str, dict[str, Any]]:
             "unscaled": before,
             "changes": changes,
             "mean_abs_rel_change": 100.0 * float(np.mean(rel)) if rel else float("nan"),
-            "delta_mtl_change": o.delta_mtl - r.delta_mtl,
+            "delta_mtl_change": o.delta_mtl - before_delta,
         }
     return out
+
+
+def _reference_on_seeds(
+    ref: ProblemResult, outcome: MethodOutcome, seeds: Sequence[int]
+) -> tuple[dict[str, dict[str, float]], float]:
+    """The reference run's mean metrics and mean Δ_MTL over ``seeds`` only (a reference run
+    with more seeds, e.g. ``qm9`` with 3 beside ``qm9-raw`` with 1, is compared seed for seed)."""
+    ref_seeds = list(ref.config.seeds)
+    runs = [r for r in outcome.runs if r.seed in seeds]
+    trees = [r.test.metrics for r in runs]
+    mean = {
+        t: {m: float(np.mean([tr[t][m] for tr in trees])) for m in ms} for t, ms in trees[0].items()
+    }
+    deltas = []
+    for r in runs:
+        row = ref.singles[ref_seeds.index(r.seed)]
+        base = ref.problem.baseline([s.test for s in row])
+        deltas.append(ref.problem.delta_mtl(r.test.metrics, base))
+    return mean, float(np.mean(deltas))
 
 
 def scale_table(result: ProblemResult) -> str:
@@ -229,82 +269,129 @@ def overview_table(results: Sequence[ProblemResult]) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+def write_figures(result: ProblemResult, out_dir: Path, *, dpi: int = 150) -> dict[str, list[Path]]:
+    """The figures of one problem: the weights of **every** method that ran, as small multiples
+    (``{key}_weights.png``), their loss scales w·L (``{key}_scales.png``, log scale), and for a
+    problem with a reference run, the change chart (``{key}_changes.png``).
 
-
-def write_figures(
-    result: ProblemResult,
-    out_dir: Path,
-    *,
-    dpi: int = 60,
-    per_figure: int = 6,
-    all_methods: bool = False,
-) -> dict[str, list[Path]]:
-    """Weight / loss-scale figures of one problem (and the scale-change chart for ``scale``).
-
-    The featured figure shows :data:`FEATURED` (the methods that ran); ``all_methods`` adds
-    figures of every method, ``per_figure`` per file.
-
-    Returns ``{"featured": [path], "all": [paths], "extra": [paths]}``.
+    Returns ``{"weights": [path], "scales": [path], "extra": [paths]}`` (empty lists when
+    nothing was recorded).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     key = result.problem.key
-    recorded = [m for m in result.history.methods]
-    paths: dict[str, list[Path]] = {"featured": [], "all": [], "extra": []}
-    if not recorded:
-        return paths
-    featured = [m for m in FEATURED if m in recorded] or recorded[:per_figure]
-    chunks = _chunks(recorded, per_figure) if all_methods else []
-    for kind, methods, p in [("featured", featured, out_dir / f"{key}_weights.png")] + [
-        ("all", chunk, out_dir / f"{key}_weights_all_{i}.png")
-        for i, chunk in enumerate(chunks, start=1)
-    ]:
-        with warnings.catch_warnings():
-            # many tasks: the legend does not fit until _colour_by_task removes it
-            warnings.filterwarnings("ignore", message="Tight layout not applied")
-            fig = result.history.plot(
-                None, methods=methods, log_scale=True, figsize=(2.6 * len(methods), 4.6), dpi=dpi
-            )
-        if result.problem.num_tasks > MAX_LEGEND:
-            _colour_by_task(fig, result.problem.num_tasks)
-        fig.savefig(p, dpi=dpi)
-        _close(fig)
-        paths[kind].append(p)
+    paths: dict[str, list[Path]] = {"weights": [], "scales": [], "extra": [], "published": []}
+    if result.history.methods:
+        for kind in ("weights", "scales"):
+            p = out_dir / f"{key}_{kind}.png"
+            _small_multiples(result, kind, p, dpi=dpi)
+            paths[kind].append(p)
     if result.reference is not None:
         p = out_dir / f"{key}_changes.png"
         if _scale_chart(result, p, dpi=dpi):
             paths["extra"].append(p)
+    comp = published_report.comparison(result)
+    if comp is not None:
+        p = out_dir / f"{key}_published.png"
+        if published_report.comparison_chart(comp, p, dpi=dpi):
+            paths["published"].append(p)
     return paths
 
 
-def _close(fig: Any) -> None:
-    fig.clf()
+#: small multiples: methods per row
+PANELS_PER_ROW = 6
 
 
-def _colour_by_task(fig: Any, num_tasks: int) -> None:
-    """Many tasks: drop the legend, colour task t by viridis(t / (T − 1)) and add a colour bar
-    (for ``synthetic`` the task index orders σ_t from 1 to 100)."""
+#: colours of a saved figure's palette (:func:`save_png`)
+PNG_COLOURS = 64
+
+
+def save_png(fig: Any, path: Path, *, dpi: int) -> None:
+    """Save a Matplotlib figure as a palette PNG (:data:`PNG_COLOURS` adaptive colours, no
+    dithering): line plots of hundreds of noisy steps are 3-4 times smaller than the RGBA file
+    and look the same at the saved resolution."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        palette = im.convert("RGB").quantize(
+            colors=PNG_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+        )
+    palette.save(path, format="PNG", optimize=True)
+
+
+def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) -> None:
+    """One panel per recorded method: the normalised weights (``kind="weights"``, shared
+    linear y axis) or the loss scales w·L (``"scales"``, shared log y axis) of every task over
+    the training steps of the first seed; tasks coloured alike in every panel (a legend up to
+    :data:`MAX_LEGEND` tasks, else a colour bar over the task index)."""
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    cmap = matplotlib.colormaps["viridis"]
-    for ax in fig.axes:
-        legend = ax.get_legend()
-        if legend is not None:
-            legend.remove()
-        lines = ax.get_lines()
-        if len(lines) == num_tasks:
-            for t, line in enumerate(lines):
-                line.set_color(cmap(t / max(1, num_tasks - 1)))
-                line.set_linewidth(0.6)
-    mappable = matplotlib.cm.ScalarMappable(
-        norm=matplotlib.colors.Normalize(0, num_tasks - 1), cmap=cmap
+    history = result.history
+    methods = list(history.methods)
+    T = result.problem.num_tasks
+    names = list(result.problem.task_names)
+    cols = min(PANELS_PER_ROW, len(methods))
+    rows = -(-len(methods) // cols)
+    fig = Figure(figsize=(2.4 * cols + 1.4, 1.9 * rows + 0.9), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharex=False, sharey=True, squeeze=False)
+    cmap = matplotlib.colormaps["viridis" if T > MAX_LEGEND else "tab20" if T > 10 else "tab10"]
+    colour = [cmap(t / max(1, T - 1)) if T > MAX_LEGEND else cmap(t) for t in range(T)]
+    for k, ax in enumerate(axes.flat):
+        if k >= len(methods):
+            ax.set_visible(False)
+            continue
+        arrays = history.to_arrays(methods[k])
+        values = arrays[kind]
+        for t in range(values.shape[1]):
+            ys = values[:, t]
+            if kind == "scales":
+                ys = np.where(ys > 0, ys, np.nan)
+            ax.plot(arrays["steps"], ys, color=colour[t], lw=0.7 if T > MAX_LEGEND else 0.9)
+        outcome = result.methods.get(methods[k])
+        failed = outcome is not None and not outcome.ok
+        ax.set_title(
+            methods[k] + (" (failed, see the table)" if failed else ""),
+            fontsize=9 if not failed else 7,
+            color="C3" if failed else "black",
+        )
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if kind == "scales":
+            ax.set_yscale("log")
+        if k % cols == 0:
+            ax.set_ylabel("weight (Σ = 1)" if kind == "weights" else "w·L (log)", fontsize=8)
+        if k // cols == rows - 1 or k + cols >= len(methods):
+            ax.set_xlabel("step", fontsize=8)
+    what = "task weights, normalised to sum to 1" if kind == "weights" else "loss scales w·L"
+    fig.suptitle(
+        f"{result.problem.key}: {what}, every method (seed {result.config.seeds[0]})", fontsize=10
     )
-    width = fig.get_figwidth()
-    right = 1.0 - 0.9 / width  # keep ~0.9 inch for the colour bar and its labels
-    fig.tight_layout(rect=(0, 0, right, 1))
-    cax = fig.add_axes((right + 0.1 / width, 0.15, 0.12 / width, 0.7))
-    fig.colorbar(mappable, cax=cax, label="task index")
+    right = 1.0 - 1.3 / fig.get_figwidth()
+    fig.tight_layout(rect=(0, 0, right, 0.97))
+    if T > MAX_LEGEND:
+        mappable = matplotlib.cm.ScalarMappable(
+            norm=matplotlib.colors.Normalize(0, T - 1), cmap=cmap
+        )
+        cax = fig.add_axes(
+            (right + 0.15 / fig.get_figwidth(), 0.15, 0.15 / fig.get_figwidth(), 0.7)
+        )
+        fig.colorbar(mappable, cax=cax, label="task index")
+    else:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], color=colour[t], lw=1.5) for t in range(T)]
+        fig.legend(
+            handles, names, loc="center left", bbox_to_anchor=(right, 0.5), fontsize=8,
+            frameon=False,
+        )  # fmt: skip
+    save_png(fig, path, dpi=dpi)
 
 
 def _scale_chart(result: ProblemResult, path: Path, *, dpi: int) -> bool:
@@ -326,11 +413,11 @@ def _scale_chart(result: ProblemResult, path: Path, *, dpi: int) -> bool:
     ax.set_title(f"{result.problem.key}: metric change when one loss is ×10 (lower = invariant)")
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    save_png(fig, path, dpi=dpi)
     return True
 
 
-def summary_chart(results: Sequence[ProblemResult], path: Path, *, dpi: int = 60) -> bool:
+def summary_chart(results: Sequence[ProblemResult], path: Path, *, dpi: int = 150) -> bool:
     """Δ_MTL per method (rows) and problem (bars): an overview figure."""
     shown = [r for r in results if r.ran and r.reference is None]
     if not shown:
@@ -373,7 +460,7 @@ def summary_chart(results: Sequence[ProblemResult], path: Path, *, dpi: int = 60
     ax.legend(fontsize="small")
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    save_png(fig, path, dpi=dpi)
     return True
 
 
@@ -392,8 +479,23 @@ def _run_json(r: RunResult) -> dict[str, Any]:
     }
 
 
+#: version of the results.json layout (docs/compare.md, "results.json"); bumped on any change
+#: that is not a pure addition
+RESULTS_SCHEMA = 1
+
+
+def _family(name: str) -> str | None:
+    from mtl_fast.compare import registry
+
+    try:
+        return registry.family(name)
+    except (ValueError, KeyError):
+        return None
+
+
 def _outcome_json(o: MethodOutcome) -> dict[str, Any]:
     return {
+        "family": _family(o.name),
         "error": o.error,
         "metrics": o.metrics,
         "delta_mtl": o.delta_mtl,
@@ -402,6 +504,7 @@ def _outcome_json(o: MethodOutcome) -> dict[str, Any]:
         "avg_rank": o.rank,
         "ms_per_step": o.ms_per_step,
         "win_rate_vs_equal": o.win_rate,
+        "delta_note": o.delta_note,
         "runs": [_run_json(r) for r in o.runs],
     }
 
@@ -440,6 +543,7 @@ def results_json(results: Sequence[ProblemResult], meta: dict[str, Any]) -> dict
             "unavailable": r.unavailable,
             "seconds": r.seconds,
             "scale_changes": scale_changes(r) if r.reference is not None else None,
+            "published_comparison": published_report.comparison(r),
         }
     return _clean(out)
 
@@ -453,8 +557,22 @@ def _environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
         "threads": 1,
     }
+
+
+def _cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> list[str]:
@@ -463,6 +581,12 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
     seeds = list(result.config.seeds)
     text = p.description()
     lines = [f"## {p.title} (`{p.key}`)", "", text[:1].upper() + text[1:], ""]
+    if result.config.quick:
+        lines += [
+            f"**Quick tier: indicative only** ({tc.epochs} epochs instead of the full "
+            f"protocol's {p.epochs}).",
+            "",
+        ]
     lines.append(
         f"Budget: {tc.epochs} epochs, batch {tc.batch_size}, Adam lr {tc.lr:g} (the methods' "
         f"own parameters: {tc.method_lr:g}), seeds {seeds} (metrics averaged over seeds; "
@@ -482,24 +606,24 @@ def _problem_section(result: ProblemResult, figures: dict[str, list[Path]]) -> l
         for path in figures.get("extra", []):
             lines += [f"![{p.key} changes]({path.name})", ""]
     lines += [problem_table(result), ""]
+    comp = published_report.comparison(result)
+    if comp is not None:
+        charts = figures.get("published", [])
+        lines += published_report.comparison_lines(result, comp, charts[0].name if charts else None)
     if result.unavailable:
         lines.append("Unavailable methods:")
         lines += [f"- `{n}`: {why}" for n, why in result.unavailable.items()]
         lines.append("")
-    if figures.get("featured"):
+    if figures.get("weights"):
         lines.append(
-            "Weights (top, normalised to sum to 1 per step) and loss scales w·L (bottom, log "
-            "scale) over training, seed "
-            f"{seeds[0]} (Groenendijk et al. 2021 Figure 1, Lee et al. 2021 Figure 9):"
+            "Weights (normalised to sum to 1 per step) and loss scales w·L (log scale) of every "
+            f"method over training, seed {seeds[0]} (Groenendijk et al. 2021 Figure 1, Lee et "
+            "al. 2021 Figure 9):"
         )
         lines.append("")
-        lines += [f"![{p.key} weights]({f.name})" for f in figures["featured"]]
-        if figures.get("all"):
-            links = ", ".join(f"[{f.name}]({f.name})" for f in figures["all"])
-            lines += ["", f"All methods: {links}."]
-        else:
-            lines += ["", "(`--all-figures` draws every method.)"]
-        lines.append("")
+        for kind in ("weights", "scales"):
+            lines += [f"![{p.key} {kind}]({f.name})" for f in figures.get(kind, [])]
+            lines.append("")
     return lines
 
 
@@ -509,12 +633,17 @@ def write_report(
     *,
     command: str = "",
     seconds: float | None = None,
-    dpi: int = 60,
-    all_figures: bool = False,
+    dpi: int = 150,
+    figures: bool = True,
+    partial: bool = False,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md``, ``results.json`` and the figures to ``out_dir``; return the report.
 
-    ``all_figures``: also draw the weights of every method (else the featured methods only).
+    ``figures=False`` skips the figures (the partial reports written while a long comparison
+    runs); ``partial`` marks the report as such; ``notes``: provenance lines (the commit, the
+    machine, which rows come from a later run) listed under the command and kept in
+    ``results.json`` (``meta.notes``).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -522,12 +651,24 @@ def write_report(
     cfg = results[0].config if results else None
     timing = f"{cfg.timing_rounds} × {cfg.timing_steps}" if cfg is not None else "20 × 3"
     lines = ["# mtl_fast method comparison", ""]
+    quick = any(r.config.quick for r in results)
+    if quick:
+        lines += [f"**{QUICK_NOTE[:1].upper() + QUICK_NOTE[1:]}**", ""]
+    if partial:
+        lines += [
+            "*Partial report, written while the comparison runs: the problems finished so far,"
+            " no figures.*",
+            "",
+        ]
     if command:
         lines += [f"Command: `{command}`", ""]
+    if notes:
+        lines += [f"* {n}" for n in notes] + [""]
     total = f"{seconds:.0f} s" if seconds is not None else "n/a"
     lines += [
         f"mtl_fast {env['mtl_fast']}, torch {env['torch']}, Python {env['python']}, "
-        f"{env['machine']} CPU, one thread per run; training wall time {total}. Every run is "
+        f"{env['machine']} CPU ({env['cpu']}, {env['cpus']} cores), one thread per run; "
+        f"training wall time {total}. Every run is "
         "seeded and deterministic (same seed ⇒ same numbers); the times per step are "
         "indicative only (a shared machine).",
         "",
@@ -549,15 +690,23 @@ def write_report(
     overview = overview_table(results)
     if overview and len(results) > 1:
         lines += ["## Overview", "", overview, ""]
-    if summary_chart(results, out / "summary.png", dpi=dpi):
+    if figures and summary_chart(results, out / "summary.png", dpi=dpi):
         lines += ["![Δ_MTL per method and problem](summary.png)", ""]
     for r in results:
-        figs = write_figures(r, out, dpi=dpi, all_methods=all_figures)
+        figs = write_figures(r, out, dpi=dpi) if figures else {}
         figures_all[r.problem.key] = figs
         lines += _problem_section(r, figs)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    meta = {**env, "command": command, "seconds": seconds}
+    meta = {
+        "schema": RESULTS_SCHEMA,
+        **env,
+        "command": command,
+        "seconds": seconds,
+        "tier": "quick" if quick else "full",
+        "partial": partial,
+        "notes": list(notes),
+    }
     (out / "results.json").write_text(
         json.dumps(results_json(results, meta), separators=(",", ":"), allow_nan=False) + "\n",
         encoding="utf-8",

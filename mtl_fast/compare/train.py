@@ -13,7 +13,13 @@
   by about that much per step, so it settles within the few hundred steps of this budget
   rather than the 10⁵ of the papers; README, "Pitfalls", has the measurement);
 * the ordinary loop of docs/design.md: ``zs = method.split(z)``, T losses,
-  ``method.loss(losses).backward()``, ``optimizer.step()``;
+  ``method.loss(losses).backward()``, ``optimizer.step()``; except for the methods that keep
+  per-element state of the gradient rows across steps (:func:`gradient_level` is
+  ``"params"``: DB-MTL's gradient EMA, MoCo's tracked gradients, ExcessMTL's accumulated
+  squares), which balance the shared encoder's parameter gradients through
+  ``mtl_fast.backward(losses, method=..., params=encoder.parameters())``, their papers'
+  setting: at the feature level their state would be indexed by batch position, and with
+  reshuffled batches it would mix the gradients of different samples (docs/compare.md);
 * the method's hooks when it has them: ``end_period()`` / ``end_epoch()`` after every epoch
   (LSB, DWA / STCH), ``update_accuracy(kpi)`` after every epoch with the validation KPIs in
   [0, 1] of :meth:`Problem.evaluate` (AMTL, DTP), and ``update(losses)`` after every optimizer
@@ -44,7 +50,8 @@ from torch import nn
 
 from mtl_fast import metrics as mtl_metrics
 from mtl_fast.compare import registry
-from mtl_fast.compare.problems import Evaluation, MetricTree, Problem
+from mtl_fast.compare.problems import Evaluation, MetricTree, Problem, Split
+from mtl_fast.functional import backward as mtl_backward
 from mtl_fast.history import WeightHistory
 from mtl_fast.methods import EqualWeighting
 from mtl_fast.weighting import Weighting
@@ -57,6 +64,8 @@ __all__ = [
     "TrainConfig",
     "compare_problem",
     "deterministic",
+    "resolve_device",
+    "to_device",
     "train_run",
 ]
 
@@ -72,6 +81,10 @@ class TrainConfig:
         seed: seeds the initialisation, the batch order, the augmentation and the method.
         max_steps: optional cap on the steps per epoch (tests).
         method_lr: Adam learning rate of the method's own parameters.
+        device: where the model, the method and each batch live (``"cpu"``, ``"cuda"``, ...);
+            the data stay on the CPU and every batch is moved there after slicing (and the
+            problem's augmentation, drawn on the CPU: the random stream is the same on every
+            device).
     """
 
     epochs: int
@@ -80,6 +93,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     method_lr: float = Weighting.default_lr
+    device: str = "cpu"
 
 
 @dataclass
@@ -133,6 +147,44 @@ def deterministic(seed: int, threads: int | None = 1) -> Iterator[None]:
         torch.set_rng_state(rng)
 
 
+def gradient_level(method: nn.Module, model: nn.Module | None = None) -> str:
+    """Where ``method`` balances the task gradients in the comparison: ``"features"`` (``split``
+    on the shared features, the default), ``"params"`` (``mtl_fast.backward(params=)`` on the
+    shared encoder's parameters) for a gradient method that keeps per-element state of the
+    gradient rows across steps (``needs_gradient_rows`` without ``needs_features``: DB-MTL with
+    ``ema="gradient"``, MoCo, ExcessMTL), or ``"loss"`` for a loss-based method.
+
+    ``model`` (optional): a model without an ``encoder`` attribute (a user's problem) has no
+    shared parameters to name, so such a method falls back to ``"features"``.
+    """
+    if not getattr(method, "gradient_based", False):
+        return "loss"
+    rows = bool(getattr(method, "needs_gradient_rows", False))
+    if rows and not getattr(method, "needs_features", False):
+        if model is None or isinstance(getattr(model, "encoder", None), nn.Module):
+            return "params"
+    return "features"
+
+
+def _backward_step(
+    problem: Problem,
+    model: nn.Module,
+    method: nn.Module,
+    batch: Split,
+    tasks: Sequence[int],
+    level: str,
+) -> torch.Tensor:
+    """Forward, the method's weighting and the backward pass of one step; the T losses."""
+    if level == "params":
+        losses = torch.stack(problem.scaled_losses(model(batch.inputs), batch, tasks))
+        mtl_backward(losses, method=method, params=list(model.encoder.parameters()))
+        return losses
+    outputs = model(batch.inputs, method)
+    losses = torch.stack(problem.scaled_losses(outputs, batch, tasks))
+    method.loss(losses).backward()
+    return losses
+
+
 def _normalised(weights: torch.Tensor) -> torch.Tensor:
     w = weights.detach().to(torch.float64).reshape(-1)
     s = w.sum()
@@ -165,10 +217,15 @@ def train_run(
     """
     tasks = list(tasks)
     data = problem.data()
+    device = resolve_device(config.device)
+    val_split, test_split = to_device(data.val, device), to_device(data.test, device)
     start = time.perf_counter()
     with deterministic(config.seed):
-        model = problem.build_model(tasks)
-        method = make_method()
+        # built on the CPU inside the seeded scope, then moved: the same initialisation on
+        # every device
+        model = problem.build_model(tasks).to(device)
+        method = make_method().to(device)
+        level = gradient_level(method, model)
         groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "lr": config.lr}]
         extra = [p for p in method.parameters() if p.requires_grad]
         if extra:
@@ -189,14 +246,14 @@ def train_run(
             perm = torch.randperm(n, generator=gen)
             for i in range(steps_per_epoch):
                 batch = problem.train_batch(train, perm[i * bs : (i + 1) * bs], gen)
+                batch = to_device(batch, device)
+                _sync(device)
                 t0 = time.perf_counter()
-                outputs = model(batch.inputs, method)
-                losses = torch.stack(problem.scaled_losses(outputs, batch, tasks))
-                total = method.loss(losses)
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                losses = _backward_step(problem, model, method, batch, tasks, level)
                 optimizer.step()
                 _post_step(problem, model, method, batch, tasks)
+                _sync(device)
                 times.append(time.perf_counter() - t0)
                 if history is not None:
                     history.record(label, _normalised(method.weights), losses.detach(), step=step)
@@ -204,14 +261,14 @@ def train_run(
             method.end_epoch()
             if "observe" in _lifecycle(method):
                 model.eval()
-                ev = problem.evaluate(model, data.val, tasks)
+                ev = problem.evaluate(model, val_split, tasks)
                 method.observe([float(k) for k in ev.kpi])
                 model.train()
             if on_epoch is not None:
                 on_epoch()
         model.eval()
-        test = problem.evaluate(model, data.test, tasks)
-        val = problem.evaluate(model, data.val, tasks)
+        test = problem.evaluate(model, test_split, tasks)
+        val = problem.evaluate(model, val_split, tasks)
         weights = _normalised(method.weights).tolist()
     return RunResult(
         label=label,
@@ -224,6 +281,43 @@ def train_run(
         seconds=time.perf_counter() - start,
         final_weights=[float(w) for w in weights],
     )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`, checked to be usable.
+
+    Raises:
+        ValueError: an unknown device string, or CUDA asked for where it is not available (the
+            message names the fix).
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} asked for, but torch.cuda.is_available() is False (torch "
+            f"{torch.__version__}); install a CUDA build of torch or use --device cpu"
+        )
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def to_device(split: Split, device: torch.device) -> Split:
+    """``split`` with its inputs and targets on ``device`` (itself when already there).
+
+    Inputs may be a tensor or any object with a ``to(device)`` method (qm9's graphs)."""
+    inputs = split.inputs
+    moved = inputs.to(device) if hasattr(inputs, "to") else inputs
+    targets = {k: v.to(device) for k, v in split.targets.items()}
+    return Split(moved, targets)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that wall times cover the step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _lifecycle(method: nn.Module) -> tuple[str, ...]:
@@ -256,6 +350,9 @@ class CompareConfig:
         progress: show a tqdm progress bar (on stderr).
         timing_rounds, timing_steps: the round-robin timing of :func:`interleaved_step_times`
             that gives the reported ms/step (``timing_rounds=0``: report the per-run medians).
+        device: see :class:`TrainConfig`.
+        quick: the quick tier (``--quick``): a reduced budget whose results are indicative
+            only; recorded so that the report says so.
     """
 
     epochs: int | None = None
@@ -267,6 +364,8 @@ class CompareConfig:
     progress: bool = True
     timing_rounds: int = 20
     timing_steps: int = 3
+    device: str = "cpu"
+    quick: bool = False
 
     def train_config(self, problem: Problem, seed: int) -> TrainConfig:
         """The :class:`TrainConfig` of ``problem`` for ``seed``."""
@@ -277,6 +376,7 @@ class CompareConfig:
             seed=seed,
             max_steps=self.max_steps,
             method_lr=self.method_lr,
+            device=self.device,
         )
 
 
@@ -288,7 +388,8 @@ class MethodOutcome:
     per-seed Δ_MTL (each against that seed's baseline), ``delta_mtl_std`` their standard
     deviation; ``rank`` the average rank over all metrics (Lee et al. 2021's protocol) among the
     methods that ran; ``ms_per_step`` the median over seeds of the median step time;
-    ``win_rate`` the mean per-seed win rate against EqualWeighting (when defined).
+    ``win_rate`` the mean per-seed win rate against EqualWeighting (when defined);
+    ``delta_note`` why Δ_MTL is NaN when it cannot be computed (a baseline metric of 0).
     """
 
     name: str
@@ -301,6 +402,8 @@ class MethodOutcome:
     rank: float = float("nan")
     ms_per_step: float = float("nan")
     win_rate: float | None = None
+    #: why Δ_MTL is undefined (NaN), e.g. a baseline metric of 0
+    delta_note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -373,10 +476,11 @@ def compare_problem(
     n_runs = (len(single_sets) + len(available)) * len(seeds)
     bar = _progress(n_runs * tc0.epochs, f"{problem.key}", config.progress)
     history = WeightHistory(problem.task_names, chunk_size=512)
-    if reference is not None and list(reference.config.seeds) != seeds:
+    ref_seeds = list(reference.config.seeds) if reference is not None else []
+    if reference is not None and not set(seeds) <= set(ref_seeds):
         raise ValueError(
-            f"reference was run with seeds {list(reference.config.seeds)}, not {seeds}: "
-            "the scale comparison needs the same seeds"
+            f"reference was run with seeds {ref_seeds}, which do not include {seeds}: "
+            "the comparison reuses the reference's single-task baselines of the same seeds"
         )
 
     singles: list[list[RunResult]] = []
@@ -384,7 +488,7 @@ def compare_problem(
         for seed in seeds:
             tc = config.train_config(problem, seed)
             if reference is not None:
-                singles.append(reference.singles[seeds.index(seed)])
+                singles.append(reference.singles[ref_seeds.index(seed)])
                 continue
             row = []
             for subset in single_sets:
@@ -503,6 +607,7 @@ def interleaved_step_times(
     run while it is busy (the per-run medians of :func:`train_run` are kept in the results).
     """
     data = problem.data()
+    device = resolve_device(config.device)
     tasks = list(range(problem.num_tasks))
     n = len(data.train)
     bs = min(config.batch_size, n)
@@ -511,17 +616,21 @@ def interleaved_step_times(
     with deterministic(config.seed):
         gen = torch.Generator().manual_seed(config.seed)
         batches = [
-            problem.train_batch(data.train, torch.randperm(n, generator=gen)[:bs], gen)
+            to_device(
+                problem.train_batch(data.train, torch.randperm(n, generator=gen)[:bs], gen),
+                device,
+            )
             for _ in range(steps)
         ]
         for name, make in factories.items():
-            model = problem.build_model(tasks)
-            method = make()
+            model = problem.build_model(tasks).to(device)
+            method = make().to(device)
             params = list(model.parameters()) + list(method.parameters())
             states[name] = (model, method, torch.optim.Adam(params, lr=config.lr))
 
         def step(name: str, batch: Any) -> float:
             model, method, opt = states[name]
+            _sync(device)
             t0 = time.perf_counter()
             losses = torch.stack(problem.scaled_losses(model(batch.inputs, method), batch, tasks))
             total = method.loss(losses)
@@ -529,6 +638,7 @@ def interleaved_step_times(
             total.backward()
             opt.step()
             _post_step(problem, model, method, batch, tasks)
+            _sync(device)
             return time.perf_counter() - t0
 
         for name in factories:
@@ -553,7 +663,11 @@ def _aggregate(
             continue
         trees = [r.test.metrics for r in out.runs]
         out.metrics = _mean_tree(trees)
-        deltas = [mtl_metrics.delta_mtl(tree, base, hib) for tree, base in zip(trees, baselines)]
+        try:
+            deltas = [problem.delta_mtl(tree, base) for tree, base in zip(trees, baselines)]
+        except ValueError as exc:  # e.g. a single-task F1 of 0: the relative change is undefined
+            deltas = [float("nan")]
+            out.delta_note = str(exc)
         out.delta_mtl = float(np.mean(deltas))
         out.delta_mtl_std = float(np.std(deltas)) if len(deltas) > 1 else float("nan")
         out.acc_mtl = float(np.mean([_safe_acc_mtl(t, hib) for t in trees]))

@@ -14,6 +14,9 @@ module             problem
 ``multimnist``     ``multimnist``: Sener & Koltun 2018's MultiMNIST built from the 8×8 digits
 ``qm9``            ``qm9`` and ``qm9-raw``: QM9's 11 targets, message-passing network (needs
                    the ``mtl_fast[qm9]`` extra); ``qm9_data`` reads and caches the data
+``scenes``         ``nyuv2`` and ``cityscapes`` from a local folder in the MTAN/LibMTL ``.npy``
+                   layout (``dense``: their losses, metrics and encoder-decoder)
+``celeba``         ``celeba``: 40 binary attributes from a local CelebA folder
 =================  ===========================================================================
 
 Every problem builds a :class:`MultiTaskNet` (a shared encoder and per-task heads; gradient-based
@@ -40,22 +43,28 @@ from mtl_fast.compare.problems.base import (
     SignTree,
     Split,
 )
+from mtl_fast.compare.problems.celeba import CelebAProblem
 from mtl_fast.compare.problems.denoise import DenoiseProblem
 from mtl_fast.compare.problems.digits import DigitsProblem
 from mtl_fast.compare.problems.multimnist import MultiMNISTProblem
 from mtl_fast.compare.problems.qm9 import QM9Problem, QM9RawProblem
 from mtl_fast.compare.problems.scale import ScaleProblem
+from mtl_fast.compare.problems.scenes import CityscapesProblem, NYUv2Problem
 from mtl_fast.compare.problems.synthetic import SyntheticProblem
 
 __all__ = [
     "DEFAULT_PROBLEMS",
+    "LOCAL_DATA_PROBLEMS",
     "PROBLEMS",
+    "CelebAProblem",
+    "CityscapesProblem",
     "DenoiseProblem",
     "DigitsProblem",
     "Evaluation",
     "MetricTree",
     "MultiMNISTProblem",
     "MultiTaskNet",
+    "NYUv2Problem",
     "Problem",
     "ProblemData",
     "QM9Problem",
@@ -73,6 +82,9 @@ PROBLEMS: dict[str, type[Problem]] = {}
 
 #: the problems ``--problem all`` runs (those that need no optional extra).
 DEFAULT_PROBLEMS: tuple[str, ...] = ("digits", "denoise", "synthetic", "scale", "multimnist")
+
+#: the problems that read a local copy of their data (``--data-root``; nothing is downloaded)
+LOCAL_DATA_PROBLEMS: tuple[str, ...] = ("nyuv2", "cityscapes", "celeba")
 
 
 def register_problem(cls: type[Problem]) -> type[Problem]:
@@ -93,6 +105,9 @@ for _cls in (
     MultiMNISTProblem,
     QM9Problem,
     QM9RawProblem,
+    NYUv2Problem,
+    CityscapesProblem,
+    CelebAProblem,
 ):
     register_problem(_cls)
 

@@ -120,6 +120,13 @@ class Problem:
     #: a problem whose single-task baselines this one reuses (``scale`` reuses ``digits``): the
     #: report shows every metric's change from that problem's run of the same method
     reference_problem: ClassVar[str | None] = None
+    #: how Δ_MTL averages: ``"tasks"`` (Yun & Cho 2023 eq. 7: over each task's metrics, then over
+    #: the tasks) or ``"metrics"`` (one flat mean over every metric, Navon et al. 2022's and Liu
+    #: et al. 2023's Δm% for NYUv2 / Cityscapes)
+    delta_averages: ClassVar[str] = "tasks"
+    #: a published table this problem's results are set beside (:mod:`mtl_fast.compare.published`;
+    #: ``"qm9"``), or None
+    published: ClassVar[str | None] = None
 
     #: the T loss names
     task_names: list[str]
@@ -194,6 +201,19 @@ class Problem:
         for ev in singles:
             merged.update(ev.metrics)
         return {task: merged[task] for task in self.higher_is_better}
+
+    def delta_mtl(self, results: MetricTree, baseline: MetricTree) -> float:
+        """Δ_MTL % of ``results`` against ``baseline`` (higher is better), averaged as
+        :attr:`delta_averages` says."""
+        from mtl_fast import metrics as mtl_metrics
+
+        hib = self.higher_is_better
+        if self.delta_averages == "metrics":
+            flat = {f"{t}/{m}": {m: v} for t, ms in results.items() for m, v in ms.items()}
+            base = {f"{t}/{m}": {m: v} for t, ms in baseline.items() for m, v in ms.items()}
+            signs = {f"{t}/{m}": {m: h} for t, ms in hib.items() for m, h in ms.items()}
+            return mtl_metrics.delta_mtl(flat, base, signs)
+        return mtl_metrics.delta_mtl(results, baseline, hib)
 
     def baseline_label(self) -> str:
         """How the Δ_MTL baseline is obtained (for the report)."""

@@ -155,7 +155,7 @@ class DenoiseProblem(Problem):
             "SSIM": min(1.0, max(0.0, float(ssim.mean()))),
             "smooth": max(0.0, 1.0 - abs(tv_pred - tv_clean) / tv_clean),
         }
-        per_sample = {"PSNR": psnr.numpy(), "SSIM": ssim.numpy(), "MAE": mae.numpy()}
+        per_sample = {k: v.cpu().numpy() for k, v in (("PSNR", psnr), ("SSIM", ssim), ("MAE", mae))}
         return Evaluation(metrics, [kpis[self.task_names[t]] for t in tasks], per_sample)
 
     def baseline(self, singles: Sequence[Evaluation]) -> MetricTree:

@@ -85,7 +85,7 @@ class MessagePassingEncoder(nn.Module):
             messages = filt(rbf) * lin(h)[src]
             h = h + upd(torch.zeros_like(h).index_add_(0, dst, messages))
         out = self.readout(h)
-        z = torch.zeros(len(mols), out.shape[1], dtype=out.dtype)
+        z = torch.zeros(len(mols), out.shape[1], dtype=out.dtype, device=out.device)
         return z.index_add_(0, mol_of_atom, out)
 
 
@@ -115,6 +115,7 @@ class QM9Problem(Problem):
     task_types: ClassVar[list[str]] = ["regression"] * len(TARGETS)
     units: ClassVar[dict[str, str]] = {t[0]: t[2] for t in TARGETS}
     scale_targets: ClassVar[bool] = True
+    published: ClassVar[str | None] = "qm9"
 
     def __init__(self, *, tiny: bool = False, protocol: str = "reduced") -> None:
         super().__init__(tiny=tiny)
@@ -196,8 +197,8 @@ class QM9Problem(Problem):
     @torch.no_grad()
     def evaluate(self, model: MultiTaskNet, split: Split, tasks: Sequence[int]) -> Evaluation:
         tasks = list(tasks)
-        pred = self.predict(model, split.inputs) * self.std[tasks] + self.mean[tasks]
-        y = split.targets["raw"][:, tasks]
+        pred = self.predict(model, split.inputs).cpu() * self.std[tasks] + self.mean[tasks]
+        y = split.targets["raw"][:, tasks].cpu()
         metrics: MetricTree = {}
         kpi: list[float] = []
         for k, t in enumerate(tasks):
@@ -232,3 +233,4 @@ class QM9RawProblem(QM9Problem):
     title = "QM9 without target standardisation (raw units)"
     scale_targets = False
     reference_problem = "qm9"
+    published = None  # the papers standardise the targets: no published counterpart

@@ -186,7 +186,11 @@ def _ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     """Concatenation of arange(s, s + n) for every (s, n)."""
     total = int(lengths.sum())
     first = torch.cumsum(lengths, 0) - lengths
-    return torch.repeat_interleave(starts - first, lengths, output_size=total) + torch.arange(total)
+    steps = torch.arange(total, device=starts.device)
+    return torch.repeat_interleave(starts - first, lengths, output_size=total) + steps
+
+
+_FIELDS = ("types", "src", "dst", "dist", "atom_ptr", "edge_ptr")
 
 
 @dataclass
@@ -210,13 +214,25 @@ class Molecules:
     def __len__(self) -> int:
         return int(self.atom_ptr.numel()) - 1
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are."""
+        return self.types.device
+
+    def to(self, device: torch.device | str) -> Molecules:
+        """The same graphs on ``device`` (``self`` when already there)."""
+        device = torch.device(device)
+        if self.types.device == device:
+            return self
+        return Molecules(*(getattr(self, f).to(device) for f in _FIELDS))
+
     def __getitem__(self, index: Tensor | slice) -> Molecules:
-        idx = torch.arange(len(self))[index]
+        idx = torch.arange(len(self), device=self.device)[index]
         na = self.atom_ptr[idx + 1] - self.atom_ptr[idx]
         ne = self.edge_ptr[idx + 1] - self.edge_ptr[idx]
         atoms = _ranges(self.atom_ptr[idx], na)
         edges = _ranges(self.edge_ptr[idx], ne)
-        zero = torch.zeros(1, dtype=torch.int64)
+        zero = torch.zeros(1, dtype=torch.int64, device=self.device)
         return Molecules(
             types=self.types[atoms],
             src=self.src[edges],
@@ -232,12 +248,13 @@ class Molecules:
         M = len(self)
         na = self.atom_ptr[1:] - self.atom_ptr[:-1]
         ne = self.edge_ptr[1:] - self.edge_ptr[:-1]
-        mol_of_edge = torch.repeat_interleave(torch.arange(M), ne)
+        mols = torch.arange(M, device=self.device)
+        mol_of_edge = torch.repeat_interleave(mols, ne)
         offset = self.atom_ptr[:-1][mol_of_edge]
         return (
             self.src + offset,
             self.dst + offset,
-            torch.repeat_interleave(torch.arange(M), na),
+            torch.repeat_interleave(mols, na),
             mol_of_edge,
         )
 
