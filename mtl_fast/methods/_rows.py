@@ -6,14 +6,18 @@ the check that the rows may be rewritten.
 
 from __future__ import annotations
 
-from typing import Sequence
+import warnings
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from mtl_fast import ops
-from mtl_fast._row_step import refuse_gram_only
+from mtl_fast._row_step import RowStep, refuse_gram_only
 from mtl_fast._validation import TaskRows
+
+if TYPE_CHECKING:
+    from mtl_fast.weighting import Weighting
 
 __all__ = [
     "ema_buffers",
@@ -21,8 +25,28 @@ __all__ = [
     "ema_rows_masked_",
     "refuse_gram_only",
     "squared_norms",
+    "warn_sample_indexed_ema",
     "writable_rows",
 ]
+
+
+def warn_sample_indexed_ema(method: Weighting, step: RowStep, who: str, fix: str) -> None:
+    """Warn once per method instance when an EMA of the gradient rows is kept at the feature
+    level (``split``, ``mf.backward(features=)``): there a row coordinate is a (sample position,
+    feature) pair, so with batches reshuffled every step the average mixes the gradients of
+    different samples (measured on QM9: DB-MTL's losses diverge, MoCo learns almost nothing;
+    docs/compare_evidence.md). Correct only when every step sees the same samples in the same
+    order (full batch, fixed batches); the papers average parameter gradients."""
+    if step.kind != "features" or getattr(method, "_warned_sample_indexed", False):
+        return
+    vars(method)["_warned_sample_indexed"] = True
+    warnings.warn(
+        f"{who} keeps an average of the task gradients across steps, and here they are feature "
+        "gradients indexed by sample position: with shuffled batches it averages different "
+        f"samples' gradients (it may diverge or not learn). {fix}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def squared_norms(rows: Sequence[TaskRows], backend: str) -> Tensor:

@@ -23,7 +23,9 @@ Two variants (``ema=``):
   cost one read of the T rows and one read and write of ĝ and of the rows (3 T·D
   element-reads, 2 T·D writes) on top of the Gram and combine passes. At the feature level the
   feature shape must be constant from step to step (ĝ is indexed by sample position, e.g.
-  ``drop_last=True``); a changed shape raises ``ValueError``.
+  ``drop_last=True``); a changed shape raises ``ValueError``. With batches reshuffled every
+  step the average then mixes different samples' gradients (on QM9 the losses diverge), so
+  the method warns once at the feature level: balance the parameters' gradients there.
 * ``"norm"`` (memory-light): T numbers of state, an EMA of each task's gradient NORM with the
   same recursion and zero start,
 
@@ -57,7 +59,13 @@ import torch
 from torch import Tensor
 
 from mtl_fast._row_step import RowStep
-from mtl_fast.methods._rows import ema_buffers, ema_rows_, squared_norms, writable_rows
+from mtl_fast.methods._rows import (
+    ema_buffers,
+    ema_rows_,
+    squared_norms,
+    warn_sample_indexed_ema,
+    writable_rows,
+)
 from mtl_fast.methods.baselines import positive_losses
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
@@ -262,6 +270,13 @@ class DBMTL(Weighting):
         update = present & torch.isfinite(squared_norms(rows, self.backend))
         counts = self._state["counts"].to(device) + update.to(torch.int64)
         b = _ema_factors(counts, self.beta, self.sigma)
+        warn_sample_indexed_ema(
+            self,
+            step,
+            "DBMTL(ema='gradient')",
+            "Balance the shared parameters' gradients (mtl_fast.backward(losses, params=...), as "
+            "the paper does) or use ema='norm'; ignore this when every step has the same batch.",
+        )
         bufs = ema_buffers(
             self._state["ema_grads"],
             rows,

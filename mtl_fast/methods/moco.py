@@ -23,7 +23,8 @@ In Gram space: YᵀY is the Gram matrix of the tracked gradients, so the λ step
 operation on the device; the tracking itself is not: y is T×D state (D: the shared features'
 size with ``split``, indexed by sample position, so the feature shape must be constant from
 step to step, e.g. ``drop_last=True``; the shared parameters' count with
-``mf.backward(params=)``, which is the paper's setting). Cost per step on top of an
+``mf.backward(params=)``, which is the paper's setting; at the feature level, with reshuffled
+batches, y mixes different samples' gradients and the method warns once). Cost per step on top of an
 equal-weighting step: with ``normalize=True`` one Gram pass over the raw rows for their norms
 (and their finiteness), the tracking pass (reads the rows and y, writes y and the rows), then
 the Gram and combine passes every gradient method makes, on y; state T×D (float32, float64 for
@@ -41,7 +42,13 @@ import torch
 from torch import Tensor
 
 from mtl_fast._row_step import RowStep
-from mtl_fast.methods._rows import ema_buffers, ema_rows_, squared_norms, writable_rows
+from mtl_fast.methods._rows import (
+    ema_buffers,
+    ema_rows_,
+    squared_norms,
+    warn_sample_indexed_ema,
+    writable_rows,
+)
 from mtl_fast.reference import project_simplex
 from mtl_fast.weighting import StepInputs, Weighting
 
@@ -178,6 +185,13 @@ class MoCo(Weighting):
         scale = None
         if self.normalize:
             scale = losses / (torch.nan_to_num(norms2).clamp_min(0.0).sqrt() + NORM_EPS)
+        warn_sample_indexed_ema(
+            self,
+            step,
+            "MoCo",
+            "Balance the shared parameters' gradients (mtl_fast.backward(losses, params=...), as "
+            "the paper does); ignore this when every step has the same batch.",
+        )
         bufs = ema_buffers(
             self._state["y"],
             rows,

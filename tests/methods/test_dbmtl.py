@@ -4,6 +4,8 @@ balancing property, invariances, masks and state."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _toy import ToyMTL, check_mask_and_nan, check_resume, feature_gradients, split_step, toy_batch
@@ -290,3 +292,20 @@ def test_gradient_variant_state_and_errors():
         m2.balance_gram(torch.eye(T))
     with pytest.raises(ValueError, match="ema"):
         DBMTL(T, ema="grad")
+
+
+def test_feature_level_gradient_ema_warns_once_norm_ema_does_not():
+    """ema='gradient' at the feature level averages by sample position: one warning naming the
+    fix; ema='norm' (T numbers of state) and the parameter route do not warn."""
+    model = ToyMTL(T)
+    x, ys = toy_batch(model)
+    m = DBMTL(T, ema="gradient")
+    with pytest.warns(UserWarning, match="sample position.*ema='norm'"):
+        split_step(model, m, x, ys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_step(model, m, x, ys)
+        split_step(model, DBMTL(T, ema="norm"), x, ys)
+        backward(
+            model.losses(x, ys), method=DBMTL(T, ema="gradient"), params=model.shared_parameters()
+        )

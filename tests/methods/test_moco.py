@@ -6,6 +6,8 @@ arguments."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _toy import ToyMTL, check_mask_and_nan, check_resume, feature_gradients, split_step, toy_batch
@@ -125,3 +127,18 @@ def test_ema_rows_cpu_and_device_formulations_agree():
     for a, b in zip(rows, rows_b):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True)
     assert torch.isnan(rows[1][3])
+
+
+def test_feature_level_tracking_warns_once_and_params_route_does_not():
+    """At the feature level y is indexed by sample position: one warning naming the fix."""
+    T = 3
+    model = ToyMTL(T)
+    m = MoCo(T)
+    x, ys = toy_batch(model)
+    with pytest.warns(UserWarning, match="sample position.*params="):
+        split_step(model, m, x, ys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split_step(model, m, x, ys)  # once per instance
+        p = MoCo(T)
+        mf.backward(model.losses(x, ys), method=p, params=model.shared_parameters())
