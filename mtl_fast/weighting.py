@@ -121,6 +121,8 @@ class Weighting(nn.Module, MethodHelpers):
 
     @property
     def sync(self) -> bool | None:
+        """Cross-process synchronisation: ``None`` (default) when a group of more than one
+        process is initialised, ``False`` never, ``True`` required."""
         return self._sync.sync
 
     @sync.setter
@@ -129,6 +131,8 @@ class Weighting(nn.Module, MethodHelpers):
 
     @property
     def process_group(self) -> Any:
+        """The ``torch.distributed`` process group the method synchronises over (``None``: the
+        world)."""
         return self._sync.group
 
     @process_group.setter
@@ -412,7 +416,7 @@ class Weighting(nn.Module, MethodHelpers):
     def balance(
         self, rows: Sequence[TaskRows], *, token: int | None = None, reduced: bool = False
     ) -> Tensor:
-        """α from the feature gradients (one :class:`TaskRows` per feature tensor): the Gram
+        """α from the feature gradients (one ``TaskRows`` per feature tensor): the Gram
         matrix of their concatenation, then :meth:`balance_gram`."""
         return self.balance_gram(gram_of_features(rows, self.backend), token=token, reduced=reduced)
 

@@ -44,6 +44,7 @@ MAX_LEGEND = 12
 #: Δ_MTL below this is drawn clipped (with its value written) in the summary chart.
 SUMMARY_FLOOR = -60.0
 
+#: The methods of the featured weights figure (those of them that ran).
 FEATURED = ("EqualWeighting", "UncertaintyWeighting", "DWA", "LSB", "IMTLG", "GradNorm")
 
 

@@ -92,9 +92,11 @@ class LossStatistics:
         self.accumulator.reset()
 
     def state_dict(self) -> dict[str, Any]:
+        """The accumulator's state (exact; loads with ``torch.load(weights_only=True)``)."""
         return self.accumulator.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
         self.accumulator.load_state_dict(state)
 
 
@@ -178,6 +180,7 @@ class PeriodAverages:
         return torch.where(ok, h0 / torch.where(ok, h1, 1.0), 1.0)
 
     def state_dict(self) -> dict[str, Any]:
+        """The period count, the running means of the current period and the history."""
         return {
             "period": self.period,
             "steps": self.steps,
@@ -187,6 +190,7 @@ class PeriodAverages:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
         self.stats.load_state_dict(state["stats"])
         self.period = int(state["period"])
         self.steps = int(state["steps"])
