@@ -48,6 +48,8 @@ def documented_name(dotted: str) -> str | None:
         return obj.__name__
     if id(obj) in HOMES:
         return HOMES[id(obj)]
+    if isinstance(obj, property) and obj.fget is not None:
+        obj = obj.fget
     defined = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
     if defined != dotted and "<" not in defined and defined.startswith("mtl_fast"):
         found = documented_name(defined)
@@ -69,6 +71,12 @@ def resolve_alias(
     candidates = [target]
     if module:
         candidates += [f"{module}.{cls}.{target}" if cls else "", f"{module}.{target}"]
+    if module and cls:  # a name of the module that defines the class being documented
+        try:
+            owner = _lookup(f"{module}.{cls.split('.')[0]}")
+            candidates.append(f"{owner.__module__}.{target}")
+        except (LookupError, AttributeError, ImportError):
+            pass
     domain = env.get_domain("py")
     for cand in filter(None, candidates):
         home = documented_name(cand)

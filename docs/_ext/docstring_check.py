@@ -5,11 +5,13 @@
   starting with an underscore, and whose docstring (its own or, for an override, the one it
   inherits) is empty; a public constant without a ``#:`` comment likewise.
 * Napoleon (Google-style sections) applies to modules, classes and functions only.
+* ``|x|`` (an absolute value) is escaped, not read as a reST substitution.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from sphinx.application import Sphinx
@@ -71,7 +73,30 @@ def _scoped_napoleon(app: Sphinx) -> None:
     app.connect("autodoc-process-docstring", napoleon_in_scope)
 
 
+_BARS = re.compile(r"(?<![\\|`])\|(?=\S)([^|`\n]*?\S)\|(?![|_`])")
+
+
+def escape_bars(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
+    """``|x|`` in a docstring is an absolute value or a norm, never a reST substitution: escape
+    the bars outside literal blocks (``::`` blocks show them as written)."""
+    del app, what, name, obj, options
+    literal_indent: int | None = None
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None:
+            if line.strip() and indent <= literal_indent:
+                literal_indent = None
+            else:
+                continue
+        lines[i] = _BARS.sub(lambda m: "\\|" + m.group(1) + "\\|", line)
+        if line.rstrip().endswith("::"):
+            literal_indent = indent
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("autodoc-process-docstring", escape_bars, priority=100)
     app.setup_extension("sphinx.ext.napoleon")
     _scoped_napoleon(app)
     app.connect("autodoc-process-docstring", check_docstring, priority=900)

@@ -25,6 +25,7 @@ from results_pages import (  # noqa: E402
     write_advice_fragment,
     write_bench_fragments,
     write_comparison_fragment,
+    write_recipes_extra,
 )
 
 GENERATORS: tuple[tuple[str, Callable[[], Any]], ...] = (
@@ -33,6 +34,7 @@ GENERATORS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("benchmark tables", write_bench_fragments),
     ("comparison tables", write_comparison_fragment),
     ("which-method advice", write_advice_fragment),
+    ("recipes' extra pages", write_recipes_extra),
 )
 
 

@@ -28,9 +28,22 @@ LIFECYCLE_CALLS = {
 _ROLE = re.compile(r":(?:py:)?(\w+):`([^`]+)`")
 
 
-def rst_to_myst(text: str) -> str:
-    """Inline reST of a docstring sentence as MyST: roles ``:func:`x``` → ``{func}`x```."""
-    return _ROLE.sub(lambda m: "{py:%s}`%s`" % (m.group(1), m.group(2)), text)
+def rst_to_myst(text: str, owner: type | None = None) -> str:
+    """Inline reST of a docstring sentence as MyST: roles ``:func:`x``` → ``{py:func}`x```.
+
+    On a Markdown page there is no current module or class: an unqualified name is qualified
+    by ``owner`` (a member for ``meth``/``attr``, a name of its module otherwise)."""
+
+    def sub(m: re.Match) -> str:
+        role, target = m.group(1), m.group(2)
+        if owner is not None and "." not in target and not target.startswith("~"):
+            if role in ("meth", "attr"):
+                target = f"~{owner.__module__}.{owner.__qualname__}.{target}"
+            else:
+                target = f"~{owner.__module__}.{target}"
+        return "{py:%s}`%s`" % (role, target)
+
+    return _ROLE.sub(sub, text)
 
 
 def _sentence(doc: str, label: str, stops: tuple[str, ...]) -> str | None:
@@ -104,16 +117,16 @@ def method_facts(spec: MethodSpec, papers: dict[str, list[Paper]]) -> MethodFact
     summary = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
     return MethodFacts(
         spec=spec,
-        summary=rst_to_myst(summary),
-        needs=_opt(_sentence(doc, "Needs:", ("Extra cost:", "State:"))),
-        extra_cost=_opt(_sentence(doc, "Extra cost:", ("State:", "Needs:"))),
-        state_note=_opt(_sentence(doc, "State:", ("Needs:", "Extra cost:"))),
+        summary=rst_to_myst(summary, spec.cls),
+        needs=_opt(_sentence(doc, "Needs:", ("Extra cost:", "State:")), spec.cls),
+        extra_cost=_opt(_sentence(doc, "Extra cost:", ("State:", "Needs:")), spec.cls),
+        state_note=_opt(_sentence(doc, "State:", ("Needs:", "Extra cost:")), spec.cls),
         papers=papers.get(spec.name, []),
     )
 
 
-def _opt(text: str | None) -> str | None:
-    return rst_to_myst(text.rstrip(".") + ".") if text else None
+def _opt(text: str | None, owner: type) -> str | None:
+    return rst_to_myst(text.rstrip(".") + ".", owner) if text else None
 
 
 def describe_value(value: Any) -> str:

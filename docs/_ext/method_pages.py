@@ -241,6 +241,7 @@ def page(facts: MethodFacts, code: str) -> str:
         + code
         + "```\n\n## Equation and API\n\n"
         + f"```{{eval-rst}}\n.. autoclass:: {facts.qualname}\n   :members:\n"
+        + "   :inherited-members: Weighting, Module, MethodHelpers\n"
         + "   :no-index-entry:\n```\n"
     )
 

@@ -210,7 +210,7 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
             ]
         )
     out.append(
-        "### Best on each measured problem\n\n"
+        "## Best on each measured problem\n\n"
         f"Methods within {NEAR_BEST:g} points of Δ_MTL of the best automatic method on the "
         "problem (Δ_MTL % in brackets), and the cheapest of them (its step time relative to "
         "equal weighting on that problem).\n\n"
@@ -230,7 +230,7 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
         ]
         robust = min(everywhere, key=lambda n: (stats[n][1], stats[n][0]))
         out.append(
-            "\n### Over all problems\n\n"
+            "\n## Over all problems\n\n"
             f"The {len(everywhere)} methods run on all {len(ranked)} problems, by their mean "
             "relative rank (rank / number of methods on the problem: near 0 is the best, 1 the "
             "worst); the worst relative rank says how badly a method can do.\n\n"
@@ -251,7 +251,7 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
         inv = sorted((n for n, c in changes.items() if c < SCALE_INVARIANT), key=changes.get)
         var = sorted((n for n, c in changes.items() if c >= SCALE_INVARIANT), key=changes.get)
         out.append(
-            f"\n### When one loss's scale is arbitrary\n\n`{p.label}` ({p.title}): mean "
+            f"\n## When one loss's scale is arbitrary\n\n`{p.label}` ({p.title}): mean "
             "|relative change| of the test metrics when one loss is multiplied. Below "
             f"{SCALE_INVARIANT:g} %: "
             + ", ".join(f"{n} ({changes[n]:.1f} %)" for n in inv)
@@ -264,7 +264,7 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
     missing = [s.name for s in registry.REGISTRY if s.name not in measured]
     if missing:
         out.append(
-            "\n### Not in the comparison results yet\n\n"
+            "\n## Not in the comparison results yet\n\n"
             + ", ".join(f"[{n}](methods/{n}.md)" for n in missing)
             + ": no results file has them; run `mtl-fast compare --methods "
             + ",".join(missing[:3])
@@ -279,4 +279,19 @@ def write_advice_fragment() -> Path:
     problems = compare_results()
     text = advice_fragment(problems) if problems else "No comparison results yet.\n"
     write_if_changed(path, _BANNER + text)
+    return path
+
+
+# ---------------------------------------------------------------- pages from other work
+
+
+def write_recipes_extra() -> Path:
+    """The recipes' toctree entry for ``docs/compile_and_amp.md`` (the torch.compile and AMP
+    integration's own page) once that page exists; nothing before."""
+    path = GENERATED / "recipes_extra.md"
+    text = _BANNER
+    if (DOCS / "compile_and_amp.md").is_file():
+        text += "```{toctree}\n:hidden:\n\n/compile_and_amp\n```\n\n"
+        text += "See also: [torch.compile and AMP](/compile_and_amp.md).\n"
+    write_if_changed(path, text)
     return path

@@ -13,7 +13,8 @@ A fenced block's language says what the test does with it:
 A MyST comment line just above a block changes that: ``% test: requires=pkg1,pkg2`` (skipped,
 with the reason, only when a package is missing), ``% test: cuda`` (needs a GPU),
 ``% test: raises=ValueError`` (the block must raise it), ``% test: setup=path.md`` (run that
-file's blocks first, for a page that shows a fragment of a loop defined elsewhere).
+file's blocks first, for a page that shows a fragment of a loop defined elsewhere),
+``% test: script`` (a whole program, run as ``python file.py``: it spawns processes).
 """
 
 from __future__ import annotations

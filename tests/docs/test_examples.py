@@ -48,6 +48,19 @@ def _run_python(code: str, namespace: dict, block: Block) -> None:
             exec(compiled, namespace)
 
 
+def _run_script(block: Block) -> None:
+    """A block that is a whole script (it spawns processes that import its functions)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path("docs_example.py")
+    script.write_text(block.code, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"{block.where} failed:\n{done.stdout}\n{done.stderr}"
+
+
 def _diff_sides(code: str) -> tuple[str, str]:
     old, new = [], []
     for line in code.splitlines():
@@ -71,7 +84,9 @@ def run_page(page) -> int:
         if "setup" in block.options:
             for setup in blocks((block.source.parent / block.options["setup"]).resolve(), page):
                 _run_python(setup.code, namespace, setup)
-        if block.lang == "python":
+        if block.lang == "python" and "script" in block.options:
+            _run_script(block)
+        elif block.lang == "python":
             _run_python(block.code, namespace, block)
         elif block.lang == "diff":
             for side in _diff_sides(block.code):
