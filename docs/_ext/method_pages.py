@@ -230,7 +230,7 @@ def page(facts: MethodFacts, code: str) -> str:
     return (
         _BANNER
         + f"# {spec.name}\n\n{facts.summary}\n\n"
-        + md_table(["", ""], rows)
+        + md_table(["property", "value"], rows)
         + "\nEvery method also keeps the step count, the last weights and the micro-batch "
         "position of `accumulate(k)` in its state; `state_dict()` round-trips exactly and "
         "loads with `torch.load(weights_only=True)` ([checkpoints](../recipes/checkpoint.md)).\n"
