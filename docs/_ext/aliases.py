@@ -80,11 +80,9 @@ def resolve_alias(
     domain = env.get_domain("py")
     for cand in filter(None, candidates):
         home = documented_name(cand)
-        if home is None or home == cand and cand == target:
+        if home is None or (home == cand and cand == target):
             continue
-        ref = domain.resolve_any_xref(
-            env, node["refdoc"], app.builder, home, node, contnode
-        )
+        ref = domain.resolve_any_xref(env, node["refdoc"], app.builder, home, node, contnode)
         if ref:
             return ref[0][1]
     return None

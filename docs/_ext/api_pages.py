@@ -4,10 +4,10 @@ Documented: ``mtl_fast`` (its ``__all__``) and every public module of the packag
 underscore in its dotted name; ``LEFT_OUT`` lists the exceptions with the reason): its
 ``__all__``, or without one the public names it defines. Each object is documented once: the
 top-level names as ``mtl_fast.X``, the others in the module that defines them (else the first
-that exports them); the other modules that export it link there. The weighting methods are documented
-on their method pages (``docs/methods/``), which the API pages link to. A new public module or
-name appears without an edit here; one without a docstring fails the build
-(``docs/_ext/docstring_check.py``).
+that exports them); the other modules that export it link there. The weighting methods are
+documented on their method pages (``docs/methods/``), which the API pages link to. A new
+public module or name appears without an edit here; one without a docstring fails the
+build (``docs/_ext/docstring_check.py``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import mtl_fast
 from gen_common import BANNER, DOCS, md_table, remove_stale, write_if_changed
+
+import mtl_fast
 from mtl_fast.methods import registry
 
 API = DOCS / "api"
@@ -113,9 +114,7 @@ def canonical_homes(modules: list[str]) -> dict[int, str]:
                 continue
             full = f"{modname}.{name}"
             first.setdefault(id(obj), full)
-            if modname == "mtl_fast" or (
-                id(obj) not in homes and _defined_here(module, name, obj)
-            ):
+            if modname == "mtl_fast" or (id(obj) not in homes and _defined_here(module, name, obj)):
                 homes.setdefault(id(obj), full)
     return {**first, **homes}
 

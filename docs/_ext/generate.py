@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from api_pages import write_api_pages  # noqa: E402
-from method_pages import write_method_pages  # noqa: E402
-from results_pages import (  # noqa: E402
+from api_pages import write_api_pages
+from method_pages import write_method_pages
+from results_pages import (
     write_advice_fragment,
     write_bench_fragments,
     write_comparison_fragment,

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import mtl_fast
 from gen_common import DOCS
+
+import mtl_fast
 from mtl_fast.methods.registry import MethodSpec
 
 LIFECYCLE_CALLS = {
@@ -41,7 +42,7 @@ def rst_to_myst(text: str, owner: type | None = None) -> str:
                 target = f"~{owner.__module__}.{owner.__qualname__}.{target}"
             else:
                 target = f"~{owner.__module__}.{target}"
-        return "{py:%s}`%s`" % (role, target)
+        return f"{{py:{role}}}`{target}`"
 
     return _ROLE.sub(sub, text)
 

@@ -12,11 +12,12 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-import mtl_fast
 from gen_common import BANNER, DOCS, fmt_ms, fmt_ratio, md_table, remove_stale, write_if_changed
 from method_facts import MethodFacts, bibliography, describe_value, method_facts
-from mtl_fast.methods import registry
 from results_data import compare_results, latest_runs
+
+import mtl_fast
+from mtl_fast.methods import registry
 
 METHODS = DOCS / "methods"
 _BANNER = BANNER.format(gen="method_pages.py")
@@ -151,9 +152,7 @@ def cost_section(name: str) -> str:
         ]
         if "EqualWeighting" in costs:
             eq = costs["EqualWeighting"]
-            rows.append(
-                ["equal weighting", *(fmt_ms(eq[T][1]) if T in eq else "—" for T in Ts)]
-            )
+            rows.append(["equal weighting", *(fmt_ms(eq[T][1]) if T in eq else "—" for T in Ts)])
         src = run.path.relative_to(DOCS.parent).as_posix()
         out.append(
             f"**{'GPU' if device == 'cuda' else 'CPU'}** ({run.machine_line}; {run.date}, "
@@ -178,9 +177,7 @@ def cost_section(name: str) -> str:
         out.append(
             "**Comparison problems** (`mtl-fast compare`, one CPU thread; see "
             "[the comparison results](../comparison.md)):\n\n"
-            + md_table(
-                ["problem", "ms / step", "× equal weighting", "Δ_MTL"], rows, "lrrr"
-            )
+            + md_table(["problem", "ms / step", "× equal weighting", "Δ_MTL"], rows, "lrrr")
         )
     if not out:
         return (

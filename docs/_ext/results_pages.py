@@ -156,8 +156,7 @@ def comparison_fragment(problems: list[ProblemResult]) -> str:
         weights_png = p.path.parent / f"{p.key}_weights.png"
         if weights_png.is_file():
             out.append(
-                f"\n![{p.label}: weights over training]"
-                f"({figure(weights_png, 'comparison.md')})\n"
+                f"\n![{p.label}: weights over training]({figure(weights_png, 'comparison.md')})\n"
             )
     return "\n".join(out)
 
@@ -225,9 +224,7 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
             for n in everywhere
         }
         order = sorted(everywhere, key=lambda n: stats[n])
-        rows = [
-            [n, family.get(n, "?"), f"{stats[n][0]:.2f}", f"{stats[n][1]:.2f}"] for n in order
-        ]
+        rows = [[n, family.get(n, "?"), f"{stats[n][0]:.2f}", f"{stats[n][1]:.2f}"] for n in order]
         robust = min(everywhere, key=lambda n: (stats[n][1], stats[n][0]))
         out.append(
             "\n## Over all problems\n\n"

@@ -94,5 +94,7 @@ def blocks(path: Path, page: Path | None = None) -> list[Block]:
         if info.startswith("{"):  # another directive (toctree, eval-rst, ...): not code
             continue
         opts = _options(lines[start - 1]) if start > 0 else {}
-        out.append(Block(page, path, start + 1, info.split()[0] if info else "", "\n".join(body), opts))
+        out.append(
+            Block(page, path, start + 1, info.split()[0] if info else "", "\n".join(body), opts)
+        )
     return out

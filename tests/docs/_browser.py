@@ -1,6 +1,6 @@
 """Headless Chromium for the documentation tests: render a page, take a screenshot.
 
-    python tests/docs/_browser.py docs/_build/html/methods/IMTLG.html docs/screenshot-method-page.png
+python tests/docs/_browser.py docs/_build/html/methods/IMTLG.html docs/screenshot-method-page.png
 """
 
 from __future__ import annotations

@@ -104,10 +104,21 @@ def test_nothing_is_loaded_from_the_network(parsed, site):
 def test_the_site_has_its_pages(site):
     from mtl_fast.methods import registry
 
-    for rel in ("index.html", "getting-started.html", "concepts.html", "which-method.html",
-                "benchmarks.html", "comparison.html", "pitfalls.html", "changelog.html",
-                "bibliography.html", "api/index.html", "api/mtl_fast.html",
-                "recipes/lightning.html", "methods/index.html"):
+    for rel in (
+        "index.html",
+        "getting-started.html",
+        "concepts.html",
+        "which-method.html",
+        "benchmarks.html",
+        "comparison.html",
+        "pitfalls.html",
+        "changelog.html",
+        "bibliography.html",
+        "api/index.html",
+        "api/mtl_fast.html",
+        "recipes/lightning.html",
+        "methods/index.html",
+    ):
         assert (site / rel).is_file(), rel
     for spec in registry.REGISTRY:
         assert (site / "methods" / f"{spec.name}.html").is_file(), spec.name
