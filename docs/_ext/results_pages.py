@@ -215,32 +215,44 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
         "equal weighting on that problem).\n\n"
         + md_table(["problem", "best (Δ_MTL %)", "cheapest of those", "methods run"], rows)
     )
-    # 2. Over all problems: mean and worst rank of the methods run on every problem.
+    # 2. Over all problems: mean and worst relative rank of the methods run on at least half.
     ranked = [(p, _ranks(p)) for p in problems if _ranks(p)]
-    everywhere = [n for n in ranked[0][1] if all(n in r for _, r in ranked)] if ranked else []
-    if everywhere:
-        stats = {
-            n: (mean(r[n] / len(r) for _, r in ranked), max(r[n] / len(r) for _, r in ranked))
-            for n in everywhere
-        }
-        order = sorted(everywhere, key=lambda n: stats[n])
-        rows = [[n, family.get(n, "?"), f"{stats[n][0]:.2f}", f"{stats[n][1]:.2f}"] for n in order]
-        robust = min(everywhere, key=lambda n: (stats[n][1], stats[n][0]))
-        out.append(
-            "\n## Over all problems\n\n"
-            f"The {len(everywhere)} methods run on all {len(ranked)} problems, by their mean "
-            "relative rank (rank / number of methods on the problem: near 0 is the best, 1 the "
-            "worst); the worst relative rank says how badly a method can do.\n\n"
-            + md_table(["method", "family", "mean rel. rank", "worst rel. rank"], rows, "llrr")
-            + f"\nBest mean rank: **{order[0]}**; best worst case: **{robust}**."
-        )
+    counts: dict[str, int] = {}
+    for _, r in ranked:
+        for n in r:
+            counts[n] = counts.get(n, 0) + 1
+    enough = [n for n, c in counts.items() if 2 * c >= len(ranked)]
+    if enough:
+
+        def rel(n: str) -> list[float]:
+            return [(r[n] - 1) / max(len(r) - 1, 1) for _, r in ranked if n in r]
+
+        stats = {n: (mean(rel(n)), max(rel(n))) for n in enough}
+        order = sorted(enough, key=lambda n: stats[n])
+        rows = [
+            [n, family.get(n, "?"), str(counts[n]), f"{stats[n][0]:.2f}", f"{stats[n][1]:.2f}"]
+            for n in order
+        ]
+        robust = min(enough, key=lambda n: (stats[n][1], stats[n][0]))
+        summary = f"Best mean rank: **{order[0]}**; best worst case: **{robust}**."
         loss_based = [n for n in order if family.get(n) == "loss"]
         if loss_based:
-            out.append(
-                f" Best loss-based method (no extra backward work per step): **{loss_based[0]}**."
+            summary += (
+                f" Best loss-based method (no extra gradient work per step): **{loss_based[0]}**."
             )
-        out.append("\n")
-    # 3. Scale invariance.
+        out.append(
+            "\n## Over all problems\n\n"
+            f"The methods run on at least half of the {len(ranked)} problems, by their mean "
+            "relative rank over the problems they ran on (0: the best automatic method of the "
+            "problem, 1: the worst); the worst relative rank says how badly a method can do.\n\n"
+            + md_table(
+                ["method", "family", "problems", "mean rel. rank", "worst rel. rank"],
+                rows,
+                "llrrr",
+            )
+            + f"\n{summary}\n"
+        )
+    # 3. Scale invariance: how much the metrics move when the losses are rescaled.
     for p in problems:
         changes = p.scale_changes()
         if not changes:
@@ -248,12 +260,12 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
         inv = sorted((n for n, c in changes.items() if c < SCALE_INVARIANT), key=changes.get)
         var = sorted((n for n, c in changes.items() if c >= SCALE_INVARIANT), key=changes.get)
         out.append(
-            f"\n## When one loss's scale is arbitrary\n\n`{p.label}` ({p.title}): mean "
-            "|relative change| of the test metrics when one loss is multiplied. Below "
-            f"{SCALE_INVARIANT:g} %: "
-            + ", ".join(f"{n} ({changes[n]:.1f} %)" for n in inv)
+            f"\n## Robustness to the losses' scale: `{p.label}`\n\n{p.title}: mean |relative "
+            "change| of the test metrics against the same problem without the rescaling. "
+            f"Below {SCALE_INVARIANT:g} %: "
+            + (", ".join(f"{n} ({changes[n]:.1f} %)" for n in inv) or "none")
             + ". At or above: "
-            + ", ".join(f"{n} ({changes[n]:.1f} %)" for n in var)
+            + (", ".join(f"{n} ({changes[n]:.1f} %)" for n in var) or "none")
             + ".\n"
         )
     # 4. What has not been compared.
