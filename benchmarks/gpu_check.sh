@@ -57,7 +57,7 @@ run() {
 
 case $TIER in
   quick)
-    TESTS=${TESTS:-"tests/kernels tests/test_split.py tests/test_ops.py tests/test_backward.py tests/test_multitask_linear.py tests/test_cuda_graph_step.py"}
+    TESTS=${TESTS:-"tests/kernels tests/test_split.py tests/test_ops.py tests/test_backward.py tests/test_multitask_linear.py tests/test_cuda_graph_step.py tests/test_cuda_compile_amp.py"}
     ;;
   full)
     TESTS=${TESTS:-tests}

@@ -7,6 +7,7 @@ void register_all(pybind11::module_& m) {
     register_welford(m);
     register_solvers(m);
     register_cpu_passes(m);
+    register_graddrop(m);
 }
 
 }  // namespace mtl_fast

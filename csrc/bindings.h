@@ -14,5 +14,7 @@ void register_welford(pybind11::module_& m);
 void register_solvers(pybind11::module_& m);
 // cpu_passes.cpp: mtl_fast._C.gram_rows / combine_rows, the native CPU passes over the rows.
 void register_cpu_passes(pybind11::module_& m);
+// graddrop.cpp: mtl_fast._C.graddrop_sums / graddrop_combine, GradDrop's sign dropout.
+void register_graddrop(pybind11::module_& m);
 
 }  // namespace mtl_fast

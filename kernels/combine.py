@@ -216,15 +216,7 @@ def combine_rows(
     cfg = combine_config(D, rows.dtype, device, num_tasks=T, block_d=block_d, num_warps=num_warps)
     access = row_access(rows)
     weights = weights if weights.is_contiguous() else weights.contiguous()
-    if out is None:
-        target = torch.empty(D, dtype=rows.dtype, device=device)
-        accumulate = False
-    elif out.is_contiguous():
-        target = out.view(-1)
-        accumulate = True
-    else:
-        target = torch.empty(D, dtype=torch.float32, device=device)
-        accumulate = False
+    target, accumulate = out_target(rows, out)
     with device_context(device):
         _combine_kernel[(triton.cdiv(D, cfg.block_d),)](
             access.base,
@@ -242,6 +234,23 @@ def combine_rows(
             num_warps=cfg.num_warps,
         )
     del access
+    return finish_out(rows, out, target, accumulate)
+
+
+def out_target(rows: TaskRows, out: Tensor | None) -> tuple[Tensor, bool]:
+    """Where a combining kernel writes: (a flat tensor, whether the kernel adds to it). A new
+    tensor in the rows' dtype without ``out``; ``out`` itself when contiguous (accumulated in
+    the kernel); else an fp32 temporary added to ``out`` by :func:`finish_out`."""
+    D, device = rows.numel, rows.device
+    if out is None:
+        return torch.empty(D, dtype=rows.dtype, device=device), False
+    if out.is_contiguous():
+        return out.view(-1), True
+    return torch.empty(D, dtype=torch.float32, device=device), False
+
+
+def finish_out(rows: TaskRows, out: Tensor | None, target: Tensor, accumulate: bool) -> Tensor:
+    """The result of a combining kernel that wrote ``target`` (see :func:`out_target`)."""
     if out is None:
         return target.view(rows.shape)
     if not accumulate:

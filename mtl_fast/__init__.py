@@ -5,7 +5,7 @@ Gram-space gradient balancing (IMTL-G, MGDA, ...) with fused Triton kernels, los
 (:class:`Weighting`) and one training loop for all of them.
 """
 
-from mtl_fast import history, metrics, reference
+from mtl_fast import _compiled_ops, amp, diagnostics, history, metrics, reference  # noqa: F401 (_compiled_ops)
 from mtl_fast._version import __version__
 from mtl_fast.functional import backward
 from mtl_fast.methods import (
@@ -24,13 +24,17 @@ from mtl_fast.methods import (
     STCH,
     AlignedMTL,
     CAGrad,
+    Compose,
     ConFIG,
     CVWeighting,
     DualProj,
     EqualWeighting,
+    ExcessMTL,
     FairGrad,
+    GradDrop,
     GradNorm,
     GradVac,
+    MoCo,
     NashMTL,
     PCGrad,
     SDMGrad,
@@ -60,12 +64,16 @@ __all__ = [
     "AlignedMTL",
     "CAGrad",
     "CVWeighting",
+    "Compose",
     "ConFIG",
     "DualProj",
     "EqualWeighting",
+    "ExcessMTL",
     "FairGrad",
+    "GradDrop",
     "GradNorm",
     "GradVac",
+    "MoCo",
     "MultiTaskLinear",
     "NashMTL",
     "PCGrad",
@@ -77,8 +85,10 @@ __all__ = [
     "UncertaintyWeighting",
     "Weighting",
     "__version__",
+    "amp",
     "backward",
     "combine",
+    "diagnostics",
     "gram",
     "history",
     "imtl_g_weights",

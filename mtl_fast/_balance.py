@@ -12,6 +12,10 @@ Between the Gram matrix G [T, T] of the task gradients (formed by ``split``'s ba
    the task status of all processes and, when the solve needs them, the loss values averaged
    over the processes where each task is present (:func:`mtl_fast.distributed.reduce_gram`);
 4. the solve runs on the global G; a task with a zero diagonal (no gradient) gets weight 0.
+
+A scaled step (:mod:`mtl_fast.amp`, ``inputs.grad_scale`` = s) solves on G / s², the Gram matrix of
+the true gradients; there a non-finite gradient is an overflow the scaler will skip, not an
+error: nothing is reported and α is NaN, so the combined gradient carries the overflow.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ def balance_gram(
         )
     present = inputs.present.to(device)
     losses = inputs.losses.to(device)
+    scale = inputs.grad_scale
+    if scale is not None:
+        s = scale.to(device=device, dtype=G.dtype)
+        G = G / (s * s)  # exact: the scale is a power of two
     if sync and reduced:
         no = torch.zeros_like(present)
         _, present, _, avg = distributed.reduce_gram(
@@ -86,6 +94,10 @@ def balance_gram(
         G = G_global
         if avg is not None:
             losses = avg
-    monitor.report(bad, "gradient", step)
-    alpha = solve(G, StepInputs(losses=losses, present=ok))
-    return torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
+    if scale is None:
+        monitor.report(bad, "gradient", step)
+    alpha = solve(G, StepInputs(losses=losses, present=ok, grad_scale=scale))
+    alpha = torch.where(G.diagonal() > 0, alpha.to(torch.float32), 0.0)
+    if scale is not None:
+        alpha = torch.where(bad.any(), torch.full_like(alpha, float("nan")), alpha)
+    return alpha

@@ -32,6 +32,8 @@ class StepInputs:
 
     losses: Tensor
     present: Tensor
+    #: The gradient scaler's scale s of a scaled step (mtl_fast.amp), else None.
+    grad_scale: Tensor | None = None
 
 
 @dataclass

@@ -11,15 +11,22 @@ Policy (documented in the README, "Degenerate and bad input"):
   one step late. :meth:`NonFiniteMonitor.check_now` forces the check (it synchronises).
 * Inside a CUDA-graph capture nothing is recorded (no events can be polled); the offending task
   still gets weight 0.
+* Under ``torch.compile`` (a traced :meth:`NonFiniteMonitor.report`) the report is the custom
+  operator ``report_nonfinite`` (:mod:`mtl_fast._custom_ops`), which applies this same policy at
+  run time: no host read in the traced graph, the same ``ValueError`` at once on the CPU, the same
+  deferred flag elsewhere. (A method's step under ``torch.compile`` runs its eager code inside
+  operators of :mod:`mtl_fast._compiled_step`, where the policy applies as it is.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mtl_fast import _custom_ops
 from mtl_fast._backend import cuda_capturing
 from mtl_fast._validation import NONFINITE, nonfinite_task_message
 
@@ -46,6 +53,13 @@ class NonFiniteMonitor:
         #: Named in every message: the method, and the tasks by name once they are known.
         self.owner = owner
         self.task_names: list[str] | None = None
+        self._handle = _custom_ops.register(self)
+        self._order = torch.zeros(1, dtype=torch.int64)
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickling / ``copy.deepcopy``: the copy gets its own operator handle."""
+        self.__dict__.update(state)
+        self._handle = _custom_ops.register(self)
 
     def report(
         self,
@@ -58,6 +72,9 @@ class NonFiniteMonitor:
     ) -> None:
         """Flag tasks whose ``what`` ("loss" or "gradient") has ``problem`` (by default: is
         non-finite); ``bad`` is bool [T]; ``names``: the tasks' names for this step."""
+        if _custom_ops.compiling():
+            _REPORT(self._order, self._handle, bad, what, step, problem, names)
+            return
         if names is not None:
             self.task_names = list(names)
         if bad.device.type == "cpu":
@@ -113,3 +130,28 @@ class NonFiniteMonitor:
                 self._message(idx, flag.what, flag.problem)
                 + f" (detected on the device at step {flag.step}; that task got weight 0)"
             )
+
+
+def _report_eager(
+    order: Tensor,
+    handle: int,
+    bad: Tensor,
+    what: str,
+    step: int,
+    problem: str,
+    names: list[str] | None,
+) -> None:
+    order.add_(1)
+    _custom_ops.lookup(handle).report(bad, what, step, problem=problem, names=names)
+
+
+def _report_fake(*args: Any) -> None:
+    return None
+
+
+_REPORT = _custom_ops.define(
+    "report_nonfinite(Tensor(a!) order, int handle, Tensor bad, str what, int step, str problem, "
+    "str[]? names) -> ()",
+    _report_eager,
+    _report_fake,
+)

@@ -103,3 +103,10 @@ def native_mgda_options(num_tasks: int) -> dict[str, float | int]:
         "division_floor": DIVISION_FLOOR,
         "max_iter": mgda_budget(num_tasks),
     }
+
+
+# ---- GradDrop's sign purity (Chen et al. 2020) ------------------------------------------------
+
+#: ε of the sign purity P = ½ (1 + Σ_t S_t / (Σ_t |S_t| + ε)): only turns 0/0 (no gradient at a
+#: coordinate) into P = ½. The reference, the Triton kernel and mtl_fast._C read it from here.
+GRADDROP_EPS = 1e-7

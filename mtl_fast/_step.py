@@ -12,6 +12,11 @@ A training loop may abandon a step at any point: an exception between ``split`` 
   streams) is rolled back to what it was before, at the start of the next step: the snapshot
   taken before the update is restored unless the step's backward reached its total.
 
+With a gradient scaler (:mod:`mtl_fast.amp`) the update of an optimizer step is provisional
+until the scaler has decided: a snapshot of the whole state is taken at the step's first scaled
+``loss()`` and restored at the start of the next step when ``scaler.update()`` reported that the
+scaler skipped the step (overflow), so a skipped step leaves no trace either.
+
 A total that is back-propagated after the next step began (summing the totals of several
 ``loss()`` calls before one backward) raises with the fix: back-propagate each micro-batch, or
 use :meth:`mtl_fast.Weighting.accumulate`.
@@ -24,6 +29,10 @@ from typing import Any, Callable
 from torch import Tensor
 
 from mtl_fast._losses import StepInputs
+from mtl_fast.amp import ScalerWatch
+
+#: Totals of compiled steps whose hooks are kept at once (see StepBook.keep_backward_hooks).
+_KEPT_HOOKS = 8
 
 
 class StepBook:
@@ -38,6 +47,13 @@ class StepBook:
         self._snapshot: Any = None  # the state before the last uncommitted update, or None
         self._snapshot_token = 0
         self._rolled_back_token = 0
+        # Compiled steps (mtl_fast._compiled_step): the hooks of a total collected instead of
+        # registered while ``_collecting`` is a list, kept by token until its backward runs.
+        self._collecting: list[Callable[[Tensor], Any]] | None = None
+        self._kept_hooks: dict[int, list[Callable[[Tensor], Any]]] = {}
+        self._hook_token = 0
+        # Scaled steps: (the scaler's watch, its update count at the step's start, the snapshot).
+        self._scaled: tuple[ScalerWatch, int, Any] | None = None
 
     # ------------------------------------------------------------------ split
 
@@ -117,7 +133,61 @@ class StepBook:
 
         return hook
 
+    def on_backward(self, total: Tensor, hook: Callable[[Tensor], Any]) -> None:
+        """Run ``hook`` when the backward reaches ``total`` (a tensor hook; in a compiled step,
+        by the ``commit_step`` operator of :mod:`mtl_fast._compiled_step`)."""
+        if self._collecting is not None:
+            self._collecting.append(hook)
+        else:
+            total.register_hook(hook)
+
+    def collect_backward_hooks(self) -> list[Callable[[Tensor], Any]]:
+        """Collect the hooks :meth:`on_backward` is given until :meth:`stop_collecting`."""
+        self._collecting = []
+        return self._collecting
+
+    def stop_collecting(self) -> None:
+        self._collecting = None
+
+    def keep_backward_hooks(self, hooks: list[Callable[[Tensor], Any]]) -> int:
+        """Keep collected hooks for :meth:`take_backward_hooks`; returns their token (> 0). Only
+        the latest few are kept: an older total whose backward never ran was abandoned."""
+        self._hook_token += 1
+        token = self._hook_token
+        self._kept_hooks[token] = hooks
+        for old in [t for t in self._kept_hooks if t <= token - _KEPT_HOOKS]:
+            del self._kept_hooks[old]
+        return token
+
+    def take_backward_hooks(self, token: int) -> list[Callable[[Tensor], Any]]:
+        return self._kept_hooks.pop(token, [])
+
+    # ------------------------------------------------------------------ scaled steps
+
+    def begin_scaled(self, watch: ScalerWatch, snapshot: Callable[[], Any]) -> None:
+        """A scaled ``loss()`` (:mod:`mtl_fast.amp`): the first of an optimizer step takes the
+        snapshot its skip would restore (``snapshot()``, the whole state)."""
+        if self._scaled is None or self._scaled[0] is not watch:
+            self._scaled = (watch, watch.updates, snapshot())
+
+    def settle_scaled(self, restore: Callable[[Any], None]) -> bool | None:
+        """Apply the scaler's verdict on the pending scaled step, once ``update()`` gave it:
+        restore its snapshot when the step was skipped. Returns whether it was skipped, or
+        ``None`` when nothing was pending or the scaler has not decided yet (micro-batches of
+        one optimizer step)."""
+        if self._scaled is None:
+            return None
+        watch, start, snapshot = self._scaled
+        if watch.updates == start:
+            return None
+        self._scaled = None
+        skipped = watch.skipped(start + 1)
+        if skipped:
+            restore(snapshot)
+        return skipped
+
     def forget(self) -> None:
         """Drop the step (a loaded state_dict replaces it)."""
         self.discard_split()
         self._snapshot = None
+        self._scaled = None

@@ -48,7 +48,7 @@ from typing import Iterable, Sequence, Union
 import torch
 from torch import Tensor
 
-from mtl_fast import distributed, ops
+from mtl_fast import distributed
 from mtl_fast._validation import as_task_rows
 from mtl_fast.weighting import LossesLike, MaskLike, Weighting
 
@@ -135,7 +135,10 @@ def backward(
         if reduced:
             distributed.all_reduce_mean_many_(jac, method.process_group)
         rows = [as_task_rows(j, name="task gradients") for j in jac]
-        alpha = method.balance(rows, reduced=reduced)
+        if features is not None:
+            alpha = method.balance(rows, reduced=reduced, kind="features", features=inputs)
+        else:
+            alpha = method.balance(rows, reduced=reduced, kind="params")
     finally:
         method.discard_pending()
     if features is not None:
@@ -208,13 +211,13 @@ def _backward_through_features(
     method: Weighting,
     retain_graph: bool,
 ) -> None:
-    def make_hook(r):
+    def make_hook(k: int, r):
         def hook(_grad: Tensor) -> Tensor:
-            return ops.combine_rows(r, alpha, backend=method.backend)
+            return method.combine(r, alpha, index=k)
 
         return hook
 
-    handles = [f.register_hook(make_hook(r)) for f, r in zip(features, rows)]
+    handles = [f.register_hook(make_hook(k, r)) for k, (f, r) in enumerate(zip(features, rows))]
     try:
         if total.requires_grad:
             total.backward(retain_graph=retain_graph)
@@ -231,12 +234,12 @@ def _backward_exact(
     method: Weighting,
     retain_graph: bool,
 ) -> None:
-    for p, r in zip(params, rows):
+    for k, (p, r) in enumerate(zip(params, rows)):
         w = alpha.to(p.device)
         if p.grad is None:
-            p.grad = ops.combine_rows(r, w, backend=method.backend).to(p.dtype)
+            p.grad = method.combine(r, w, index=k).to(p.dtype)
         else:
-            ops.combine_rows(r, w, out=p.grad, backend=method.backend)
+            method.combine(r, w, index=k, out=p.grad)
     if not total.requires_grad:
         return
     shared = {id(p) for p in params}

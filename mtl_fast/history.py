@@ -20,6 +20,16 @@ in-place updates of the recorded tensors do not alter the history.  The price
 is that values are not validated at record time (checking for NaN would need a
 synchronisation); they are stored as given.
 
+Gram diagnostics
+----------------
+:meth:`WeightHistory.record_diagnostics` records, per step, the Gram matrix G a gradient method
+solved with and its weights α (``method.last_gram``: T² + T numbers, a device copy, no host
+synchronisation, transferred in the same chunks); :meth:`~WeightHistory.diagnostics_arrays`
+turns them into the gradient norms, cosine matrices, conflict rates, norm spreads and weight
+entropies of :mod:`mtl_fast.diagnostics` on the host, and
+:meth:`~WeightHistory.plot_diagnostics` draws the cosines of every task pair over training as a
+heat map above the conflict-rate curve.
+
 Missing / masked tasks (NaN)
 ----------------------------
 A task without a loss at some step (absent labels, masked task) may be recorded
@@ -52,6 +62,8 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 PathLike = Union[str, "os.PathLike[str]"]
 
 CSV_COLUMNS = ("method", "step", "task", "weight", "loss", "scale")
+#: The per-step scalars of :meth:`WeightHistory.diagnostics_arrays` besides norms and cosines.
+DIAGNOSTIC_SCALARS = ("conflict_rate", "norm_spread", "weight_entropy")
 
 _STATE_VERSION = 1
 
@@ -68,6 +80,59 @@ class _MethodLog:
         self.pending: List[Tuple[Any, Any]] = []
         self.host_weights: List[np.ndarray] = []  # chunks [k, T]
         self.host_losses: List[np.ndarray] = []
+
+
+class _GramLog:
+    """Gram diagnostics of one method: the (G, α) of each recorded step."""
+
+    __slots__ = ("host_alpha", "host_gram", "last_step", "pending", "steps")
+
+    def __init__(self) -> None:
+        self.steps: List[int] = []
+        self.last_step: Optional[int] = None
+        self.pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.host_gram: List[np.ndarray] = []  # chunks [k, T, T]
+        self.host_alpha: List[np.ndarray] = []  # chunks [k, T]
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        grams = torch.stack([g for g, _ in self.pending]).cpu().to(torch.float64).numpy()
+        alphas = torch.stack([a for _, a in self.pending]).cpu().to(torch.float64).numpy()
+        self.host_gram.append(grams)
+        self.host_alpha.append(alphas)
+        self.pending = []
+
+    def num_tasks(self) -> Optional[int]:
+        if self.pending:
+            return int(self.pending[0][1].shape[0])
+        return int(self.host_alpha[0].shape[1]) if self.host_alpha else None
+
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(G [S, T, T], α [S, T]) float64 host arrays of every record."""
+        self.flush()
+        if len(self.host_gram) > 1:
+            self.host_gram = [np.concatenate(self.host_gram)]
+            self.host_alpha = [np.concatenate(self.host_alpha)]
+        if not self.host_gram:
+            return np.zeros((0, 0, 0)), np.zeros((0, 0))
+        return self.host_gram[0], self.host_alpha[0]
+
+
+def _next_step(method_name: str, last: Optional[int], step: Optional[int]) -> int:
+    """The step of a new record: ``last + 1`` (0 first) when ``step`` is None, else ``step``,
+    which must be an integer above ``last``."""
+    if step is None:
+        return 0 if last is None else last + 1
+    if isinstance(step, bool):
+        raise ValueError(f"step must be an integer, got {step!r}")
+    try:
+        step = operator.index(step)
+    except TypeError:
+        raise ValueError(f"step must be an integer, got {step!r}") from None
+    if last is not None and step <= last:
+        raise ValueError(f"{method_name!r}: steps must strictly increase, got {step} after {last}")
+    return step
 
 
 def _objects_to_host(objs: Sequence[Any]) -> List[np.ndarray]:
@@ -129,6 +194,7 @@ class WeightHistory:
         self._task_names: Optional[List[str]] = task_names
         self._chunk_size = chunk_size
         self._logs: Dict[str, _MethodLog] = OrderedDict()
+        self._grams: Dict[str, _GramLog] = OrderedDict()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -253,20 +319,7 @@ class WeightHistory:
             )
 
         log = self._logs.get(method_name)
-        last = None if log is None else log.last_step
-        if step is None:
-            step = 0 if last is None else last + 1
-        else:
-            if isinstance(step, bool):
-                raise ValueError(f"step must be an integer, got {step!r}")
-            try:
-                step = operator.index(step)
-            except TypeError:
-                raise ValueError(f"step must be an integer, got {step!r}") from None
-            if last is not None and step <= last:
-                raise ValueError(
-                    f"{method_name!r}: steps must strictly increase, got {step} after {last}"
-                )
+        step = _next_step(method_name, None if log is None else log.last_step, step)
 
         if self._task_names is None:
             self._task_names = [f"task_{i}" for i in range(n_w)]
@@ -294,6 +347,180 @@ class WeightHistory:
         """Move every pending device record to the host now (one sync per device/dtype)."""
         for log in self._logs.values():
             self._flush_log(log)
+        for glog in self._grams.values():
+            glog.flush()
+
+    # ------------------------------------------------------------------ Gram diagnostics
+    def record_diagnostics(self, method_name: str, source: Any, step: Optional[int] = None) -> int:
+        """Record the Gram diagnostics of ``method_name`` at one step (module docstring).
+
+        Args:
+            method_name: any non-empty string.
+            source: a :class:`mtl_fast.Weighting` after a training step (its ``last_gram``), or
+                a pair (G [T, T], α [T]) of tensors.
+            step: the training step; ``None``: the previous diagnostics step + 1 (0 first).
+
+        Returns:
+            The step under which the record was stored.
+
+        Raises:
+            ValueError: no Gram matrix yet (a loss-based method without ``diagnostics=True``,
+                or no step taken), shapes that do not match the task names or earlier records,
+                or a non-increasing step.
+
+        Nothing is read on the host (a device copy of T² + T numbers).
+        """
+        if not isinstance(method_name, str) or not method_name:
+            raise ValueError(f"method_name must be a non-empty string, got {method_name!r}")
+        pair = getattr(source, "last_gram", source)
+        if pair is None:
+            raise ValueError(
+                f"{method_name!r}: no Gram matrix to record yet (take a training step first; a "
+                "loss-based method needs diagnostics=True)"
+            )
+        G, alpha = (torch.as_tensor(x).detach() for x in pair)
+        T = int(alpha.shape[0]) if alpha.dim() == 1 else -1
+        if alpha.dim() != 1 or G.shape != (T, T):
+            raise ValueError(
+                f"expected G [T, T] and alpha [T]; got {tuple(G.shape)} and {tuple(alpha.shape)}"
+            )
+        if self._task_names is not None and T != len(self._task_names):
+            raise ValueError(
+                f"{method_name!r}: got {T} tasks, expected {len(self._task_names)} "
+                f"({self._task_names!r})"
+            )
+        glog = self._grams.get(method_name)
+        known = None if glog is None else glog.num_tasks()
+        if known is not None and known != T:
+            raise ValueError(f"{method_name!r}: got {T} tasks, earlier records had {known}")
+        step = _next_step(method_name, None if glog is None else glog.last_step, step)
+        if self._task_names is None:
+            self._task_names = [f"task_{i}" for i in range(T)]
+        if glog is None:
+            glog = self._grams[method_name] = _GramLog()
+        glog.steps.append(step)
+        glog.last_step = step
+        # float64 device copies: the (asynchronous) clone protects against later updates.
+        glog.pending.append((G.to(torch.float64).clone(), alpha.to(torch.float64).clone()))
+        if self._chunk_size is not None and len(glog.pending) >= self._chunk_size:
+            glog.flush()
+        return step
+
+    @property
+    def diagnostic_methods(self) -> List[str]:
+        """Methods with recorded Gram diagnostics, in order of first record."""
+        return list(self._grams)
+
+    def diagnostics_arrays(self, method_name: str) -> Dict[str, np.ndarray]:
+        """The recorded diagnostics of ``method_name`` as NumPy arrays (flushes first).
+
+        Returns:
+            ``{"steps": int64 [S], "gram": [S, T, T], "alpha": [S, T], "norms": [S, T],
+            "cosines": [S, T, T], "conflict_rate": [S], "norm_spread": [S],
+            "weight_entropy": [S]}``, float64, computed by
+            :func:`mtl_fast.diagnostics.gram_diagnostics` from each step's G and α.
+        """
+        from mtl_fast.diagnostics import gram_diagnostics
+
+        try:
+            glog = self._grams[method_name]
+        except KeyError:
+            raise KeyError(
+                f"no diagnostics for method {method_name!r}; recorded: {self.diagnostic_methods!r}"
+            ) from None
+        grams, alphas = glog.arrays()
+        S = len(glog.steps)
+        T = grams.shape[1] if S else 0
+        out: Dict[str, np.ndarray] = {
+            "steps": np.asarray(glog.steps, dtype=np.int64),
+            "gram": grams.copy(),
+            "alpha": alphas.copy(),
+            "norms": np.zeros((S, T)),
+            "cosines": np.zeros((S, T, T)),
+        }
+        for key in DIAGNOSTIC_SCALARS:
+            out[key] = np.zeros(S)
+        for i in range(S):
+            d = gram_diagnostics(torch.from_numpy(grams[i]), torch.from_numpy(alphas[i]))
+            out["norms"][i] = d.norms.numpy()
+            out["cosines"][i] = d.cosines.numpy()
+            for key in DIAGNOSTIC_SCALARS:
+                out[key][i] = float(getattr(d, key))
+        return out
+
+    def plot_diagnostics(
+        self,
+        path: Optional[PathLike] = None,
+        *,
+        methods: Optional[Sequence[str]] = None,
+        figsize: Optional[Tuple[float, float]] = None,
+        dpi: int = 100,
+    ) -> Figure:
+        """Figure of the Gram diagnostics over training, one column per method: the cosine of
+        every task pair (s < t) as a heat map over the steps (red: conflicting, blue:
+        aligned), above the conflict rate (share of negative cosines). Built without pyplot,
+        like :meth:`plot`; saved to ``path`` when given.
+
+        Raises:
+            ImportError: matplotlib is not installed.
+            ValueError: no diagnostics recorded.
+            KeyError: an unknown method name.
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as err:
+            raise ImportError(
+                "WeightHistory.plot_diagnostics() needs matplotlib: `pip install matplotlib`"
+            ) from err
+        chosen = self.diagnostic_methods if methods is None else list(methods)
+        if not chosen:
+            raise ValueError("nothing to plot: no diagnostics have been recorded")
+        arrays = [self.diagnostics_arrays(m) for m in chosen]
+        names = self._task_names or []
+        n = len(chosen)
+        fig = Figure(figsize=figsize or (4.5 * n, 6.0), dpi=dpi)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(
+            2, n, sharex="col", squeeze=False, gridspec_kw={"height_ratios": [2, 1]}
+        )
+        image = None
+        for col, (method, a) in enumerate(zip(chosen, arrays)):
+            steps, cos = a["steps"], a["cosines"]
+            T = cos.shape[1]
+            pairs = [(s, t) for s in range(T) for t in range(s + 1, T)]
+            ax = axes[0, col]
+            if pairs and len(steps):
+                grid = np.stack([cos[:, s, t] for s, t in pairs])  # [pairs, S]
+                image = ax.imshow(
+                    grid,
+                    aspect="auto",
+                    cmap="RdBu",
+                    vmin=-1.0,
+                    vmax=1.0,
+                    interpolation="nearest",
+                    extent=(steps[0] - 0.5, steps[-1] + 0.5, len(pairs) - 0.5, -0.5),
+                )
+                if len(pairs) <= 28:
+                    ax.set_yticks(range(len(pairs)))
+                    label = [f"{names[s]}·{names[t]}" for s, t in pairs]
+                    ax.set_yticklabels(label, fontsize="x-small")
+            ax.set_title(method)
+            if col == 0:
+                ax.set_ylabel("task pair (cosine)")
+            ax2 = axes[1, col]
+            ax2.plot(steps, a["conflict_rate"], color="C3", lw=1.2)
+            ax2.set_ylim(-0.02, 1.02)
+            ax2.grid(True, alpha=0.3)
+            ax2.set_xlabel("step")
+            if col == 0:
+                ax2.set_ylabel("conflict rate")
+        if image is not None:
+            fig.colorbar(image, ax=list(axes[0]), fraction=0.05, label="cosine")
+        if path is not None:
+            path = Path(path)
+            fig.savefig(path, format=None if path.suffix else "png", dpi=dpi)
+        return fig
 
     def to_arrays(self, method_name: str) -> Dict[str, np.ndarray]:
         """All records of ``method_name`` as NumPy arrays (flushes pending records).
@@ -540,6 +767,10 @@ class WeightHistory:
                 (m, {k: v for k, v in self.to_arrays(m).items() if k != "scales"})
                 for m in self._logs
             ),
+            "diagnostics": OrderedDict(
+                (m, dict(zip(("steps", "gram", "alpha"), (np.asarray(g.steps), *g.arrays()))))
+                for m, g in self._grams.items()
+            ),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -567,9 +798,19 @@ class WeightHistory:
             log.host_weights = [weights.copy()]
             log.host_losses = [losses.copy()]
             logs[method] = log
+        grams: Dict[str, _GramLog] = OrderedDict()
+        for method, arrays in state.get("diagnostics", {}).items():  # absent in older states
+            glog = _GramLog()
+            glog.steps = np.asarray(arrays["steps"], dtype=np.int64).tolist()
+            glog.last_step = glog.steps[-1] if glog.steps else None
+            if glog.steps:
+                glog.host_gram = [np.asarray(arrays["gram"], dtype=np.float64).copy()]
+                glog.host_alpha = [np.asarray(arrays["alpha"], dtype=np.float64).copy()]
+            grams[method] = glog
         self._task_names = None if names is None else list(names)
         self._chunk_size = state.get("chunk_size", self._chunk_size)
         self._logs = logs
+        self._grams = grams
 
     def __getstate__(self) -> Dict[str, Any]:
         return self.state_dict()  # flushes: pickles hold host arrays only
@@ -578,4 +819,5 @@ class WeightHistory:
         self._task_names = None
         self._chunk_size = None
         self._logs = OrderedDict()
+        self._grams = OrderedDict()
         self.load_state_dict(state)

@@ -11,6 +11,9 @@ Non-finite gradients:
     * Triton path: no host sync. The NaN/Inf reaches the task's diagonal entry of G; the solves
       treat such a task as inactive (weight 0) and the combine kernel skips zero-weight tasks.
       The methods record the flag and report it lazily (:class:`mtl_fast.Weighting`).
+
+Under ``torch.compile`` each op is one custom operator that runs this dispatch at run time
+(:mod:`mtl_fast._compiled_ops`): the same results and errors, nothing traced into ``_C``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtl_fast import _backend, _native_passes
+from mtl_fast import _backend, _custom_ops, _native_passes
 from mtl_fast import _solve_constants as SC
 from mtl_fast._validation import (
     GradsLike,
@@ -48,6 +51,19 @@ def _kernels():
     import mtl_fast.kernels as kernels
 
     return kernels
+
+
+def _operator(name: str):
+    """``torch.ops.mtl_fast.<name>`` (defined by :mod:`mtl_fast._compiled_ops`)."""
+    return getattr(torch.ops.mtl_fast, name).default
+
+
+def _operator_rows(rows: TaskRows) -> tuple[list[Tensor], bool]:
+    """(tensors, stacked) carrying ``rows`` into an operator: the caller's stacked [T, ...]
+    tensor when there is one, else the T rows shaped as the gradients."""
+    if rows.stacked is not None:
+        return [rows.stacked.view(rows.num_tasks, *rows.shape)], True
+    return [r.view(rows.shape) for r in rows.rows], False
 
 
 def _native(name: str):
@@ -89,6 +105,8 @@ def gram_rows(rows: TaskRows, *, backend: str = "auto", check_finite: bool = Fal
     (:class:`mtl_fast.Weighting`). ``backend="auto"`` on the CPU uses the native one-pass kernel
     (:mod:`mtl_fast._native_passes`: rows read in place, upper triangle only) when the extension
     is built; ``"torch"`` always runs the reference."""
+    if _custom_ops.compiling():
+        return _operator("gram_rows")(*_operator_rows(rows), backend, check_finite)
     use = _backend.resolve(backend, rows.device, rows.dtype)
     if use == "triton" and backend == "auto" and rows.num_tasks > TRITON_GRAM_MAX_T:
         use = "torch"
@@ -125,6 +143,8 @@ def imtl_g_weights(G: Tensor, *, backend: str = "auto") -> Tensor:
     A non-finite G raises ``ValueError`` on the reference path (CPU, ``backend="torch"``).
     """
     check_gram(G)
+    if _custom_ops.compiling():
+        return _operator("imtl_g_weights")(G, backend)
     _check_finite_gram(G, backend)
     T = G.shape[0]
     be = _solve_backend(G, backend)
@@ -156,9 +176,11 @@ def mgda_weights(
     ``constrained=False`` gives the closed form G α ∝ 1 (Liu et al. 2021 §4).
     """
     check_gram(G)
-    _check_finite_gram(G, backend)
     if solver not in MGDA_SOLVERS:
         raise ValueError(f"unknown MGDA solver {solver!r}; expected one of {MGDA_SOLVERS}")
+    if _custom_ops.compiling():
+        return _operator("mgda_weights")(G, constrained, solver, max_iter, tol, backend)
+    _check_finite_gram(G, backend)
     T = G.shape[0]
     be = _solve_backend(G, backend)
     default_budget = max_iter is None and tol is None
@@ -196,6 +218,12 @@ def combine_rows(
     rows: TaskRows, weights: Tensor, *, out: Tensor | None = None, backend: str = "auto"
 ) -> Tensor:
     """:func:`combine` on validated rows and weights."""
+    if _custom_ops.compiling():
+        tensors, stacked = _operator_rows(rows)
+        if out is None:
+            return _operator("combine_rows")(tensors, stacked, weights, backend)
+        _operator("combine_rows_out")(tensors, stacked, weights, out, backend)
+        return out
     if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
         return _kernels().combine_rows(rows, weights, out)
     if backend == "auto" and _native_passes.serves(rows):
@@ -209,3 +237,51 @@ def _to_native(G: Tensor):
 
 def _from_native(alpha, G: Tensor) -> Tensor:
     return torch.from_numpy(alpha).to(torch.float64 if G.dtype == torch.float64 else torch.float32)
+
+
+# ---- GradDrop (Chen et al. 2020): the sign-dropout combination -------------------------------
+
+
+def _graddrop_impl(rows: TaskRows, backend: str):
+    """The module serving GradDrop's two passes for these rows (same functions, same math)."""
+    import importlib
+
+    from mtl_fast import _native_graddrop
+
+    if _backend.resolve(backend, rows.device, rows.dtype) == "triton":
+        return _kernels()
+    if backend == "auto" and _native_graddrop.serves(rows):
+        return _native_graddrop
+    return importlib.import_module("mtl_fast.reference.graddrop")
+
+
+def graddrop_sums_rows(
+    rows: TaskRows,
+    weights: Tensor,
+    batch: int,
+    activations: Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """GradDrop's batch sums S [T, F] of validated rows
+    (:func:`mtl_fast.reference.graddrop.graddrop_sums`)."""
+    return _graddrop_impl(rows, backend).graddrop_sums(rows, weights, batch, activations)
+
+
+def graddrop_combine_rows(
+    rows: TaskRows,
+    weights: Tensor,
+    uniform: Tensor,
+    leak: Tensor,
+    *,
+    sums: Tensor | None = None,
+    activations: Tensor | None = None,
+    out: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """GradDrop's combined gradient of validated rows
+    (:func:`mtl_fast.reference.graddrop.graddrop_combine_rows`): Triton on CUDA, the native
+    extension on the CPU, the reference otherwise."""
+    return _graddrop_impl(rows, backend).graddrop_combine_rows(
+        rows, weights, uniform, leak, sums=sums, activations=activations, out=out
+    )

@@ -72,7 +72,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from mtl_fast import _C
+from mtl_fast import _C, _custom_ops
 
 __all__ = ["RunningStats", "TorchRunningStats"]
 
@@ -235,6 +235,10 @@ class RunningStats(_DerivedStats):
     ) -> None:
         k, d = _check_config(num_streams, decay, nonfinite)
         self._impl = _C.Welford(k, d, bool(decay_variance), nonfinite)
+        # torch.compile: the accumulator behind the welford_* operators (module end).
+        self._k = k
+        self._handle = _custom_ops.register(self)
+        self._order = torch.zeros(1, dtype=torch.int64)
 
     # ----------------------------------------------------------------------------- config
     @property
@@ -303,8 +307,26 @@ class RunningStats(_DerivedStats):
             ValueError: wrong length / shape / dtype, or (``nonfinite="raise"``) a NaN/Inf in a
                 selected stream, naming the stream indices; then nothing is updated.
             TypeError: a non-CPU tensor.
+
+        Under ``torch.compile`` (tensor values) the update is the operator ``welford_update``.
         """
+        if _custom_ops.compiling() and isinstance(values, torch.Tensor):
+            sel = mask if mask is None or isinstance(mask, torch.Tensor) else torch.tensor(mask)
+            _WELFORD_UPDATE(self._order, self._handle, values, sel)
+            return
         self._impl.update(_host(values, "values"), None if mask is None else _host(mask, "mask"))
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, population variance, count) as new CPU tensors (float64, float64, int64): the
+        form to read inside a function compiled with ``torch.compile`` (operator
+        ``welford_moments``), where the NumPy properties cannot be traced."""
+        if _custom_ops.compiling():
+            return _WELFORD_MOMENTS(self._order, self._handle, self._k)
+        return (
+            torch.from_numpy(self._impl.mean()),
+            torch.from_numpy(self._impl.var()),
+            torch.from_numpy(self._impl.count()),
+        )
 
     def merge(self, other: RunningStats) -> None:
         """Combine ``other`` into this accumulator (Chan et al. 1979), stream by stream.
@@ -543,8 +565,11 @@ class TorchRunningStats(_DerivedStats):
         if sel is not None:
             bad = bad & sel
         self._last_nonfinite = bad
-        if self._nonfinite == "raise" and self._device.type == "cpu" and bool(bad.any()):
-            raise ValueError(_nonfinite_message(torch.nonzero(bad).flatten().tolist()))
+        if self._nonfinite == "raise" and self._device.type == "cpu":
+            if _custom_ops.compiling():  # raised at run time, without a host read in the graph
+                _RAISE_NONFINITE(bad)
+            elif bool(bad.any()):
+                _raise_nonfinite(bad)
         ok = ~bad if sel is None else sel & ~bad
 
         count = self._count + ok.to(torch.int64)
@@ -642,3 +667,73 @@ class TorchRunningStats(_DerivedStats):
             f"TorchRunningStats(num_streams={self._k}, decay={self._decay}{dv}, "
             f"nonfinite={self._nonfinite!r}, device='{self._device}')"
         )
+
+
+def _raise_nonfinite(bad: torch.Tensor) -> None:
+    raise ValueError(_nonfinite_message(torch.nonzero(bad).flatten().tolist()))
+
+
+# ------------------------------------------------------------------------ torch.compile
+# The C++ accumulator and the CPU non-finite check as custom operators (mtl_fast._custom_ops):
+# run eagerly at run time; each writes its accumulator's order tensor, which keeps the updates
+# and reads of one accumulator in program order.
+
+
+def _welford_update_eager(
+    order: torch.Tensor, handle: int, values: torch.Tensor, mask: Optional[torch.Tensor]
+) -> None:
+    order.add_(1)
+    _custom_ops.lookup(handle).update(values, mask)
+
+
+def _welford_update_fake(
+    order: torch.Tensor, handle: int, values: torch.Tensor, mask: Optional[torch.Tensor]
+) -> None:
+    return None
+
+
+_WELFORD_UPDATE = _custom_ops.define(
+    "welford_update(Tensor(a!) order, int handle, Tensor values, Tensor? mask) -> ()",
+    _welford_update_eager,
+    _welford_update_fake,
+)
+
+
+def _welford_moments_eager(
+    order: torch.Tensor, handle: int, num_streams: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    order.add_(1)
+    return _custom_ops.lookup(handle).moments()
+
+
+def _welford_moments_fake(
+    order: torch.Tensor, handle: int, num_streams: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    k = (num_streams,)
+    return (
+        torch.empty(k, dtype=torch.float64),
+        torch.empty(k, dtype=torch.float64),
+        torch.empty(k, dtype=torch.int64),
+    )
+
+
+_WELFORD_MOMENTS = _custom_ops.define(
+    "welford_moments(Tensor(a!) order, int handle, int num_streams) -> (Tensor, Tensor, Tensor)",
+    _welford_moments_eager,
+    _welford_moments_fake,
+)
+
+
+def _raise_nonfinite_eager(bad: torch.Tensor) -> None:
+    if bool(bad.any()):
+        _raise_nonfinite(bad)
+
+
+def _raise_nonfinite_fake(bad: torch.Tensor) -> None:
+    return None
+
+
+# ``bad`` is declared written so that the check is not removed as dead code.
+_RAISE_NONFINITE = _custom_ops.define(
+    "raise_nonfinite_streams(Tensor(a!) bad) -> ()", _raise_nonfinite_eager, _raise_nonfinite_fake
+)

@@ -12,8 +12,19 @@ The training loop is the same for every method::
 → the scalar to back-propagate, updating its statistics). A gradient method sets
 ``gradient_based = True`` and implements :meth:`Weighting.gram_weights` (the Gram matrix G of
 the task gradients → the weights α), in the spirit of a ``forward(gramian)``; it never sees the
-gradients themselves. State that must survive a restart lives in ``self._state`` (a dict) or in
-parameters; both are in ``state_dict()``, so a resumed run reproduces an unbroken one.
+gradients themselves. A gradient method that must act on the gradient rows (an EMA of the
+gradients, per-coordinate statistics or a per-coordinate rule) also sets
+``needs_gradient_rows = True`` and implements one or both row hooks,
+:meth:`Weighting.prepare_rows` (before G is formed) and :meth:`Weighting.combine_rows` (instead
+of Σ_t α_t g_t); see :mod:`mtl_fast._row_step`. State that must survive a restart lives in
+``self._state`` (a dict) or in parameters; both are in ``state_dict()``, so a resumed run
+reproduces an unbroken one.
+
+**Diagnostics.** Every gradient method keeps the Gram matrix its last solve used and the weights
+it found; :attr:`Weighting.diagnostics` turns them into gradient norms, cosines, the conflict
+rate, the norm spread and the weights' entropy (:mod:`mtl_fast.diagnostics`) on first read, on
+the device, with no extra pass over the gradients. Loss-based methods opt in with
+``diagnostics=True`` (one Gram pass per step in ``split``'s backward).
 
 The base class only keeps the step's state and delegates each job to its own module: the
 inputs and their validation (:mod:`mtl_fast._losses`), the step bookkeeping and the rollback of
@@ -30,7 +41,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from mtl_fast import _state
+from mtl_fast import _compiled_step, _custom_ops, _state, amp, distributed, ops
 from mtl_fast._backend import BACKENDS, cuda_capturing
 from mtl_fast._balance import balance_gram, gram_of_features
 from mtl_fast._losses import (
@@ -43,10 +54,12 @@ from mtl_fast._losses import (
 )
 from mtl_fast._method_helpers import MethodHelpers
 from mtl_fast._nonfinite import NonFiniteMonitor
+from mtl_fast._row_step import RowKind, RowStep, make_row_step, refuse_gram_only
 from mtl_fast._split import SplitFunction
 from mtl_fast._step import StepBook
 from mtl_fast._sync import MethodSync
 from mtl_fast._validation import TaskRows
+from mtl_fast.diagnostics import GramDiagnostics, gram_diagnostics
 
 __all__ = ["LossesLike", "MaskLike", "StepInputs", "Weighting"]
 
@@ -65,6 +78,9 @@ class Weighting(nn.Module, MethodHelpers):
             require it. See :mod:`mtl_fast.distributed`.
         process_group: the group to synchronise over (default: the world).
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` for the Gram-space ops.
+        diagnostics: loss-based methods only (gradient methods always keep them, at no cost):
+            ``True`` makes ``split`` form the Gram matrix of the T feature gradients in its
+            backward (one Gram pass per step) so that :attr:`diagnostics` is available.
     """
 
     #: True when the weights act on the shared gradient inside ``split``'s backward.
@@ -87,6 +103,15 @@ class Weighting(nn.Module, MethodHelpers):
     #: the compare problems (digits, denoise, synthetic) among 0.01 / 0.05 / 0.2 (README,
     #: "Pitfalls"; 0.05 and 0.2 collapse UW and IMTL-L on denoise).
     default_lr: ClassVar[float] = 0.01
+    #: True when the method acts on the task gradient rows themselves (:meth:`prepare_rows`,
+    #: :meth:`combine_rows`), so it needs a caller that has them (``split``,
+    #: :func:`mtl_fast.backward`); callers that form only G (MultiTaskLinear) refuse it.
+    needs_gradient_rows: bool = False
+    #: True when the row hooks read the forward features (:attr:`RowStep.features`): ``split``
+    #: then keeps them for its backward.
+    needs_features: bool = False
+    #: How to fix a refusal by a caller that formed only G (e.g. a variant that needs no rows).
+    gram_only_fix: str = ""
 
     def __init__(
         self,
@@ -96,6 +121,7 @@ class Weighting(nn.Module, MethodHelpers):
         sync: bool | None = None,
         process_group: Any = None,
         backend: str = "auto",
+        diagnostics: bool = False,
     ) -> None:
         super().__init__()
         if num_tasks is not None and (not isinstance(num_tasks, int) or num_tasks < 1):
@@ -116,6 +142,18 @@ class Weighting(nn.Module, MethodHelpers):
         self._monitor = NonFiniteMonitor(type(self).__name__)
         self._book = StepBook()
         self._sync = MethodSync(sync, process_group)
+        self._diagnose = bool(diagnostics)
+        # (G, α) of the last solve and their diagnostics, computed on first read.
+        self._diag_source: tuple[Tensor, Tensor] | None = None
+        self._diag_cache: GramDiagnostics | None = None
+        self._solve_gram: Tensor | None = None
+        # The open row step (row hooks) and the feature tensors already combined.
+        self._row_step: RowStep | None = None
+        self._rows_combined: set[int] = set()
+        self._rows_balanced = False
+        self._compile_handle = _custom_ops.register(self)
+        # Orders a compiled step's operators (mtl_fast._compiled_step); not in state_dict.
+        self._compile_order = torch.zeros(1, dtype=torch.int64)
 
     # ------------------------------------------------------------------ public API
 
@@ -146,7 +184,9 @@ class Weighting(nn.Module, MethodHelpers):
         Loss-based methods: before the first step, the weights the first step will use
         (:meth:`initial_weights`). Gradient methods have no weights before their first solve
         (in the backward of the first step): reading them then raises ``RuntimeError``.
+        After a step a gradient scaler skipped, the weights from before it (:mod:`mtl_fast.amp`).
         """
+        self._settle_scaled()
         w = self._state["weights"]
         if w is not None:
             return w
@@ -168,8 +208,39 @@ class Weighting(nn.Module, MethodHelpers):
         return dict(zip(names, w))
 
     @property
+    def diagnostics(self) -> GramDiagnostics | None:
+        """Gram diagnostics of the last step (:mod:`mtl_fast.diagnostics`): gradient norms, the
+        cosine matrix, the conflict rate, the norm spread and the entropy of the weights' terms,
+        as float64 tensors on the device (no host synchronisation; read them with ``.item()``
+        or record them with :meth:`mtl_fast.history.WeightHistory.record_diagnostics`).
+
+        Updated by every training step's backward (``split``, :func:`mtl_fast.backward`,
+        MultiTaskLinear), from the Gram matrix G the solve used and its weights α: for most
+        gradient methods the Gram matrix of the task gradients ``split`` receives; for methods
+        that rewrite the rows first (DB-MTL's and MoCo's tracked gradients) the Gram matrix of
+        the tracked gradients. Computed on first read after a step (a few T×T operations).
+        Loss-based methods: ``None`` unless built with ``diagnostics=True``; then, from the
+        steps that go through ``split``, from the weighted gradients c_t g_t their total gives
+        each task, with α = 1 (:func:`mtl_fast.backward` and MultiTaskLinear form no Gram matrix
+        for them). ``None`` before the first step."""
+        src = self._diag_source
+        if src is None:
+            return None
+        if self._diag_cache is None:
+            self._diag_cache = gram_diagnostics(*src)
+        return self._diag_cache
+
+    @property
+    def last_gram(self) -> tuple[Tensor, Tensor] | None:
+        """(G, α) of the last step, detached device tensors, from which :attr:`diagnostics` is
+        computed; ``None`` before the first step (or for a loss-based method without
+        ``diagnostics=True``)."""
+        return self._diag_source
+
+    @property
     def step(self) -> int:
         """Number of training steps seen (calls of :meth:`loss` that updated the method)."""
+        self._settle_scaled()
         return int(self._state["step"])
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
@@ -200,7 +271,8 @@ class Weighting(nn.Module, MethodHelpers):
         for k, f in enumerate(features):
             if not isinstance(f, Tensor):
                 raise TypeError(f"feature {k} must be a Tensor; got {type(f).__name__}")
-        if not (self.gradient_based and self._updating()):
+        balanced = self.gradient_based or self._diagnose
+        if not (balanced and self._updating()):
             return [features[0] if len(features) == 1 else tuple(features) for _ in range(T)]
         for k, f in enumerate(features):
             if not f.is_floating_point():
@@ -215,12 +287,14 @@ class Weighting(nn.Module, MethodHelpers):
                     "receive the output of the shared encoder (or wrap evaluation in "
                     "torch.no_grad() / method.eval())"
                 )
-        token = self.open_split("split")
-        outs = SplitFunction.apply(self, T, token, *features)
+        if _custom_ops.compiling():
+            outs = _compiled_step.traced_split(self, T, features)
+        else:
+            outs = SplitFunction.apply(self, T, self.open_split("split"), *features)
         K = len(features)
         return list(outs) if K == 1 else [tuple(outs[t * K : (t + 1) * K]) for t in range(T)]
 
-    def loss(self, losses: LossesLike, mask: MaskLike = None) -> Tensor:
+    def loss(self, losses: LossesLike, mask: MaskLike = None, *, scaler: Any = None) -> Tensor:
         """The scalar to back-propagate.
 
         Args:
@@ -230,6 +304,10 @@ class Weighting(nn.Module, MethodHelpers):
                 excluded from the solve, no statistics updated). With a mask, a non-finite loss
                 also marks its task absent. A host mask (list, CPU tensor) also keeps absent
                 losses out of the graph; a device mask uses ``torch.where`` (no sync).
+            scaler: a :class:`torch.amp.GradScaler` for fp16 training: the result is
+                ``scaler.scale(total)`` (do not scale it again), the solve sees the unscaled
+                gradients, and a step the scaler skips (overflow) leaves no trace in the method
+                (:mod:`mtl_fast.amp`, docs/compile_and_amp.md).
 
         Without a mask a NaN/Inf loss raises ``ValueError`` (``nonfinite="raise"``) or marks the
         task absent (``nonfinite="absent"``). In ``eval()`` mode or with gradients disabled the
@@ -237,7 +315,18 @@ class Weighting(nn.Module, MethodHelpers):
         methods before their first solve: Σ_t L_t, the value of their training total). A
         gradient method in training needs a pending ``split`` (or
         :class:`mtl_fast.MultiTaskLinear`, or :func:`mtl_fast.backward`).
+
+        Under ``torch.compile`` the step runs as custom operators (docs/compile_and_amp.md).
         """
+        scaling = amp.is_scaling(scaler)
+        if _custom_ops.compiling():
+            if scaling:
+                raise RuntimeError(
+                    f"{type(self).__name__}.loss(..., scaler=) cannot run inside torch.compile: "
+                    "compile the model (its forward, with split) and keep method.loss, the "
+                    "backward and the scaler calls outside the compiled function"
+                )
+            return _compiled_step.traced_loss(self, losses, mask)
         self._refuse_capture()
         prepared = self.prepare_losses(losses, mask)
         if not self._updating():
@@ -250,7 +339,7 @@ class Weighting(nn.Module, MethodHelpers):
                 "heads, or use mtl_fast.backward(losses, features=z, method=method), or "
                 "mtl_fast.MultiTaskLinear as the last layer"
             )
-        return self.record_loss(prepared)
+        return self.record_loss(prepared, scaler=scaler if scaling else None)
 
     def accumulate(self, micro_batches: int, *, weights: str = "micro_batch") -> Weighting:
         """Gradient accumulation: ``micro_batches`` back-propagated micro-batches per optimizer
@@ -342,6 +431,21 @@ class Weighting(nn.Module, MethodHelpers):
         """What :attr:`weights` reports after a solve gave α (IMTL: α_t e^{s_t})."""
         return alpha
 
+    def prepare_rows(self, step: RowStep) -> None:
+        """Row methods (``needs_gradient_rows``): called with the step's task gradient rows
+        before their Gram matrix is formed. May rewrite ``step.rows`` in place (the Gram matrix,
+        the solve and the combine then act on the rewritten rows) or read them into state.
+        Default: nothing."""
+        del step
+
+    def combine_rows(
+        self, step: RowStep, alpha: Tensor, index: int, out: Tensor | None = None
+    ) -> Tensor:
+        """The shared gradient of feature tensor ``index`` from its rows and the solve's α
+        (``out +=`` it when given; returned). Default: Σ_t α_t g_t. Row methods acting per
+        coordinate override it (GradDrop)."""
+        return ops.combine_rows(step.rows[index], alpha, out=out, backend=self.backend)
+
     # ------------------------------------------------------------------ engine API
     # For code that drives a balanced step itself: split's autograd Function,
     # mtl_fast.backward and layers that form the Gram matrix (mtl_fast.MultiTaskLinear).
@@ -386,11 +490,15 @@ class Weighting(nn.Module, MethodHelpers):
             self.task_names = prepared.names
         return prepared
 
-    def record_loss(self, prepared: PreparedLosses) -> Tensor:
+    def record_loss(self, prepared: PreparedLosses, *, scaler: Any = None) -> Tensor:
         """Count a training step, keep the inputs for the pending balanced step and return the
-        total; the update is rolled back unless the total is back-propagated."""
+        total; the update is rolled back unless the total is back-propagated. ``scaler``: an
+        enabled gradient scaler (:mod:`mtl_fast.amp`): the total is returned scaled and the
+        update stays provisional until the scaler's verdict."""
         if not self._book.split_open:
             self._start_step()
+        if scaler is not None:
+            self._book.begin_scaled(amp.watch(scaler), self._snapshot_all)
         safe, present = prepared.safe, prepared.present
         self._sync.wait()
         token = self._book.begin_update(self._snapshot())
@@ -407,24 +515,76 @@ class Weighting(nn.Module, MethodHelpers):
         if not total.requires_grad:
             self._book.commit(token, type(self).__name__)
         elif not self.gradient_based:  # gradient methods commit when their solve succeeds
-            total.register_hook(self._book.commit_hook(token, type(self).__name__))
+            self._book.on_backward(total, self._book.commit_hook(token, type(self).__name__))
         if self._sync.has_pending and total.requires_grad:
             # Deferred statistics updates: waited for when the backward ends (MethodSync).
-            total.register_hook(self._sync.wait_after_backward)
-        return total
+            self._book.on_backward(total, self._sync.wait_after_backward)
+        if scaler is None:
+            return total
+        scaled, scale = amp.scale_total(scaler, total)
+        if self.gradient_based and self._book.inputs is not None:
+            self._book.inputs.grad_scale = scale
+        return scaled
 
     def balance(
-        self, rows: Sequence[TaskRows], *, token: int | None = None, reduced: bool = False
+        self,
+        rows: Sequence[TaskRows],
+        *,
+        token: int | None = None,
+        reduced: bool = False,
+        kind: RowKind = "features",
+        features: Sequence[Tensor | None] | None = None,
     ) -> Tensor:
-        """α from the feature gradients (one ``TaskRows`` per feature tensor): the Gram
-        matrix of their concatenation, then :meth:`balance_gram`."""
-        return self.balance_gram(gram_of_features(rows, self.backend), token=token, reduced=reduced)
+        """α from the task gradients (one :class:`TaskRows` per feature tensor or parameter):
+        the row hook :meth:`prepare_rows` of a row method, the Gram matrix of the rows'
+        concatenation, then :meth:`balance_gram`. ``kind``: gradients of the shared
+        ``"features"`` (first dimension: the batch) or of the shared ``"params"``;
+        ``features``: the forward tensors (for methods with ``needs_features``). Follow it with
+        :meth:`combine` for every feature tensor."""
+        rows = tuple(rows)
+        if not self.gradient_based:  # a loss-based method with diagnostics=True
+            return self._observe_rows(rows, token)
+        self._row_step = None
+        self._rows_combined = set()
+        if self.needs_gradient_rows:
+            recorded = self._book.inputs
+            self._row_step = make_row_step(
+                rows,
+                kind=kind,
+                features=None if features is None else tuple(features),
+                present=None if recorded is None else recorded.present,
+                losses=None if recorded is None else recorded.losses,
+                partial=self._sync.active and not reduced,
+                group=self.process_group,
+            )
+            self.prepare_rows(self._row_step)
+            self._rows_balanced = True
+        G = gram_of_features(rows, self.backend)
+        return self.balance_gram(G, token=token, reduced=reduced)
+
+    def combine(
+        self, rows: TaskRows, alpha: Tensor, *, index: int = 0, out: Tensor | None = None
+    ) -> Tensor:
+        """The shared gradient of feature tensor ``index`` after :meth:`balance` gave α:
+        Σ_t α_t g_t, or the row method's :meth:`combine_rows` (``out +=`` it when given)."""
+        step = self._row_step
+        if step is None:
+            return ops.combine_rows(rows, alpha, out=out, backend=self.backend)
+        result = self.combine_rows(step, alpha, index, out)
+        self._rows_combined.add(index)
+        if len(self._rows_combined) == len(step.rows):  # every feature served: free the rows
+            self._row_step = None
+        return result
 
     def balance_gram(self, G: Tensor, *, token: int | None = None, reduced: bool = False) -> Tensor:
         """α [T] (float32 on G's device) from this process's Gram matrix of the task gradients,
         by the shared policy of :func:`mtl_fast._balance.balance_gram` and :meth:`gram_weights`;
         also stored as :attr:`weights`. ``token``: the split being back-propagated;
-        ``reduced``: G is already global (exact parameter mode under torch.distributed)."""
+        ``reduced``: G is already global (exact parameter mode under torch.distributed).
+        Row methods (``needs_gradient_rows``) refuse a Gram matrix without :meth:`balance`."""
+        rows_seen, self._rows_balanced = self._rows_balanced, False
+        if self.needs_gradient_rows and not rows_seen:
+            refuse_gram_only(self)
         inputs, update = self._book.close_split(token, type(self).__name__)
         alpha = balance_gram(
             G,
@@ -437,15 +597,49 @@ class Weighting(nn.Module, MethodHelpers):
             needs_losses=self.needs_losses_in_backward,
             reduced=reduced,
         )
-        self._set_weights(self.effective_weights(alpha))
+        weights = self.effective_weights(alpha)
+        if inputs is not None and inputs.grad_scale is not None:
+            # An overflowing scaled step keeps the weights it had (its alpha is NaN).
+            previous = self._state["weights"]
+            keep = torch.zeros_like(weights) if previous is None else previous.to(weights)
+            weights = torch.where(torch.isfinite(weights), weights, keep)
+        self._set_weights(weights)
+        self._note_gram(self._solve_gram, alpha)
         self._book.commit(update, type(self).__name__)
         return alpha
+
+    def _note_gram(self, G: Tensor | None, alpha: Tensor) -> None:
+        """Keep (G, α) of the step for :attr:`diagnostics` (no copy, no computation)."""
+        self._solve_gram = None
+        if G is not None:
+            self._diag_source = (G.detach(), alpha.detach())
+            self._diag_cache = None
+
+    def _observe_rows(self, rows: tuple[TaskRows, ...], token: int | None) -> Tensor:
+        """``split``'s backward for a loss-based method built with ``diagnostics=True``: the
+        Gram matrix of the (already weighted) rows for :attr:`diagnostics`, α = 1 (the plain
+        sum autograd would form). Under torch.distributed the Gram matrices are summed over the
+        processes (one collective, T(T+1)/2 + 2T numbers)."""
+        self._book.close_split(token, type(self).__name__)
+        G = gram_of_features(rows, self.backend)
+        T = G.shape[0]
+        ones = torch.ones(T, dtype=torch.float32, device=G.device)
+        if self._sync.active:
+            ok = torch.ones(T, dtype=torch.bool, device=G.device)
+            G_global, _, _, _ = distributed.reduce_gram(
+                torch.nan_to_num(G), ok, ~ok, None, self.process_group
+            )
+            assert G_global is not None
+            G = G_global
+        self._note_gram(G, ones)
+        return ones
 
     # ------------------------------------------------------------------ step internals
 
     def _solve_for_step(self, G: Tensor, inputs: StepInputs) -> Tensor:
         """:meth:`gram_weights`, or under ``accumulate(k, weights="step")`` the previous
         optimizer step's α while this step's Gram matrices are summed (see :meth:`accumulate`)."""
+        self._solve_gram = G
         if self._accumulate_weights != "step" or self._micro_batches == 1:
             return self.gram_weights(G, inputs)
         acc = self._state.get("gram_sum")
@@ -458,6 +652,12 @@ class Weighting(nn.Module, MethodHelpers):
         else:
             self._state["gram_sum"] = acc
         return alpha
+
+    def _step_grad_scale(self) -> Tensor | None:
+        """The gradient scaler's scale s of the step whose backward runs (:mod:`mtl_fast.amp`),
+        else ``None``; for methods that read the gradients themselves (DB-MTL's EMA)."""
+        inputs = self._book.inputs
+        return None if inputs is None else inputs.grad_scale
 
     def _updating(self) -> bool:
         """Whether a call is a training step (training mode, gradients enabled)."""
@@ -476,6 +676,24 @@ class Weighting(nn.Module, MethodHelpers):
         self._monitor.poll()
         self._sync.wait()
         self._book.rollback(self._restore)
+        self._settle_scaled()
+
+    def _settle_scaled(self) -> None:
+        """Apply a gradient scaler's verdict on the last scaled step (:mod:`mtl_fast.amp`): a
+        skipped step's whole update is undone."""
+        self._book.settle_scaled(self._restore_all)
+
+    def _snapshot_all(self) -> Any:
+        """The whole state and the method's parameters (a backward may change them in place:
+        GradNorm renormalises its weights), for a scaled step (:mod:`mtl_fast.amp`)."""
+        return _state.pack(self._state), [p.detach().clone() for p in self.parameters()]
+
+    def _restore_all(self, snapshot: Any) -> None:
+        state, params = snapshot
+        self._state = _state.unpack(state, self._state)
+        with torch.no_grad():
+            for p, saved in zip(self.parameters(), params):
+                p.copy_(saved)
 
     def _snapshot(self) -> Any:
         if self.gradient_based:  # their loss() changes nothing but the step counter
@@ -502,6 +720,7 @@ class Weighting(nn.Module, MethodHelpers):
 
     def get_extra_state(self) -> dict[str, Any]:
         self._sync.wait()  # the state includes every step taken (no new collective)
+        self._settle_scaled()  # a step the scaler skipped is not saved
         return {"version": 1, "num_tasks": self.num_tasks, "state": _state.pack(self._state)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -518,6 +737,11 @@ class Weighting(nn.Module, MethodHelpers):
             self.num_tasks = stored_T
         self._state = _state.unpack(state["state"], self._state)
         self._book.forget()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling / ``copy.deepcopy``: the copy gets its own operator handle."""
+        super().__setstate__(state)
+        self._compile_handle = _custom_ops.register(self)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"

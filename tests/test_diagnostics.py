@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import _toy
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mtl_fast as mf
 from mtl_fast.diagnostics import gram_diagnostics
 
 
@@ -49,3 +51,47 @@ def test_extremes():
     assert d.conflict_rate.item() == 0 and d.norm_spread.item() == 1 and d.weight_entropy == 0
     with pytest.raises(ValueError, match="alpha"):
         gram_diagnostics(torch.eye(2), torch.ones(3))
+
+
+# ------------------------------------------------------------------ method.diagnostics
+
+
+def test_gradient_method_diagnostics_are_those_of_its_step():
+    model = _toy.ToyMTL(3)
+    x, ys = _toy.toy_batch(model)
+    m = mf.IMTLG()
+    assert m.diagnostics is None and m.last_gram is None
+    _toy.split_step(model, m, x, ys)
+    _, J = _toy.feature_gradients(model, x, ys)
+    Jf = J.flatten(1).double()
+    want = gram_diagnostics(Jf @ Jf.T, m.weights)
+    d = m.diagnostics
+    assert d is not None and d is m.diagnostics  # computed once per step
+    torch.testing.assert_close(d.norms, want.norms, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d.cosines, want.cosines, rtol=1e-5, atol=1e-6)
+    assert d.conflict_rate.item() == pytest.approx(want.conflict_rate.item())
+    assert d.weight_entropy.item() == pytest.approx(want.weight_entropy.item(), rel=1e-5)
+    assert d.cosines.dtype == torch.float64
+    # evaluation changes nothing
+    with torch.no_grad():
+        m.loss(model.losses(x, ys))
+    assert m.diagnostics is d
+
+
+def test_loss_methods_opt_in_with_one_gram_pass():
+    model = _toy.ToyMTL(3)
+    x, ys = _toy.toy_batch(model)
+    plain = mf.StaticWeighting([1.0, 2.0, 0.5])
+    _toy.split_step(model, plain, x, ys)
+    ref = [p.grad.clone() for p in model.parameters()]
+    assert plain.diagnostics is None
+    model.zero_grad(set_to_none=True)
+    watched = mf.StaticWeighting([1.0, 2.0, 0.5], diagnostics=True)
+    _toy.split_step(model, watched, x, ys)
+    for a, p in zip(ref, model.parameters()):  # the same training step
+        torch.testing.assert_close(p.grad, a, rtol=1e-6, atol=1e-7)
+    _, J = _toy.feature_gradients(model, x, ys)
+    Jw = (torch.tensor([1.0, 2.0, 0.5])[:, None, None] * J).flatten(1).double()
+    want = gram_diagnostics(Jw @ Jw.T, torch.ones(3))
+    torch.testing.assert_close(watched.diagnostics.norms, want.norms, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(watched.diagnostics.cosines, want.cosines, rtol=1e-5, atol=1e-6)

@@ -136,6 +136,7 @@ METHODS: dict[str, Callable[..., mf.Weighting]] = {
     "CAGrad": lambda r, **kw: mf.CAGrad(T, **kw),
     "PCGrad": lambda r, **kw: mf.PCGrad(T, seed=100 + (r or 0), **kw),
     "GradVac": lambda r, **kw: mf.GradVac(T, seed=100 + (r or 0), **kw),
+    "GradDrop": lambda r, **kw: mf.GradDrop(T, seed=100 + (r or 0), **kw),
     "DBMTL": lambda r, **kw: mf.DBMTL(T, **kw),
     "CV": lambda r, **kw: mf.CVWeighting(T, **kw),
     "CV-current": lambda r, **kw: mf.CVWeighting(T, denominator="current", **kw),
@@ -152,6 +153,11 @@ METHODS: dict[str, Callable[..., mf.Weighting]] = {
     "IMTLL": lambda r, **kw: mf.IMTLL(T, **kw),
     "Static": lambda r, **kw: mf.StaticWeighting([1.0, 2.0, 3.0], normalize=True, **kw),
     "Equal": lambda r, **kw: mf.EqualWeighting(T, **kw),
+    "Compose": lambda r, **kw: registry.get("Compose").build(T, **kw),  # IMTL-L ∘ IMTL-G
+    # Both parts synchronised: the loss part's deferred statistics, the gradient part's seed.
+    "Compose-CV-PCGrad": lambda r, **kw: mf.Compose(
+        mf.CVWeighting(T), mf.PCGrad(T, seed=100 + (r or 0)), **kw
+    ),
 }
 
 #: Every registered method without a variant above joins with its registry defaults, so a method
@@ -416,7 +422,7 @@ def _check_group(rank: int, world: int) -> None:
 
 # ---------------------------------------------------------------------------- checkpoint
 
-CKPT_METHODS = ("CV", "LSB", "IMTL", "AMTL")
+CKPT_METHODS = ("CV", "LSB", "IMTL", "AMTL", "Compose-CV-PCGrad")
 CKPT_AT, CKPT_MORE = 2, 2
 
 

@@ -295,3 +295,51 @@ def test_tensorboard_export(tmp_path) -> None:
     assert [e.step for e in seg_loss] == [0, 2, 4]  # NaN steps skipped
     assert [e.value for e in seg_loss] == [1.0, 0.5, 0.25]
     assert all(math.isclose(e.value, 1.0) for e in acc.Scalars("scale/det"))
+
+
+# ------------------------------------------------------------------ Gram diagnostics
+
+
+def test_record_diagnostics_arrays_state_and_figure(tmp_path):
+    import torch as _torch
+
+    import mtl_fast as mf
+    from mtl_fast.diagnostics import gram_diagnostics
+    from mtl_fast.history import WeightHistory as _WH
+
+    h = _WH(["a", "b", "c"], chunk_size=2)
+    gen = _torch.Generator().manual_seed(0)
+    pairs = []
+    for k in range(5):
+        J = _torch.randn(3, 7, generator=gen, dtype=_torch.float64)
+        pairs.append((J @ J.T, _torch.rand(3, generator=gen, dtype=_torch.float64)))
+        h.record_diagnostics("m", pairs[-1], step=10 * k)
+    a = h.diagnostics_arrays("m")
+    assert a["steps"].tolist() == [0, 10, 20, 30, 40] and a["cosines"].shape == (5, 3, 3)
+    for i, (G, alpha) in enumerate(pairs):
+        d = gram_diagnostics(G, alpha)
+        np.testing.assert_allclose(a["cosines"][i], d.cosines.numpy())
+        assert a["conflict_rate"][i] == pytest.approx(float(d.conflict_rate))
+        assert a["weight_entropy"][i] == pytest.approx(float(d.weight_entropy))
+    # from a method after its step
+    model_method = mf.IMTLG()
+    with pytest.raises(ValueError, match="no Gram matrix"):
+        h.record_diagnostics("imtlg", model_method)
+    z = _torch.randn(4, 5, requires_grad=True)
+    zs = model_method.split(z, num_tasks=3)
+    model_method.loss([(zs[t] * (t + 1)).pow(2).mean() for t in range(3)]).backward()
+    h.record_diagnostics("imtlg", model_method)
+    assert h.diagnostic_methods == ["m", "imtlg"]
+    with pytest.raises(ValueError, match="strictly increase"):
+        h.record_diagnostics("m", pairs[0], step=40)
+    with pytest.raises(ValueError, match="tasks"):
+        h.record_diagnostics("m", (_torch.eye(2), _torch.ones(2)))
+    # state round trip (host arrays only) and the figure
+    h2 = _WH()
+    h2.load_state_dict(h.state_dict())
+    np.testing.assert_allclose(h2.diagnostics_arrays("m")["gram"], a["gram"])
+    fig = h.plot_diagnostics(tmp_path / "diag.png")
+    assert (tmp_path / "diag.png").stat().st_size > 0
+    assert len(fig.axes) >= 4
+    with pytest.raises(KeyError, match="no diagnostics"):
+        h.diagnostics_arrays("nope")

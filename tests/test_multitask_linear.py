@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 import mtl_fast.methods
 from mtl_fast import multitask_linear as mtl
+from mtl_fast.methods import registry
 from mtl_fast.multitask_linear import MultiTaskLinear, balanced_input_grad, structured_gram
 from mtl_fast.reference import structured_gram as structured_gram_reference
 from mtl_fast.weighting import Weighting
@@ -71,6 +72,8 @@ def _make(cls_name: str, T: int, **kwargs) -> Weighting:
     params = inspect.signature(cls.__init__).parameters
     if "seed" in params:
         kwargs.setdefault("seed", 1234)
+    if cls_name in registry.names():  # the registry's constructor (Compose takes two parts)
+        return registry.get(cls_name).build(T, **kwargs)
     return cls(T, **kwargs)
 
 

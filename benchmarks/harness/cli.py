@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Sequence
 
-SECTIONS = ("ops", "train", "stats", "scaling")
+SECTIONS = ("ops", "train", "stats", "scaling", "compile")
 #: The names of :data:`benchmarks.harness.workloads.TIERS` (spelled out: importing workloads here
 #: would import torch just to print ``--help``; a test keeps the two in step).
 TIERS = ("smoke", "quick", "full", "gpu")

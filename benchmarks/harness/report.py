@@ -547,6 +547,26 @@ def _stats_table(records: list[Record]) -> list[str]:
     return _table(["T", *impls, "C++ speed-up over pure PyTorch"], rows)
 
 
+def _compile_table(records: list[Record]) -> list[str]:
+    rows = []
+    recs = [r for r in records if r.get("section") == "compile"]
+    for r in sorted(recs, key=lambda r: (r["T"], r["method"])):
+        first = r.get("first_call_s")
+        rows.append(
+            [
+                str(r["T"]),
+                r["method"],
+                r["mode"],
+                _ms(r["median_s"]),
+                _ratio(r["vs_eager"]),
+                "—" if first is None else f"{first:.1f} s",
+            ]
+        )
+    if not rows:
+        return []
+    return _table(["T", "method", "mode", "step", "× eager", "first call (compiles)"], rows)
+
+
 def _scaling_table(records: list[Record]) -> list[str]:
     idx = _index(records, "scaling", "step_imtlg")
     if not idx:
@@ -711,6 +731,19 @@ def markdown(results: dict[str, Any], png_name: str | None = None) -> str:
     strain = _train_table(recs, "scaling_train")
     if strain:
         L += ["## Scaling in T: training step", "", *strain]
+    compiled = _compile_table(recs)
+    if compiled:
+        L += [
+            "## torch.compile: training step compiled vs eager",
+            "",
+            "The training step above, eager; with the forward (encoder, split, heads, losses) "
+            "compiled with fullgraph=True (loss, backward, optimizer eager): mode `model`; with "
+            "the whole step compiled: mode `step` (inductor). × eager: step time over the same "
+            "method's eager step (< 1: the compiled step is faster).",
+            "",
+            *compiled,
+            "",
+        ]
     if results.get("skipped"):
         L += ["## Skipped", ""]
         L += _table(

@@ -47,7 +47,10 @@ import torch
 from . import workloads as wl
 
 Progress = Callable[[str], None]
-SECTIONS = ("ops", "train", "stats", "scaling")
+#: Sections run when none is named; ``compile`` (inductor compiles for minutes on a CPU) runs
+#: only when named (``--only compile``).
+DEFAULT_SECTIONS = ("ops", "train", "stats", "scaling")
+SECTIONS = (*DEFAULT_SECTIONS, "compile")
 #: Calls slower than this (seconds) are repeated at most 3 times (and warmed up once).
 SLOW_CALL_S = 2.0
 #: CUDA event timing: a callable faster than this (seconds) is called k times per timed block,
@@ -762,6 +765,18 @@ def cuda_graph_capturable(fn: Callable[[], Any]) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
 
+def _time_train_steps(
+    ctx: Context, steps: dict[str, wl.TrainStep], errors: dict[str, str]
+) -> dict[str, Timing]:
+    """Training steps timed interleaved with the tier's training-step repeats."""
+    kw = ctx.timing_kwargs()
+    kw["warmup"] = ctx.tier.train_warmup
+    kw["min_repeats"] = ctx.tier.train_min_repeats
+    kw["max_repeats"] = max(kw["max_repeats"], kw["min_repeats"])
+    kw["max_s"] = None  # the training step keeps its repeats (the section has a time limit)
+    return time_interleaved({n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw)
+
+
 def _train_records(
     ctx: Context,
     section: str,
@@ -780,14 +795,7 @@ def _train_records(
             except (LookupError, TypeError, ValueError, wl.Unsupported) as exc:
                 skipped.append({"section": section, "what": f"{name} T={T}", "reason": str(exc)})
         errors: dict[str, str] = {}
-        kw = ctx.timing_kwargs()
-        kw["warmup"] = ctx.tier.train_warmup
-        kw["min_repeats"] = ctx.tier.train_min_repeats
-        kw["max_repeats"] = max(kw["max_repeats"], kw["min_repeats"])
-        kw["max_s"] = None  # the training step keeps its repeats (the section has a time limit)
-        timings = time_interleaved(
-            {n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw
-        )
+        timings = _time_train_steps(ctx, steps, errors)
         for name, msg in errors.items():
             skipped.append({"section": section, "what": f"{name} T={T}", "reason": msg})
         base = timings.get("EqualWeighting")
@@ -907,11 +915,62 @@ def run_scaling(ctx: Context, skipped: list[dict[str, Any]]) -> list[dict[str, A
     return records
 
 
+def run_compile(ctx: Context, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Section 5: the training step of :data:`~benchmarks.harness.workloads.COMPILE_METHODS`
+    eager, with the model compiled (``fullgraph=True``) and with the whole step compiled
+    (inductor), timed interleaved; each relative to the same method's eager step. The first
+    (compiling) call of each is made before the timing and reported as ``first_call_s``."""
+    records = []
+    for T in ctx.tier.train_T:
+        steps: dict[str, wl.TrainStep] = {}
+        for name in wl.COMPILE_METHODS:
+            for mode in wl.COMPILE_MODES:
+                if ctx.out_of_time(skipped, "compile", f"{name} {mode} T={T}"):
+                    continue
+                torch._dynamo.reset()
+                try:
+                    steps[f"{name} {mode}"] = wl.make_compiled_step(
+                        name, T, ctx.tier, ctx.device, mode
+                    )
+                except Exception as exc:  # a compiler failure is a result, not a crash
+                    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                    skipped.append({"section": "compile", "what": f"{name} {mode}", "reason": msg})
+        errors: dict[str, str] = {}
+        timings = _time_train_steps(ctx, steps, errors)
+        for key, msg in errors.items():
+            skipped.append({"section": "compile", "what": f"{key} T={T}", "reason": msg})
+        for key, tm in timings.items():
+            name, mode = key.rsplit(" ", 1)
+            eager = timings.get(f"{name} eager")
+            rec = {
+                "section": "compile",
+                "method": name,
+                "mode": mode,
+                "family": steps[key].family,
+                "T": T,
+                "device": ctx.device.type,
+                **asdict(tm),
+                "vs_eager": tm.median_s / eager.median_s if eager else None,
+                "first_call_s": steps[key].setup.extras.get("first_call_s"),
+                "params": steps[key].setup.num_parameters(),
+                "batch": steps[key].setup.x.shape[0],
+                "image": steps[key].setup.x.shape[-1],
+            }
+            records.append(ctx.keep(rec))
+        ctx.progress(
+            f"  compile T={T}: "
+            + ", ".join(f"{k} {v.median_s * 1e3:.3g} ms" for k, v in timings.items())
+        )
+    torch._dynamo.reset()
+    return records
+
+
 RUNNERS: dict[str, Callable[[Context, list[dict[str, Any]]], list[dict[str, Any]]]] = {
     "ops": run_ops,
     "train": run_train,
     "stats": run_stats,
     "scaling": run_scaling,
+    "compile": run_compile,
 }
 
 
@@ -927,8 +986,8 @@ def run(
     Args:
         tier: a :class:`~benchmarks.harness.workloads.Tier` or its name (default: the environment
             variable, else ``smoke``).
-        sections: a subset of ``("ops", "train", "stats", "scaling")`` (default: the tier's
-            ``default_sections``, else all).
+        sections: a subset of :data:`SECTIONS` (default: the tier's ``default_sections``, else
+            :data:`DEFAULT_SECTIONS`).
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
         progress: called with one line per measured cell (default: silent).
         time_limit_s: total seconds for the sections (:func:`section_limits`; default: the
@@ -941,7 +1000,7 @@ def run(
     """
     if not isinstance(tier, wl.Tier):
         tier = wl.get_tier(tier)
-    sections = tuple(sections or tier.default_sections or SECTIONS)
+    sections = tuple(sections or tier.default_sections or DEFAULT_SECTIONS)
     for s in sections:
         if s not in SECTIONS:
             raise BenchError(f"unknown section {s!r}; expected some of {SECTIONS}")

@@ -691,6 +691,15 @@ METHOD_NAMES = (
     "DBMTL",
     "FAMO",
     "STCH",
+    # Added with the methods the field added since: Gram-space (FairGrad, ConFIG, SDMGrad),
+    # on the gradient rows (ExcessMTL, MoCo, GradDrop) and a composition (IMTL-L ∘ IMTL-G).
+    "FairGrad",
+    "ConFIG",
+    "SDMGrad",
+    "ExcessMTL",
+    "MoCo",
+    "GradDrop",
+    "Compose",
 )
 #: LibMTL-style training steps measured next to the methods.
 LIBMTL_METHODS = {"LibMTL-style IMTL": "imtl", "LibMTL-style MGDA": "mgda"}
@@ -826,6 +835,62 @@ def make_method_step(name: str, T: int, tier: Tier, device: torch.device | str) 
         return total
 
     return TrainStep(name, method_family(method), step, setup)
+
+
+# --------------------------------------------------------------------------- torch.compile
+
+#: Methods of the compile section: the baseline, a gradient method (split's backward with the
+#: native Gram, solve and combine) and a loss-based one (the C++ Welford accumulator).
+COMPILE_METHODS = ("EqualWeighting", "IMTLG", "CVWeighting")
+#: ``"eager"``; ``"model"``: the forward (encoder, split, heads, losses) compiled with
+#: ``fullgraph=True``, loss / backward / optimizer eager; ``"step"``: the whole step compiled.
+COMPILE_MODES = ("eager", "model", "step")
+#: The torch.compile backend of the compile section.
+COMPILE_BACKEND = "inductor"
+
+
+def make_compiled_step(
+    name: str,
+    T: int,
+    tier: Tier,
+    device: torch.device | str,
+    mode: str,
+    backend: str | None = None,
+) -> TrainStep:
+    """The training step of :func:`make_method_step` (same model, batch and method) in one of
+    :data:`COMPILE_MODES`. The first call, which compiles, runs here: its seconds are in
+    ``extras["first_call_s"]`` and the timed calls see the compiled code only."""
+    import time
+
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"mode must be one of {COMPILE_MODES}; got {mode!r}")
+    backend = backend or COMPILE_BACKEND
+    setup = make_train_setup(T, tier, device)
+    method = build_method(name, T).to(setup.device)
+    _prepare(method, setup)
+    opt = torch.optim.SGD(setup.parameters() + list(method.parameters()), lr=TRAIN_LR)
+    encoder, heads = setup.encoder, setup.heads
+
+    def forward(x: Tensor) -> Tensor:
+        zs = method.split(encoder(x), num_tasks=T)
+        return torch.stack([setup.task_loss(t, heads[t](zs[t])) for t in range(T)])
+
+    if mode == "model":
+        forward = torch.compile(forward, fullgraph=True, backend=backend)
+
+    def step() -> Any:
+        opt.zero_grad(set_to_none=True)
+        total = method.loss(forward(setup.x))
+        total.backward()
+        opt.step()
+        return total.detach()
+
+    if mode == "step":
+        step = torch.compile(step, backend=backend)
+    t0 = time.perf_counter()
+    step()
+    setup.extras["first_call_s"] = time.perf_counter() - t0
+    return TrainStep(f"{name} {mode}", method_family(method), step, setup)
 
 
 # --------------------------------------------------------------------------- loss statistics

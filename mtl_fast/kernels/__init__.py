@@ -13,7 +13,9 @@ Each op is a Triton kernel plus its launcher, tested against :mod:`mtl_fast.refe
 * :func:`combine_rows`: Σ α_t g_t over the same pointer array (``combine.py``);
 * :func:`imtl_g_solve`, :func:`mgda_solve`: single-program T×T solves for T ≤ 64 (``solve.py``);
 * ``structured_gram.structured_gram``: G = (ΔᵀΔ)∘(WWᵀ) of a shared linear head, without the Jacobian
-  (``structured_gram.py``, used by :class:`mtl_fast.MultiTaskLinear`).
+  (``structured_gram.py``, used by :class:`mtl_fast.MultiTaskLinear`);
+* :func:`graddrop_sums`, :func:`graddrop_combine_rows`: GradDrop's sign-dropout combination
+  (``graddrop.py``, used by :class:`mtl_fast.GradDrop`).
 
 Importing this package imports Triton; :mod:`mtl_fast._backend` treats an import failure as
 "Triton unavailable" and the reference serves every op. The launchers take validated inputs
@@ -31,7 +33,15 @@ if not (_here / "gram.py").is_file() and (_source / "gram.py").is_file():
 
 # The kernel modules are importable only once __path__ includes their folder.
 from mtl_fast.kernels.combine import combine_rows  # noqa: E402
+from mtl_fast.kernels.graddrop import graddrop_combine_rows, graddrop_sums  # noqa: E402
 from mtl_fast.kernels.gram import gram_rows  # noqa: E402
 from mtl_fast.kernels.solve import imtl_g_solve, mgda_solve  # noqa: E402
 
-__all__ = ["combine_rows", "gram_rows", "imtl_g_solve", "mgda_solve"]
+__all__ = [
+    "combine_rows",
+    "graddrop_combine_rows",
+    "graddrop_sums",
+    "gram_rows",
+    "imtl_g_solve",
+    "mgda_solve",
+]

@@ -53,13 +53,11 @@ tests/methods/test_dbmtl.py):
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
-from mtl_fast._validation import TaskRows
-from mtl_fast.methods._rows import refuse_gram_only, writable_rows
+from mtl_fast._row_step import RowStep
+from mtl_fast.methods._rows import ema_buffers, ema_rows_, squared_norms, writable_rows
 from mtl_fast.methods.baselines import positive_losses
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
@@ -195,15 +193,15 @@ class DBMTL(Weighting):
         self.sigma = float(sigma)
         self.eps = float(eps)
         self.ema = ema
-        #: ema="gradient" keeps an EMA of the rows themselves (mtl_fast.methods._rows).
+        #: ema="gradient" keeps an EMA of the rows themselves (Weighting.prepare_rows).
         self.needs_gradient_rows = ema == "gradient"
+        self.gram_only_fix = "use DBMTL(..., ema='norm')"
         self._state["ema_norms"] = torch.zeros(num_tasks, dtype=torch.float64)
         self._state["ema_grads"] = None
         self._state["counts"] = torch.zeros(num_tasks, dtype=torch.int64)
         self._state["alpha"] = None
         self._step_scales: Tensor | None = None
         self._step_present: Tensor | None = None
-        self._rows_updated = False
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
         return torch.ones(num_tasks, device=device)
@@ -245,19 +243,14 @@ class DBMTL(Weighting):
     def loss_gradient_scales(self) -> Tensor | None:
         return self._step_scales
 
-    def balance(
-        self, rows: Sequence[TaskRows], *, token: int | None = None, reduced: bool = False
-    ) -> Tensor:
-        if self.ema == "gradient":
-            self._update_ema_rows(list(rows))
-            self._rows_updated = True
-        return super().balance(rows, token=token, reduced=reduced)
-
-    def _update_ema_rows(self, rows: list) -> None:
+    def prepare_rows(self, step: RowStep) -> None:
         """ĝ_t ← β_k ĝ_t + (1 − β_k) g_t for the present tasks with a finite row, then write ĝ_t
         into the step's rows (the base class forms the Gram matrix of the rows and combines
-        them, so both act on ĝ). The rows are the step's own gradient buffers (autograd's
-        incoming gradients, or the functional path's per-task gradients), used only here."""
+        them, so both act on ĝ). In a scaled step (mtl_fast.amp) the rows are s·g: ĝ keeps the
+        unscaled g, the rows get s·ĝ."""
+        if self.ema != "gradient":
+            return
+        rows = list(step.rows)
         T = rows[0].num_tasks
         device = rows[0].device
         present = self._step_present
@@ -265,44 +258,27 @@ class DBMTL(Weighting):
         if present is None:
             present = torch.ones(T, dtype=torch.bool, device=device)
         present = present.to(device)
-        finite = torch.ones(T, dtype=torch.bool, device=device)
-        for r in rows:
-            finite = finite & torch.stack([torch.isfinite(g).all() for g in r.rows])
-        update = present & finite
+        # One fused Gram pass tells which rows are finite (NaN/Inf make ‖g_t‖² non-finite).
+        update = present & torch.isfinite(squared_norms(rows, self.backend))
         counts = self._state["counts"].to(device) + update.to(torch.int64)
         b = _ema_factors(counts, self.beta, self.sigma)
-        bufs = self._ema_buffers(rows)
+        bufs = ema_buffers(
+            self._state["ema_grads"],
+            rows,
+            "DBMTL(ema='gradient')",
+            "keep the shared features' shape constant (e.g. drop_last=True), pass params= to "
+            "mtl_fast.backward, or use ema='norm'",
+        )
         for r, buf in zip(rows, bufs):
-            for t, g in enumerate(writable_rows(r, "DBMTL(ema='gradient')")):
-                bt = b[t].to(buf.dtype)
-                new = bt * buf[t] + (1.0 - bt) * g.to(buf.dtype)
-                buf[t] = torch.where(update[t], new, buf[t])
-                g.copy_(torch.where(update[t], buf[t].to(g.dtype), g))
+            ema_rows_(
+                buf,
+                writable_rows(r, "DBMTL(ema='gradient')"),
+                b,
+                update,
+                grad_scale=self._step_grad_scale(),
+            )
         self._state["counts"] = counts
         self._state["ema_grads"] = bufs
-
-    def _ema_buffers(self, rows: list) -> list[Tensor]:
-        """ĝ, one [T, D_k] buffer per feature tensor (zeros at the first step); raises when the
-        gradients' shapes changed."""
-        bufs = self._state["ema_grads"]
-        shapes = [(r.num_tasks, r.numel) for r in rows]
-        if bufs is None:
-            return [
-                torch.zeros(
-                    shape,
-                    dtype=torch.float64 if r.dtype == torch.float64 else torch.float32,
-                    device=r.device,
-                )
-                for shape, r in zip(shapes, rows)
-            ]
-        have = [tuple(b.shape) for b in bufs]
-        if have != shapes:
-            raise ValueError(
-                f"DBMTL(ema='gradient') keeps an EMA of the task gradients of shapes {have} "
-                f"but this step's are {shapes}: keep the shared features' shape constant "
-                "(e.g. drop_last=True), pass params= to mtl_fast.backward, or use ema='norm'"
-            )
-        return [b.to(r.device) for b, r in zip(bufs, rows)]
 
     def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
         if self.ema == "gradient":
@@ -313,12 +289,6 @@ class DBMTL(Weighting):
         self._state["ema_norms"] = ema
         self._state["counts"] = counts
         return alpha
-
-    def balance_gram(self, G: Tensor, *, token: int | None = None, reduced: bool = False) -> Tensor:
-        rows_updated, self._rows_updated = self._rows_updated, False
-        if self.ema == "gradient" and not rows_updated:
-            refuse_gram_only(self, "use DBMTL(..., ema='norm')")
-        return super().balance_gram(G, token=token, reduced=reduced)
 
     def effective_weights(self, alpha: Tensor) -> Tensor:
         self._state["alpha"] = alpha.detach()

@@ -167,6 +167,8 @@ class GradNorm(Weighting):
         diff = torch.where(present, weighted - target, 0.0)
         self._state["grad_norm_loss"] = diff.abs().sum().detach()
         grad = (torch.sign(diff) * norms).to(device=w_param.device, dtype=w_param.dtype)
+        if inputs.grad_scale is not None:  # a scaled step (mtl_fast.amp): the scaler unscales it
+            grad = grad * inputs.grad_scale.to(grad)
         if w_param.grad is None:
             w_param.grad = grad
         else:

@@ -11,7 +11,8 @@ in ``tests/kernels/`` (docs/design.md, "Layout"):
 * ``solve.py``: the weight solves G → α (:func:`imtl_g_weights`, :func:`mgda_weights`, ...),
   with their constants in :mod:`mtl_fast._solve_constants`;
 * ``structured_gram.py``: the Gram matrix of a multi-task linear head's feature gradients
-  (:func:`structured_gram`).
+  (:func:`structured_gram`);
+* ``graddrop.py``: GradDrop's sign-dropout combination of the task gradients (:func:`graddrop`).
 
 The package exports the functions under the modules' names (``mtl_fast.reference.gram`` is the
 function); reach a module's other contents with ``from mtl_fast.reference.gram import ...`` or
@@ -19,6 +20,7 @@ function); reach a module's other contents with ``from mtl_fast.reference.gram i
 """
 
 from mtl_fast.reference.combine import combine
+from mtl_fast.reference.graddrop import graddrop
 from mtl_fast.reference.gram import gram
 from mtl_fast.reference.solve import (
     active_tasks,
@@ -34,6 +36,7 @@ from mtl_fast.reference.structured_gram import structured_gram
 __all__ = [
     "active_tasks",
     "combine",
+    "graddrop",
     "gram",
     "imtl_g_weights",
     "mgda_unconstrained_weights",

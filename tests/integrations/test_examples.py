@@ -53,3 +53,20 @@ def test_hf() -> None:
     )
     weights = load("hf_train").main(["--epochs", "1", "--samples", "128"])
     assert finite(weights)
+
+
+def test_compile_train() -> None:
+    """torch.compile of the model with split (aot_eager here: no C++ build in the test)."""
+    result = load("compile_train").main(
+        ["--epochs", "1", "--samples", "128", "--backend", "aot_eager"]
+    )
+    assert result["graph_breaks"] == 0 and finite(result["losses"])
+
+
+def test_amp_fp16_scaler() -> None:
+    """fp16 autocast with a GradScaler, overflows forced: skipped steps, finite weights."""
+    result = load("amp_fp16_scaler").main(
+        ["--epochs", "1", "--samples", "256", "--overflow-every", "3"]
+    )
+    assert result["skipped_steps"] >= 1
+    assert finite(result["losses"]) and finite(result["weights"])

@@ -28,6 +28,8 @@ SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
 
     from mtl_fast.kernels import combine as C, gram as G, solve as S, structured_gram as SG
+    from mtl_fast.kernels import graddrop as GD
+    from mtl_fast import _solve_constants as SC
 
     target = GPUTarget("cuda", int(sys.argv[1]), 32)
     backend = triton.compiler.make_backend(target)
@@ -96,6 +98,26 @@ SCRIPT = textwrap.dedent(
                    SINGLE_TILE=cfg.single_tile, SAME_ROWS=cfg.single_tile and K == 1,
                    UPCAST=False, PRECISION="ieee"),
               cfg.num_warps, cfg.num_stages)
+    for dtype, table, signs in [(torch.float32, True, True), (torch.bfloat16, False, False)]:
+        name = f"{str(dtype)[6:]}_{'table' if table else 'stride'}"
+        build(f"graddrop_sums_{name}", GD._graddrop_sums_kernel,
+              {"base_ptr": ptr[dtype], "table_ptr": "*i64" if table else ptr[dtype],
+               "w_ptr": "*fp32", "a_ptr": ptr[dtype], "part_ptr": "*fp32", "T": "i32",
+               "B": "i32", "F": "i32", "row_stride": "i32", "rows_per_split": "i32"},
+              dict(BLOCK_F=512, USE_TABLE=table, ROW_ALIGN=16 if table else 1,
+                   HAS_SIGNS=signs))
+        cfg = C.combine_config(10**6, dtype, cuda)
+        for from_sums in (True, False):
+            build(f"graddrop_combine_{name}_{'sums' if from_sums else 'elementwise'}",
+                  GD._graddrop_combine_kernel,
+                  {"base_ptr": ptr[dtype], "table_ptr": "*i64" if table else ptr[dtype],
+                   "w_ptr": "*fp32", "leak_ptr": "*fp32", "s_ptr": "*fp32", "a_ptr": ptr[dtype],
+                   "u_ptr": "*fp32", "out_ptr": ptr[dtype], "T": "i32", "D": "i32", "F": "i32",
+                   "row_stride": "i32"},
+                  dict(EPS=SC.GRADDROP_EPS, BLOCK_D=cfg.block_d, USE_TABLE=table,
+                       ROW_ALIGN=16 if table else 1, FROM_SUMS=from_sums,
+                       HAS_SIGNS=signs and not from_sums, ACCUMULATE=not table, OUT_F64=False),
+                  cfg.num_warps)
     print(json.dumps(results))
     """
 )
@@ -139,6 +161,12 @@ def test_kernels_compile_for_sm90():
         "mgda_T64",
         "structured_float32_T1024_k1",
         "structured_bfloat16_T40_k3",
+        "graddrop_sums_float32_table",
+        "graddrop_sums_bfloat16_stride",
+        "graddrop_combine_float32_table_sums",
+        "graddrop_combine_float32_table_elementwise",
+        "graddrop_combine_bfloat16_stride_sums",
+        "graddrop_combine_bfloat16_stride_elementwise",
     }
     assert set(results) == expected
     for name, info in results.items():
