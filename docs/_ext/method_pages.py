@@ -14,7 +14,7 @@ from typing import Any
 
 from gen_common import BANNER, DOCS, fmt_ms, fmt_ratio, md_table, remove_stale, write_if_changed
 from method_facts import MethodFacts, bibliography, describe_value, method_facts
-from results_data import compare_results, latest_runs
+from results_data import compare_results, train_run_for
 
 import mtl_fast
 from mtl_fast.methods import registry
@@ -138,11 +138,11 @@ def fill_state(facts: MethodFacts, method: Any) -> None:
 
 def cost_section(name: str) -> str:
     out = []
-    runs = latest_runs()
-    for device, run in sorted(runs.items()):
-        costs = run.train_costs()
-        if name not in costs:
+    for device in ("cpu", "cuda"):
+        run = train_run_for(name, device)
+        if run is None:
             continue
+        costs = run.train_costs()
         Ts = sorted(costs[name])
         rows = [
             [
@@ -244,10 +244,8 @@ def page(facts: MethodFacts, code: str) -> str:
 
 
 def index_page(all_facts: list[MethodFacts]) -> str:
-    runs = latest_runs()
-
     def cost(name: str, device: str) -> str:
-        run = runs.get(device)
+        run = train_run_for(name, device)
         c = run.train_costs().get(name, {}) if run else {}
         return fmt_ratio(c[10][0]) if 10 in c else "—"
 
@@ -271,8 +269,8 @@ def index_page(all_facts: list[MethodFacts]) -> str:
         "Every one is a {py:class}`mtl_fast.Weighting` used through the same two calls, "
         "`method.split(z)` and `method.loss(losses)` ([concepts](../concepts.md)). The last "
         "two columns are the measured cost of a training step at T = 10 relative to equal "
-        "weighting (the latest CPU and GPU runs of `mtl-fast bench`, [benchmarks]"
-        "(../benchmarks.md)); which one to pick: [which method?](../which-method.md).\n\n"
+        "weighting (the latest CPU and GPU runs of `mtl-fast bench` that measured the method; "
+        "each method's page names the run, [benchmarks](../benchmarks.md)); which one to pick: [which method?](../which-method.md).\n\n"
         + md_table(
             ["method", "family", "paper", "needs", "lifecycle", "CPU step", "GPU step"],
             rows,

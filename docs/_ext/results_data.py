@@ -98,6 +98,19 @@ def latest_runs() -> dict[str, BenchRun]:
     return best
 
 
+def train_run_for(method: str, device: str) -> BenchRun | None:
+    """The run whose training-step section gives ``method``'s cost on ``device``: the run of
+    :func:`latest_runs` when it measured the method, else the newest run that did (a method
+    added after the last full run is measured by a later, smaller one)."""
+    preferred = latest_runs().get(device)
+    if preferred is not None and method in preferred.train_costs():
+        return preferred
+    for run in bench_runs():  # newest first
+        if run.device == device and method in run.train_costs():
+            return run
+    return None
+
+
 @dataclass
 class ProblemResult:
     """One problem of one ``mtl-fast compare`` run."""
