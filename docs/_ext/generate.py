@@ -25,7 +25,6 @@ from results_pages import (
     write_advice_fragment,
     write_bench_fragments,
     write_comparison_fragment,
-    write_recipes_extra,
 )
 
 GENERATORS: tuple[tuple[str, Callable[[], Any]], ...] = (
@@ -34,7 +33,6 @@ GENERATORS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("benchmark tables", write_bench_fragments),
     ("comparison tables", write_comparison_fragment),
     ("which-method advice", write_advice_fragment),
-    ("recipes' extra pages", write_recipes_extra),
 )
 
 

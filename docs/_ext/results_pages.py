@@ -289,18 +289,3 @@ def write_advice_fragment() -> Path:
     text = advice_fragment(problems) if problems else "No comparison results yet.\n"
     write_if_changed(path, _BANNER + text)
     return path
-
-
-# ---------------------------------------------------------------- pages from other work
-
-
-def write_recipes_extra() -> Path:
-    """The recipes' toctree entry for ``docs/compile_and_amp.md`` (the torch.compile and AMP
-    integration's own page) once that page exists; nothing before."""
-    path = GENERATED / "recipes_extra.md"
-    text = _BANNER
-    if (DOCS / "compile_and_amp.md").is_file():
-        text += "```{toctree}\n:hidden:\n\n/compile_and_amp\n```\n\n"
-        text += "See also: [torch.compile and AMP](/compile_and_amp.md).\n"
-    write_if_changed(path, text)
-    return path
