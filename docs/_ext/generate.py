@@ -25,6 +25,7 @@ from results_pages import (
     write_advice_fragment,
     write_bench_fragments,
     write_comparison_fragment,
+    write_results_toc,
 )
 
 GENERATORS: tuple[tuple[str, Callable[[], Any]], ...] = (
@@ -33,6 +34,7 @@ GENERATORS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("benchmark tables", write_bench_fragments),
     ("comparison tables", write_comparison_fragment),
     ("which-method advice", write_advice_fragment),
+    ("comparison reports' toctree", write_results_toc),
 )
 
 

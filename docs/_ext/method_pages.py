@@ -270,7 +270,8 @@ def index_page(all_facts: list[MethodFacts]) -> str:
         "`method.split(z)` and `method.loss(losses)` ([concepts](../concepts.md)). The last "
         "two columns are the measured cost of a training step at T = 10 relative to equal "
         "weighting (the latest CPU and GPU runs of `mtl-fast bench` that measured the method; "
-        "each method's page names the run, [benchmarks](../benchmarks.md)); which one to pick: [which method?](../which-method.md).\n\n"
+        "each method's page names the run, [benchmarks](../benchmarks.md)); which one to pick: "
+        "[which method?](../which-method.md).\n\n"
         + md_table(
             ["method", "family", "paper", "needs", "lifecycle", "CPU step", "GPU step"],
             rows,

@@ -13,6 +13,7 @@ from statistics import mean
 
 from gen_common import (
     BANNER,
+    COMPARE_RESULTS,
     DOCS,
     GENERATED,
     fmt_ms,
@@ -288,4 +289,18 @@ def write_advice_fragment() -> Path:
     problems = compare_results()
     text = advice_fragment(problems) if problems else "No comparison results yet.\n"
     write_if_changed(path, _BANNER + text)
+    return path
+
+
+def write_results_toc() -> Path:
+    """The comparison page's toctree: every Markdown page under ``docs/results/`` (the
+    committed ``mtl-fast compare`` reports), ``README.md`` first, so a new report appears on
+    the site without an edit."""
+    path = GENERATED / "results_toc.md"
+    docs = sorted(
+        p.relative_to(DOCS).with_suffix("").as_posix() for p in COMPARE_RESULTS.rglob("*.md")
+    )
+    docs.sort(key=lambda d: (not d.endswith("/README"), d.count("/"), d))
+    text = _BANNER + "```{toctree}\n:hidden:\n\ncompare\n" + "".join(f"{d}\n" for d in docs)
+    write_if_changed(path, text + "```\n")
     return path
