@@ -214,6 +214,8 @@ class WeightHistory:
 
     @property
     def chunk_size(self) -> Optional[int]:
+        """Records of a method kept on the device before one batched transfer to the host
+        (``None``: only on :meth:`flush` or an export)."""
         return self._chunk_size
 
     def num_steps(self, method_name: str) -> int:

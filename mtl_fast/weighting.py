@@ -121,7 +121,7 @@ class Weighting(nn.Module, MethodHelpers):
     #: :meth:`combine_rows`), so it needs a caller that has them (``split``,
     #: :func:`mtl_fast.backward`); callers that form only G (MultiTaskLinear) refuse it.
     needs_gradient_rows: bool = False
-    #: True when the row hooks read the forward features (:attr:`RowStep.features`): ``split``
+    #: True when the row hooks read the forward features (``RowStep.features``): ``split``
     #: then keeps them for its backward.
     needs_features: bool = False
     #: How to fix a refusal by a caller that formed only G (e.g. a variant that needs no rows).
@@ -173,6 +173,8 @@ class Weighting(nn.Module, MethodHelpers):
 
     @property
     def sync(self) -> bool | None:
+        """Cross-process synchronisation: ``None`` (default) when a group of more than one
+        process is initialised, ``False`` never, ``True`` required."""
         return self._sync.sync
 
     @sync.setter
@@ -181,6 +183,8 @@ class Weighting(nn.Module, MethodHelpers):
 
     @property
     def process_group(self) -> Any:
+        """The ``torch.distributed`` process group the method synchronises over (``None``: the
+        world)."""
         return self._sync.group
 
     @process_group.setter
@@ -558,7 +562,7 @@ class Weighting(nn.Module, MethodHelpers):
         kind: RowKind = "features",
         features: Sequence[Tensor | None] | None = None,
     ) -> Tensor:
-        """α from the task gradients (one :class:`TaskRows` per feature tensor or parameter):
+        """α from the task gradients (one ``TaskRows`` per feature tensor or parameter):
         the row hook :meth:`prepare_rows` of a row method, the Gram matrix of the rows'
         concatenation, then :meth:`balance_gram`. ``kind``: gradients of the shared
         ``"features"`` (first dimension: the batch) or of the shared ``"params"``;

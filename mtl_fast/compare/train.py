@@ -348,7 +348,7 @@ class CompareConfig:
         max_steps: optional cap on steps per epoch (tests).
         method_lr: see :class:`TrainConfig`.
         progress: show a tqdm progress bar (on stderr).
-        timing_rounds, timing_steps: the round-robin timing of :func:`interleaved_step_times`
+        timing_rounds, timing_steps: the round-robin timing of ``interleaved_step_times``
             that gives the reported ms/step (``timing_rounds=0``: report the per-run medians).
         device: see :class:`TrainConfig`.
         quick: the quick tier (``--quick``): a reduced budget whose results are indicative

@@ -69,7 +69,8 @@ class MultiTaskTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is ``method.loss`` of the model's task losses.
 
     Args:
-        *args, **kwargs: those of ``transformers.Trainer``.
+        *args: the positional arguments of ``transformers.Trainer``.
+        **kwargs: its keyword arguments.
         method: the :class:`~mtl_fast.Weighting` (not a submodule of the model).
         task_names: one name per task (the keys of the model's ``task_losses``).
         method_lr: learning rate of the method's learnable parameters; ``None``: the trainer's.

@@ -99,6 +99,7 @@ class LossStatistics:
         self.accumulator.reset()
 
     def state_dict(self) -> dict[str, Any]:
+        """The accumulator's state (exact; loads with ``torch.load(weights_only=True)``)."""
         return self.accumulator.state_dict()
 
     def step_snapshot(self) -> Any:
@@ -112,6 +113,7 @@ class LossStatistics:
         self.accumulator = acc
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
         self.accumulator.load_state_dict(state)
 
 
@@ -211,6 +213,7 @@ class PeriodAverages:
         self.history, self.valid = list(history), list(valid)
 
     def state_dict(self) -> dict[str, Any]:
+        """The period count, the running means of the current period and the history."""
         return {
             "period": self.period,
             "steps": self.steps,
@@ -220,6 +223,7 @@ class PeriodAverages:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
         self.stats.load_state_dict(state["stats"])
         self.period = int(state["period"])
         self.steps = int(state["steps"])

@@ -40,6 +40,7 @@ from mtl_fast.methods.upgrad import PreferenceVector, PrefLike, preference
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
 
+#: The values of ``AlignedMTL(scale_mode=)``.
 SCALE_MODES = ("min", "median", "rmse")
 
 

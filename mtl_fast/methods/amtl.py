@@ -117,6 +117,7 @@ class AccuracyTracker:
         self.seen = self.seen | given
 
     def state_dict(self) -> dict[str, Any]:
+        """The averaged accuracies and which tasks have been evaluated."""
         return {"value": self.value.clone(), "seen": self.seen.clone()}
 
     def step_snapshot(self) -> Any:
@@ -127,6 +128,7 @@ class AccuracyTracker:
         self.value, self.seen = snap
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
         self.value = torch.as_tensor(state["value"], dtype=torch.float64).cpu().clone()
         self.seen = torch.as_tensor(state["seen"], dtype=torch.bool).cpu().clone()
 

@@ -41,6 +41,7 @@ from mtl_fast import ops
 from mtl_fast.reference import active_tasks
 from mtl_fast.weighting import StepInputs, Weighting
 
+#: The values of ``CAGrad(rescale=)``: the divisor 1, 1 + c² or 1 + c of the direction.
 RESCALES = (0, 1, 2)
 #: Regula-falsi (Illinois) steps of the outer 1-D search off the CPU (on the CPU it stops as soon
 #: as the bracket is below ROOT_TOL, which is read for free).

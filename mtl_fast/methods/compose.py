@@ -64,7 +64,17 @@ class Compose(Weighting):
         **kwargs: see :class:`~mtl_fast.Weighting` (``sync``, ``process_group`` and the
             non-finite policy apply to both parts; ``backend`` too when given).
 
+    With f the loss method's total and c_t = ∂f/∂L_t, the shared features receive::
+
+        Σ_t α_t (c_t g_t),     α = the gradient method's solve on the Gram matrix of the c_t g_t
+
+    (``Compose(IMTLL(T), IMTLG())`` is IMTL, Liu et al. 2021 §3.3).
+
     ``weights``: α_t c_t [T], the effective weight of each raw loss's feature gradient.
+
+    Needs: what both parts need. Extra cost: both parts' costs plus one autograd call on the
+    loss part's total (T numbers, no pass over the model). State: both parts' states and the
+    loss part's parameters (submodules, in ``state_dict()``).
     """
 
     cuda_graph_capturable = False

@@ -95,7 +95,13 @@ class ExcessMTL(Weighting):
     r"""ExcessMTL: exponentiated task weights driven by each task's estimated excess risk.
 
     He et al. (2024); see :mod:`mtl_fast.methods.excess_mtl` for the estimate, the update, the
-    cost and how the weights act.
+    cost and how the weights act. Per step, with g_t task t's gradient (summed over the batch at
+    the feature level) and a_t its accumulated squares::
+
+        a_t ← a_t + g_t ∘ g_t,      r_t = Σ_i g_ti² / √(a_ti + ε)
+        w_t ← w_t exp(η r_t / r⁰_t),  w ← T w / Σ_s w_s     (r⁰: the task's first r)
+
+    and the shared gradient is Σ_t w_t g_t.
 
     Args:
         num_tasks: T.
@@ -111,7 +117,10 @@ class ExcessMTL(Weighting):
     its weight before the normalisation.
 
     Needs: the gradient rows (``split`` or ``mf.backward``; not MultiTaskLinear). With ``split``
-    the features per sample must keep their shape (the batch size may change).
+    the features per sample must keep their shape (the batch size may change). Extra cost: one
+    pass over the T rows for their batch sums (T×F numbers) and O(T·F) work on them (with
+    ``params=``: one pass over the rows and a), then one Gram and one combine pass. State: a
+    (T×F, or T×P with ``params=``), r⁰ [T] and w [T].
     """
 
     cuda_graph_capturable = False

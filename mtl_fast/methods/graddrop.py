@@ -54,6 +54,11 @@ class GradDrop(Weighting):
     """GradDrop: keep one randomly chosen sign of the task gradients at every coordinate.
 
     Chen et al. (2020); see :mod:`mtl_fast.methods.graddrop` for the algorithm and its cost.
+    At the shared features A, with ∇_t task t's gradient there (Algorithm 1)::
+
+        S_t = Σ_batch sgn(A) ∘ ∇_t,      P = ½ (1 + Σ_t S_t / Σ_t |S_t|)
+        M_t = [P > U] [S_t > 0] + [P < U] [S_t < 0],     U ~ Uniform[0, 1] per feature
+        ∇   = Σ_t (ℓ_t + (1 − ℓ_t) M_t) ∘ ∇_t
 
     Args:
         num_tasks: T (optional unless ``leak`` gives one value per task).
@@ -71,7 +76,9 @@ class GradDrop(Weighting):
 
     Needs: feature gradients (and the features themselves, kept by ``split`` for the backward;
     ``mf.backward(features=)`` has them). Not available through MultiTaskLinear (it forms only
-    the Gram matrix).
+    the Gram matrix). Extra cost: one Gram pass, one pass over the T rows and A for the sums S
+    (T×F numbers) and the sign-dropout pass in place of the combine; U [F] drawn per step.
+    State: the random stream (seeded).
     """
 
     cuda_graph_capturable = False

@@ -2,7 +2,7 @@
 Multitask Networks", ICML 2018), on the shared-feature gradients, in Gram space.
 
 Learnable loss weights w_t (renormalised so that Σ_t w_t = T) train the shared parameters through
-g = Σ_t w_t g_t and are themselves trained by the gradient-norm loss (their eq. 2)
+g = Σ_t w_t g_t and are themselves trained by the gradient-norm loss (their eq. 2)::
 
     L_grad = Σ_t | G_W^(t) − Ḡ_W · r_t^γ |,
 
@@ -58,9 +58,9 @@ class GradNorm(Weighting):
         gamma: the asymmetry γ (default 1.5, the paper's NYUv2 setting); γ = 0 asks for equal
             weighted norms.
         initial_loss_steps: number of (present) steps averaged into L_t(0) (default 1).
-        closed_form: use the γ = 0 fixed point α_t = T ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ directly (Liu et al.
-        2021,
-            Corollary 4, scaled to Σα = T), without learnable weights; requires ``gamma=0``.
+        closed_form: use the γ = 0 fixed point α_t = T ‖g_t‖⁻¹ / Σ_τ ‖g_τ‖⁻¹ directly (Liu et
+            al. 2021, Corollary 4, scaled to Σα = T), without learnable weights; requires
+            ``gamma=0``.
         **kwargs: see :class:`~mtl_fast.Weighting`.
 
     Absent tasks (mask / NaN loss): weight 0 in the combine, excluded from the means, no

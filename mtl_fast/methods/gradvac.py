@@ -6,7 +6,7 @@ moving average (EMA) of the similarities observed so far, and moves the gradient
 towards g_j whenever their current similarity falls below the goal (the paper's Algorithm 2,
 "GradVac update rule", with one parameter group).
 
-Each step, for every task i, starting from g'_i = g_i, visit the other tasks j in a random order:
+Each step, for every task i, starting from g'_i = g_i, visit the other tasks j in a random order::
 
     φ_ij = g'_i·g_j / (‖g'_i‖ ‖g_j‖)                                         (cosine, eq. 1)
     if φ_ij < φ̂_ij:

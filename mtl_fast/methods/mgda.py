@@ -24,7 +24,9 @@ from mtl_fast import ops
 from mtl_fast.reference.solve import MGDA_SOLVERS
 from mtl_fast.weighting import StepInputs, Weighting
 
+#: The values of ``MGDA(normalization=)``.
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+#: The values of ``MGDA(apply_to=)``.
 APPLY_TO = ("raw", "normalized")
 
 

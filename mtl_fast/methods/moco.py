@@ -85,7 +85,14 @@ class MoCo(Weighting):
     r"""MoCo: tracked task gradients y_t and a projected-gradient step for their weights λ.
 
     Fernando et al. (2023); see :mod:`mtl_fast.methods.moco` for the update, the two variants
-    and the cost.
+    and the cost. Per step (Algorithm 1; h_t the task gradient, Y the tracked gradients)::
+
+        y_t ← y_t − β_k (y_t − h_t)
+        λ   ← Π_Δ(λ − γ_k (YᵀY + ρ I) λ)
+        d   = Σ_t λ_t y_t
+
+    with β_k = β / k^σ_β, γ_k = γ / k^σ_γ and Π_Δ the projection onto the simplex (a softmax
+    with ``simplex="softmax"``).
 
     Args:
         num_tasks: T.
@@ -104,7 +111,10 @@ class MoCo(Weighting):
     λ_t, and takes no part in the λ step of the present tasks.
 
     Needs: losses (``normalize=True``) and the gradient rows (``split`` or ``mf.backward``;
-    not MultiTaskLinear).
+    not MultiTaskLinear; with ``split`` a constant feature shape). Extra cost: with
+    ``normalize=True`` one Gram pass for the rows' norms, the tracking pass (reads the rows and
+    y, writes both), then the Gram and combine passes on y; the λ step is T×T. State: the
+    tracked gradients y (T×D) and λ [T].
     """
 
     cuda_graph_capturable = False

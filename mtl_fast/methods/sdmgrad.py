@@ -15,7 +15,7 @@ uses the Gram matrix of one batch for both factors: with ``split`` the per-task 
 two half-batches are feature gradients of different samples, i.e. different coordinates, so
 their cross products estimate nothing (the parameter-space cross Gram g(ξ)ᵀg(ξ') would need the
 encoder's Jacobian of each half, i.e. two backward passes), and :func:`mtl_fast.backward`
-``params=`` forms the gradients of the whole batch. The solve, step for step as that code:
+``params=`` forms the gradients of the whole batch. The solve, step for step as that code::
 
     Ĝ = G / s²,  s = mean_t √(G_tt + 10⁻⁴);    Gg = Ĝ 1/T
     repeat ``iters`` (20) times:  ∇ = Ĝ w + λ Gg;  b ← μ b + ∇ (b = ∇ at the first of the

@@ -334,6 +334,7 @@ class PreferenceVector:
         return self._pref_on[device]
 
     def initial_weights(self, num_tasks: int, device: torch.device | None = None) -> Tensor:
+        """The preference vector when one was given, else the base class's prior."""
         if self.pref_vector is None:
             return super().initial_weights(num_tasks, device)  # type: ignore[misc]
         return self.pref_vector.to(device=device, dtype=torch.float32)

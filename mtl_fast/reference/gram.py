@@ -31,6 +31,7 @@ FINE_GROUP_ELEMS = 1 << 20
 #: computed (rows of T / SYM_SPLIT, at least SYM_MIN_ROWS): measured 1.3–1.6× faster than a full
 #: GEMM at T = 256–512, but slower below T ≈ 128, where MKL's single GEMM is more efficient.
 SYM_SPLIT = 4
+#: The least number of rows of a block of the upper-triangle product.
 SYM_MIN_ROWS = 64
 
 

@@ -334,9 +334,11 @@ def _wolfe_min_norm(
 #: the step is below 1e-5), ``"frank_wolfe_capped"`` the same loop stopped after 250 iterations
 #: (LibMTL's copy increments the counter).
 FRANK_WOLFE_SOLVERS = ("frank_wolfe", "frank_wolfe_capped")
+#: The values of ``mgda_weights(solver=)``.
 MGDA_SOLVERS = ("active_set", *FRANK_WOLFE_SOLVERS)
 #: Stopping tolerance (L1 norm of the step) and LibMTL's cap of the Frank-Wolfe loop.
 FRANK_WOLFE_TOL = SC.MGDA_FW_TOL
+#: LibMTL's cap on the iterations of ``"frank_wolfe_capped"``.
 FRANK_WOLFE_CAP = SC.MGDA_FW_ITERS
 #: A safety stop of the published loop: it has no cap and, where the minimum-norm point is 0
 #: or nearly so (e.g. T > D), its steps can stay above the tolerance indefinitely. 20,000 is

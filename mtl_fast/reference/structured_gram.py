@@ -24,6 +24,7 @@ SAMPLE_CHUNK = 16384
 #: From this T on the reference uses at least :data:`MIN_BLOCKS` row blocks, so that only
 #: the upper-triangle blocks of P and Q are multiplied (5/8 of the work with 4 blocks).
 SPLIT_MIN_TASKS = 256
+#: The least number of row blocks from :data:`SPLIT_MIN_TASKS` tasks on.
 MIN_BLOCKS = 4
 
 

@@ -13,6 +13,8 @@ __all__ = ["clipped_r2", "load_digits", "mlp", "noisy_digits", "split_indices"]
 
 
 def mlp(sizes: Sequence[int], *, last_activation: bool) -> nn.Sequential:
+    """Linear layers of the given ``sizes`` with ReLUs between them (and after the last when
+    ``last_activation``)."""
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))

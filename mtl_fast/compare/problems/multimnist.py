@@ -32,6 +32,7 @@ from mtl_fast.compare.problems.common import load_digits, split_indices
 
 __all__ = ["CANVAS", "MultiMNISTProblem", "overlay_pairs"]
 
+#: Side in pixels of the square canvas the two 8×8 digits are overlaid on.
 CANVAS = 12
 #: top-left corner of the left and right digits before the shift
 ANCHORS = ((1, 1), (3, 3))

@@ -45,6 +45,7 @@ __all__ = [
 
 #: element symbols in the order of the atom-type index used by the model
 ELEMENTS: tuple[str, ...] = ("H", "C", "N", "O", "F")
+#: The most atoms of a QM9 molecule (hydrogens included).
 MAX_ATOMS = 29
 HARTREE_TO_MEV = 27211.386245988
 
@@ -286,7 +287,7 @@ def build_graphs(table: QM9Table, index: np.ndarray, cutoff: float) -> Molecules
 
 
 def load_graphs(table: QM9Table, index: np.ndarray, cutoff: float) -> Molecules:
-    """:func:`build_graphs`, cached on disk under a key of (the molecules, the cut-off)."""
+    """``build_graphs``, cached on disk under a key of (the molecules, the cut-off)."""
     key = hashlib.sha1(np.asarray(index, dtype=np.int64).tobytes() + repr(cutoff).encode())
     path = cache_dir() / f"graphs-v{_TABLE_VERSION}-{key.hexdigest()[:16]}.npz"
     if path.is_file():
