@@ -17,6 +17,7 @@ from method_facts import MethodFacts, bibliography, describe_value, method_facts
 from results_data import compare_results, train_run_for
 
 import mtl_fast
+from mtl_fast.compare.train import gradient_level
 from mtl_fast.methods import registry
 
 METHODS = DOCS / "methods"
@@ -92,9 +93,23 @@ def example_code(spec: registry.MethodSpec) -> str:
         "for epoch in range(3):",
         "    for i in range(0, 256, 64):",
         "        xb, yb = x[i : i + 64], y[i : i + 64]",
-        "        losses = task_losses(xb, yb)",
-        "        optimizer.zero_grad()",
-        "        method.loss(losses).backward()  # one ordinary backward",
+    ]
+    if gradient_level(spec.build(2)) == "params":
+        # State per gradient coordinate: the shared parameters' gradients, the papers' setting
+        # (at the feature level a coordinate is a sample position; the method warns there).
+        lines += [
+            "        losses = task_losses(xb, yb, split=False)",
+            "        optimizer.zero_grad()",
+            "        # per-coordinate gradient state: balance the shared parameters' gradients",
+            "        mf.backward(losses, method=method, params=list(encoder.parameters()))",
+        ]
+    else:
+        lines += [
+            "        losses = task_losses(xb, yb)",
+            "        optimizer.zero_grad()",
+            "        method.loss(losses).backward()  # one ordinary backward",
+        ]
+    lines += [
         "        optimizer.step()",
     ]
     if "update" in calls:

@@ -11,7 +11,7 @@
   Kendall's log-variances, GradNorm's weights); the method's parameters have their own
   learning rate ``method_lr`` (default ``Weighting.default_lr`` = 0.01: Adam moves a log-scale
   by about that much per step, so it settles within the few hundred steps of this budget
-  rather than the 10⁵ of the papers; README, "Pitfalls", has the measurement);
+  rather than the 10⁵ of the papers; docs/pitfalls.md has the measurement);
 * the ordinary loop of docs/design.md: ``zs = method.split(z)``, T losses,
   ``method.loss(losses).backward()``, ``optimizer.step()``; except for the methods that keep
   per-element state of the gradient rows across steps (:func:`gradient_level` is
@@ -64,6 +64,7 @@ __all__ = [
     "TrainConfig",
     "compare_problem",
     "deterministic",
+    "gradient_level",
     "resolve_device",
     "to_device",
     "train_run",

@@ -108,6 +108,7 @@ class LossStatistics:
         return self.accumulator, self.accumulator.step_snapshot()
 
     def step_restore(self, snap: Any) -> None:
+        """Return to a :meth:`step_snapshot`."""
         acc, state = snap
         acc.step_restore(state)
         self.accumulator = acc
@@ -208,6 +209,7 @@ class PeriodAverages:
         )
 
     def step_restore(self, snap: Any) -> None:
+        """Return to a :meth:`step_snapshot`."""
         self.period, self.steps, stats, history, valid = snap
         self.stats.step_restore(stats)
         self.history, self.valid = list(history), list(valid)

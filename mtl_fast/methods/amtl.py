@@ -125,6 +125,7 @@ class AccuracyTracker:
         return self.value, self.seen
 
     def step_restore(self, snap: Any) -> None:
+        """Return to a :meth:`step_snapshot`."""
         self.value, self.seen = snap
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

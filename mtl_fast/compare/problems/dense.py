@@ -5,14 +5,10 @@ MTAN / LibMTL preprocessed ``.npy`` layout.
 Losses and metrics follow Liu, Johns & Davison 2019 (MTAN), whose protocol Navon et al. 2022 and
 Liu et al. 2023 use:
 
-==============  ======================================  ===================================
-task            loss                                    test metrics (direction)
-==============  ======================================  ===================================
-segmentation    cross-entropy, label −1 ignored         mIoU ↑, pixel accuracy ↑
-depth           L1 over valid pixels (depth ≠ 0)        absolute error ↓, relative error ↓
-normal          1 − cos(pred, gt) over valid pixels      angle error mean ↓, median ↓, % of
-                (gt ≠ 0; prediction normalised)         pixels within 11.25° / 22.5° / 30° ↑
-==============  ======================================  ===================================
+* segmentation: cross-entropy, label −1 ignored; test metrics mIoU ↑, pixel accuracy ↑;
+* depth: L1 over the valid pixels (depth ≠ 0); absolute error ↓, relative error ↓;
+* normal: 1 − cos(pred, gt) over the valid pixels (gt ≠ 0; prediction normalised); angle error
+  mean ↓ and median ↓, % of pixels within 11.25° / 22.5° / 30° ↑.
 
 The metrics are computed over all valid pixels of the split (mIoU from the split's confusion
 matrix; the median angle from a 0.01° histogram), so they do not depend on the evaluation batch
@@ -85,6 +81,8 @@ class DenseMetrics:
         self.angle_sum = 0.0
 
     def add_segmentation(self, logits: Tensor, labels: Tensor) -> None:
+        """Add a batch's predicted classes (argmax of ``logits`` [B, C, H, W]) against
+        ``labels`` [B, H, W] (−1: ignored) to the confusion matrix."""
         pred = logits.argmax(dim=1).flatten().cpu()
         gt = labels.flatten().cpu()
         keep = gt >= 0
@@ -93,6 +91,7 @@ class DenseMetrics:
         self.confusion += counts.reshape(self.num_classes, self.num_classes)
 
     def add_depth(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch's absolute and relative depth errors over the pixels with depth."""
         mask = _valid(target).unsqueeze(1)
         err = (pred - target).abs()[mask].double().cpu()
         gt = target[mask].double().cpu()
@@ -101,6 +100,7 @@ class DenseMetrics:
         self.depth_n += int(err.numel())
 
     def add_normal(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch's angle errors (degrees, 0.01° histogram) over the pixels with a normal."""
         mask = _valid(target)
         cos = (F.normalize(pred, dim=1) * target).sum(dim=1)[mask].clamp(-1.0, 1.0)
         deg = torch.rad2deg(torch.acos(cos.double().cpu()))
@@ -118,10 +118,13 @@ class DenseMetrics:
         return {"mIoU": miou, "pix_acc": float(tp.sum()) / total if total else 0.0}
 
     def depth(self) -> dict[str, float]:
+        """The split's mean absolute and relative depth errors."""
         n = max(self.depth_n, 1)
         return {"abs_err": self.depth_abs / n, "rel_err": self.depth_rel / n}
 
     def normal(self) -> dict[str, float]:
+        """The split's mean and median angle errors and the % of pixels within 11.25°, 22.5°
+        and 30° (180° and 0 % when no pixel had a normal)."""
         total = float(self.angles.sum())
         if total == 0:
             return {"mean": 180.0, "median": 180.0, "within_11.25": 0.0, "within_22.5": 0.0,
