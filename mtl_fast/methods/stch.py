@@ -263,11 +263,24 @@ class STCH(Weighting):
     def _vectors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
         """(r, λ, z*) on ``device`` in ``dtype``, converted once per epoch (the same state
         tensors give the cached ones)."""
+        return self._cached(device, dtype)[2]
+
+    def _trivial(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, bool]:
+        """(λ is all 1 and μ = 1, z* is all 0) in ``dtype``: then λ (f − z*)/μ is f exactly
+        (x·1, x − 0 and x/1 are exact, and so are their gradients), so the ops are skipped."""
+        return self._cached(device, dtype)[3]
+
+    def _cached(self, device: torch.device, dtype: torch.dtype) -> tuple:
         vs = tuple(self._on(k, device) for k in ("reference", "preference", "ideal"))
         cached = self._cached_vectors
         if cached is None or cached[1] != dtype or any(a is not b for a, b in zip(cached[0], vs)):
-            cached = self._cached_vectors = (vs, dtype, tuple(v.to(dtype) for v in vs))
-        return cached[2]
+            converted = tuple(v.to(dtype) for v in vs)
+            trivial = (
+                self.mu == 1.0 and bool((converted[1] == 1).all()),
+                bool((converted[2] == 0).all()),
+            )
+            cached = self._cached_vectors = (vs, dtype, converted, trivial)
+        return cached
 
     def _stch_total(self, losses: Tensor, present: Tensor) -> Tensor:
         dtype = losses.dtype
@@ -281,11 +294,15 @@ class STCH(Weighting):
                 inner if unmasked else torch.where(present, inner, torch.ones_like(inner))
             )
             shifted = losses.detach() + self.eps * ref
-            dfdl = 1.0 / (shifted if unmasked else torch.where(present, shifted, 1.0))
+            dfdl = (shifted if unmasked else torch.where(present, shifted, 1.0)).reciprocal()
         else:
             f = losses / ref
-            dfdl = 1.0 / ref
-        a = lam * (f - ideal) / self.mu
+            dfdl = ref.reciprocal()
+        unit_lam, zero_ideal = self._trivial(losses.device, dtype)
+        if unit_lam and zero_ideal:
+            a = f  # λ (f − z*)/μ with λ = 1, z* = 0, μ = 1: the same bits (see _trivial)
+        else:
+            a = lam * (f - ideal) / self.mu
         size: float | Tensor = float(losses.shape[0])
         if not unmasked:
             a = torch.where(present, a, 0.0)
@@ -293,7 +310,8 @@ class STCH(Weighting):
             a = a + torch.where(present | ~present.any(), 0.0, -torch.inf).to(dtype)
             size = present.sum().to(dtype)
         total = size * self.mu * torch.logsumexp(a, dim=0)
-        weights = size * lam * torch.softmax(a.detach(), dim=0) * dfdl
+        soft = torch.softmax(a.detach(), dim=0)
+        weights = (soft * size if unit_lam else size * lam * soft) * dfdl
         self._set_weights(weights if unmasked else torch.where(present, weights, 0.0))
         return total
 

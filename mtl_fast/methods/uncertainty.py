@@ -52,7 +52,10 @@ def uncertainty_total(
     if factors is None:
         factors = uncertainty_factors(log_vars, coefficients)
     if present is None:
-        return torch.dot(factors.to(losses.dtype), losses) + 0.5 * log_vars.sum()
+        # dot + ½·sum as one add (α = ½): the same bits as dot + 0.5·sum, one node less
+        if factors.dtype != losses.dtype:
+            factors = factors.to(losses.dtype)
+        return torch.add(torch.dot(factors, losses), log_vars.sum(), alpha=0.5)
     terms = factors * losses + 0.5 * log_vars
     return torch.where(present, terms, torch.zeros_like(terms)).sum()
 
@@ -107,7 +110,8 @@ class UncertaintyWeighting(Weighting):
     def total_loss(self, losses: Tensor, present: Tensor) -> Tensor:
         if self._all_present():
             factors = uncertainty_factors(self.log_vars, self.coefficients)
-            self._set_weights(factors.detach().to(losses.dtype))
+            w = factors.detach()
+            self._set_weights(w if w.dtype == losses.dtype else w.to(losses.dtype))
             return uncertainty_total(losses, self.log_vars, self.coefficients, factors=factors)
         w = uncertainty_factors(self.log_vars.detach(), self.coefficients)
         self._set_weights(torch.where(present, w, 0.0).to(losses.dtype))
