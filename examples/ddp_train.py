@@ -118,6 +118,9 @@ def main() -> None:
     agree = all(torch.equal(g, gathered[0]) for g in gathered)
     if rank == 0:
         print(f"{args.method}: weights {'agree' if agree else 'DIFFER'} on all {world} processes")
+    # Free DDP before the process group: with gloo, the group's last reference going with the
+    # DDP model can deadlock (docs/recipes/distributed.md, "Free the DDP model first").
+    del ddp, optimizer, model
     dist.destroy_process_group()
     if not agree:
         raise SystemExit(1)

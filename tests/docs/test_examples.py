@@ -48,17 +48,38 @@ def _run_python(code: str, namespace: dict, block: Block) -> None:
             exec(compiled, namespace)
 
 
-def _run_script(block: Block) -> None:
-    """A block that is a whole script (it spawns processes that import its functions)."""
+def _run_script(block: Block, timeout: float = 240.0) -> None:
+    """A block that is a whole script (it spawns processes that import its functions).
+
+    It runs in its own session, so that on a timeout its worker processes are stopped with it
+    (left running, they would slow every later test), each printing its Python stack first
+    (``-X faulthandler`` is inherited by spawned workers)."""
+    import signal
     import subprocess
     from pathlib import Path
 
     script = Path("docs_example.py")
     script.write_text(block.code, encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "faulthandler", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert done.returncode == 0, f"{block.where} failed:\n{done.stdout}\n{done.stderr}"
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler: every process prints its stack
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived the script
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{block.where} did not finish in {timeout:.0f} s:\n{out}\n{err}")
+    assert proc.returncode == 0, f"{block.where} failed:\n{out}\n{err}"
 
 
 def _diff_sides(code: str) -> tuple[str, str]:

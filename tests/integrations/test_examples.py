@@ -70,3 +70,24 @@ def test_amp_fp16_scaler() -> None:
     )
     assert result["skipped_steps"] >= 1
     assert finite(result["losses"]) and finite(result["weights"])
+
+
+@pytest.mark.parametrize("method", ["IMTL", "CVWeighting"])
+def test_ddp_train(method: str, tmp_path: Any) -> None:
+    """examples/ddp_train.py under torchrun, two gloo processes: the weights agree everywhere."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*launcher, str(EXAMPLES / "ddp_train.py"), "--method", method, "--steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{method}: weights agree on all 2 processes" in done.stdout
