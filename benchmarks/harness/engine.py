@@ -290,11 +290,7 @@ class MLPSetup:
         self.feature_numel = self.B * width
 
     def task_loss(self, t: int, out: Tensor) -> Tensor:
-        if t % 2 == 0:
-            loss = nn.functional.mse_loss(out[:, 0], self.targets[t])
-        else:
-            loss = nn.functional.cross_entropy(out, self.targets[t])
-        return self.scales[t] * loss
+        return wl.scaled_task_loss(t, out, self.targets, self.scales)
 
     def step_fn(self, method: Any) -> Callable[[], Any]:
         params = [*self.encoder.parameters(), *self.heads.parameters(), *method.parameters()]

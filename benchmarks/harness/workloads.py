@@ -599,6 +599,16 @@ class TaskHead(nn.Module):
 NUM_CLASSES = 10
 
 
+def scaled_task_loss(t: int, out: Tensor, targets: list[Tensor], scales: list[float]) -> Tensor:
+    """Task t's loss in the training-step benchmarks: the MSE of ``out[:, 0]`` for even t, the
+    cross-entropy of ``out`` for odd t, times ``scales[t]``."""
+    if t % 2 == 0:
+        loss = nn.functional.mse_loss(out[:, 0], targets[t])
+    else:
+        loss = nn.functional.cross_entropy(out, targets[t])
+    return scales[t] * loss
+
+
 @dataclass
 class TrainSetup:
     """Model, synthetic batch and task losses of the training-step benchmark.
@@ -619,11 +629,7 @@ class TrainSetup:
 
     def task_loss(self, t: int, out: Tensor) -> Tensor:
         """The scaled loss of task t for the head output ``out``."""
-        if t % 2 == 0:
-            loss = nn.functional.mse_loss(out[:, 0], self.targets[t])
-        else:
-            loss = nn.functional.cross_entropy(out, self.targets[t])
-        return self.scales[t] * loss
+        return scaled_task_loss(t, out, self.targets, self.scales)
 
     def parameters(self) -> list[nn.Parameter]:
         """Encoder and head parameters."""
