@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "cpu_dispatch.h"
 #include "graddrop.h"
 
 namespace py = pybind11;
@@ -26,26 +27,13 @@ namespace {
 
 using graddrop::Elem;
 
-Elem graddrop_elem(const std::string& name, const char* what) {
-    if (name == "float32") return Elem::F32;
-    if (name == "float64") return Elem::F64;
-    if (name == "bfloat16") return Elem::BF16;
-    if (name == "float16") return Elem::F16;
-    throw py::value_error(std::string(what) +
-                          " must be one of float32, float64, bfloat16, float16; got " + name);
-}
-
 graddrop::Rows graddrop_rows(const std::vector<std::uintptr_t>& rows,
                              std::vector<const void*>& holder, std::size_t numel,
                              const std::string& dtype) {
-    if (rows.empty()) throw py::value_error("rows must hold at least one address");
-    if (numel == 0) throw py::value_error("numel must be >= 1");
-    holder.resize(rows.size());
-    for (std::size_t t = 0; t < rows.size(); ++t) {
-        if (rows[t] == 0) throw py::value_error("rows[" + std::to_string(t) + "] is null");
-        holder[t] = reinterpret_cast<const void*>(rows[t]);
-    }
-    return graddrop::Rows{holder.data(), rows.size(), numel, graddrop_elem(dtype, "dtype")};
+    // The checks in their order: no rows (cpu::row_pointers), numel, a null row (row_pointers).
+    if (!rows.empty() && numel == 0) throw py::value_error("numel must be >= 1");
+    holder = cpu::row_pointers(rows);
+    return graddrop::Rows{holder.data(), rows.size(), numel, cpu::elem_of(dtype, "dtype")};
 }
 
 template <class T>
@@ -104,7 +92,7 @@ void register_graddrop(py::module_& m) {
                                     reinterpret_cast<const std::int8_t*>(signs),
                                     reinterpret_cast<const void*>(uniform),
                                     reinterpret_cast<void*>(out),
-                                    graddrop_elem(out_dtype, "out_dtype"),
+                                    cpu::elem_of(out_dtype, "out_dtype"),
                                     accumulate,
                                     eps,
                                     at_least_one(num_threads)};

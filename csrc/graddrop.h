@@ -23,10 +23,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_passes.h"
+
 namespace mtl_fast {
 namespace graddrop {
 
-enum class Elem : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+// The element types of the other CPU passes (cpu_passes.h; names parsed by cpu::elem_of).
+using Elem = cpu::Elem;
 
 inline float bf16_to_float(std::uint16_t h) {
     const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from mtl_fast import _backend, _native_passes
 from mtl_fast import _solve_constants as SC
-from mtl_fast._native_passes import _DTYPE_NAMES, PARALLEL_MIN_ELEMS, _addresses
+from mtl_fast._native_passes import _DTYPE_NAMES, _addresses, _output, _result, _threads
 from mtl_fast._validation import TaskRows
+from mtl_fast.reference._chunks import accumulation_dtype
 
 
 @functools.cache
@@ -31,14 +32,6 @@ def available() -> bool:
 def serves(rows: TaskRows) -> bool:
     """The native passes can read these rows: CPU tensors of a supported dtype."""
     return _native_passes.serves(rows) and available()
-
-
-def _acc(rows: TaskRows) -> torch.dtype:
-    return torch.float64 if rows.dtype == torch.float64 else torch.float32
-
-
-def _threads(rows: TaskRows) -> int:
-    return torch.get_num_threads() if rows.num_tasks * rows.numel >= PARALLEL_MIN_ELEMS else 1
 
 
 def _array(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -62,7 +55,7 @@ def graddrop_sums(
     :func:`mtl_fast.reference.graddrop.graddrop_sums`."""
     import mtl_fast._C as C
 
-    acc = _acc(rows)
+    acc = accumulation_dtype(rows.dtype)
     if batch < 1 or rows.numel % batch:
         raise ValueError(f"batch must divide the {rows.numel} elements of a task gradient")
     w = _array(weights, acc)
@@ -96,15 +89,11 @@ def graddrop_combine_rows(
     see :func:`mtl_fast.reference.graddrop.graddrop_combine_rows`."""
     import mtl_fast._C as C
 
-    acc = _acc(rows)
+    acc = accumulation_dtype(rows.dtype)
     w, lk, U = _array(weights, acc), _array(leak, acc), _array(uniform, acc)
     S = None if sums is None else _array(sums, acc)
     keep, signs = _signs(activations if sums is None else None)
-    direct = out is not None and out.is_contiguous() and out.dtype in _DTYPE_NAMES
-    if out is None or direct:
-        target = torch.empty(rows.shape, dtype=rows.dtype) if out is None else out
-    else:
-        target = torch.empty(rows.shape, dtype=acc)
+    target, direct = _output(rows, out, acc)
     C.graddrop_combine(
         _addresses(rows),
         rows.numel,
@@ -122,6 +111,4 @@ def graddrop_combine_rows(
         _threads(rows),
     )
     del keep
-    if out is None or direct:
-        return target
-    return out.add_(target)
+    return _result(out, target, direct)

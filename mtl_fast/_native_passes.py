@@ -80,6 +80,25 @@ def _addresses(rows: TaskRows) -> list[int]:
     return [r.data_ptr() for r in rows.rows]
 
 
+def _output(rows: TaskRows, out: Tensor | None, acc: torch.dtype) -> tuple[Tensor, bool]:
+    """(target, direct): where a combining pass writes. A new tensor in the rows' dtype without
+    ``out``; ``out`` itself when the pass can add to it in place (contiguous, of a gradient dtype:
+    ``direct``); otherwise a temporary in ``acc`` that :func:`_result` adds to ``out``."""
+    direct = out is not None and out.is_contiguous() and out.dtype in _DTYPE_NAMES
+    if out is None or direct:
+        target = torch.empty(rows.shape, dtype=rows.dtype) if out is None else out
+    else:
+        target = torch.empty(rows.shape, dtype=acc)
+    return target, direct
+
+
+def _result(out: Tensor | None, target: Tensor, direct: bool) -> Tensor:
+    """The value of a combining pass that wrote to :func:`_output`'s ``target``."""
+    if out is None or direct:
+        return target
+    return out.add_(target)
+
+
 def gram_rows(rows: TaskRows, *, check_finite: bool) -> Tensor:
     """The Gram matrix of CPU rows: float32 [T, T] (float64 for float64 rows).
 
@@ -116,11 +135,7 @@ def combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
     w_dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
     if w.dtype != w_dtype or not w.is_contiguous():
         w = w.to(w_dtype).contiguous()
-    direct = out is not None and out.is_contiguous() and out.dtype in _DTYPE_NAMES
-    if out is None or direct:
-        target = torch.empty(rows.shape, dtype=rows.dtype) if out is None else out
-    else:
-        target = torch.empty(rows.shape, dtype=w_dtype)
+    target, direct = _output(rows, out, w_dtype)
     C.combine_rows(
         _addresses(rows),
         rows.numel,
@@ -132,9 +147,7 @@ def combine_rows(rows: TaskRows, weights: Tensor, out: Tensor | None) -> Tensor:
         direct,
         _threads(rows),
     )
-    if out is None or direct:
-        return target
-    return out.add_(target)
+    return _result(out, target, direct)
 
 
 #: The native solves (``solver=`` of :func:`balance_rows` and :func:`solve_gram`).

@@ -48,7 +48,18 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 import torch
@@ -149,6 +160,33 @@ def _objects_to_host(objs: Sequence[Any]) -> List[np.ndarray]:
         for row, i in zip(stacked, idx):
             out[i] = row
     return out  # type: ignore[return-value]
+
+
+def _agg_figure_maker(caller: str) -> Callable[[Tuple[float, float], int], Figure]:
+    """A function ``(figsize, dpi)`` → a matplotlib ``Figure`` on its own Agg canvas (no pyplot,
+    so no global state); ImportError naming ``WeightHistory.<caller>()`` when matplotlib is not
+    installed."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError(
+            f"WeightHistory.{caller}() needs matplotlib: `pip install matplotlib`"
+        ) from err
+
+    def new_figure(figsize: Tuple[float, float], dpi: int) -> Figure:
+        fig = Figure(figsize=figsize, dpi=dpi)
+        FigureCanvasAgg(fig)
+        return fig
+
+    return new_figure
+
+
+def _save_figure(fig: Figure, path: Optional[PathLike], dpi: int) -> None:
+    """Save ``fig`` to ``path`` when given (format from the suffix; PNG without one)."""
+    if path is not None:
+        path = Path(path)
+        fig.savefig(path, format=None if path.suffix else "png", dpi=dpi)
 
 
 class WeightHistory:
@@ -312,17 +350,12 @@ class WeightHistory:
             raise ValueError(f"weights have {n_w} tasks but losses have {n_l}")
         if n_w == 0:
             raise ValueError("weights and losses must have at least one task")
-        if self._task_names is not None and n_w != len(self._task_names):
-            raise ValueError(
-                f"{method_name!r}: got {n_w} tasks, expected {len(self._task_names)} "
-                f"({self._task_names!r})"
-            )
+        self._check_num_tasks(method_name, n_w)
 
         log = self._logs.get(method_name)
         step = _next_step(method_name, None if log is None else log.last_step, step)
 
-        if self._task_names is None:
-            self._task_names = [f"task_{i}" for i in range(n_w)]
+        self._name_tasks(n_w)
         if log is None:
             log = self._logs[method_name] = _MethodLog()
         log.steps.append(step)
@@ -331,6 +364,19 @@ class WeightHistory:
         if self._chunk_size is not None and len(log.pending) >= self._chunk_size:
             self._flush_log(log)
         return step
+
+    def _check_num_tasks(self, method_name: str, T: int) -> None:
+        """ValueError when task names are known and ``T`` differs from their number."""
+        if self._task_names is not None and T != len(self._task_names):
+            raise ValueError(
+                f"{method_name!r}: got {T} tasks, expected {len(self._task_names)} "
+                f"({self._task_names!r})"
+            )
+
+    def _name_tasks(self, T: int) -> None:
+        """Name the tasks ``task_0 … task_{T-1}`` unless they have names already."""
+        if self._task_names is None:
+            self._task_names = [f"task_{i}" for i in range(T)]
 
     # ------------------------------------------------------------------ host transfer
     @staticmethod
@@ -384,18 +430,13 @@ class WeightHistory:
             raise ValueError(
                 f"expected G [T, T] and alpha [T]; got {tuple(G.shape)} and {tuple(alpha.shape)}"
             )
-        if self._task_names is not None and T != len(self._task_names):
-            raise ValueError(
-                f"{method_name!r}: got {T} tasks, expected {len(self._task_names)} "
-                f"({self._task_names!r})"
-            )
+        self._check_num_tasks(method_name, T)
         glog = self._grams.get(method_name)
         known = None if glog is None else glog.num_tasks()
         if known is not None and known != T:
             raise ValueError(f"{method_name!r}: got {T} tasks, earlier records had {known}")
         step = _next_step(method_name, None if glog is None else glog.last_step, step)
-        if self._task_names is None:
-            self._task_names = [f"task_{i}" for i in range(T)]
+        self._name_tasks(T)
         if glog is None:
             glog = self._grams[method_name] = _GramLog()
         glog.steps.append(step)
@@ -466,21 +507,14 @@ class WeightHistory:
             ValueError: no diagnostics recorded.
             KeyError: an unknown method name.
         """
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError as err:
-            raise ImportError(
-                "WeightHistory.plot_diagnostics() needs matplotlib: `pip install matplotlib`"
-            ) from err
+        new_figure = _agg_figure_maker("plot_diagnostics")
         chosen = self.diagnostic_methods if methods is None else list(methods)
         if not chosen:
             raise ValueError("nothing to plot: no diagnostics have been recorded")
         arrays = [self.diagnostics_arrays(m) for m in chosen]
         names = self._task_names or []
         n = len(chosen)
-        fig = Figure(figsize=figsize or (4.5 * n, 6.0), dpi=dpi)
-        FigureCanvasAgg(fig)
+        fig = new_figure(figsize or (4.5 * n, 6.0), dpi)
         axes = fig.subplots(
             2, n, sharex="col", squeeze=False, gridspec_kw={"height_ratios": [2, 1]}
         )
@@ -517,9 +551,7 @@ class WeightHistory:
                 ax2.set_ylabel("conflict rate")
         if image is not None:
             fig.colorbar(image, ax=list(axes[0]), fraction=0.05, label="cosine")
-        if path is not None:
-            path = Path(path)
-            fig.savefig(path, format=None if path.suffix else "png", dpi=dpi)
+        _save_figure(fig, path, dpi)
         return fig
 
     def to_arrays(self, method_name: str) -> Dict[str, np.ndarray]:
@@ -706,14 +738,8 @@ class WeightHistory:
             ValueError: nothing recorded.
             KeyError: an unknown method name.
         """
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-            from matplotlib.lines import Line2D
-        except ImportError as err:
-            raise ImportError(
-                "WeightHistory.plot() needs matplotlib: `pip install matplotlib`"
-            ) from err
+        new_figure = _agg_figure_maker("plot")
+        from matplotlib.lines import Line2D
 
         chosen = self.methods if methods is None else list(methods)
         if not chosen:
@@ -721,8 +747,7 @@ class WeightHistory:
         arrays = [self.to_arrays(m) for m in chosen]  # KeyError for unknown names
         names = self._task_names or []
         n = len(chosen)
-        fig = Figure(figsize=figsize or (4.0 * n, 6.0), dpi=dpi)
-        FigureCanvasAgg(fig)
+        fig = new_figure(figsize or (4.0 * n, 6.0), dpi)
         axes = fig.subplots(2, n, sharex="col", sharey="row" if sharey else False, squeeze=False)
         colours = [f"C{t % 10}" for t in range(len(names))]
         for col, (method, a) in enumerate(zip(chosen, arrays)):
@@ -751,9 +776,7 @@ class WeightHistory:
         handles = [Line2D([], [], color=c, lw=1.5) for c in colours]
         axes[0, 0].legend(handles, names, fontsize="small", loc="best")
         fig.tight_layout()
-        if path is not None:
-            path = Path(path)
-            fig.savefig(path, format=None if path.suffix else "png", dpi=dpi)
+        _save_figure(fig, path, dpi)
         return fig
 
     # ------------------------------------------------------------------ state

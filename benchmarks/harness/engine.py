@@ -290,28 +290,14 @@ class MLPSetup:
         self.feature_numel = self.B * width
 
     def task_loss(self, t: int, out: Tensor) -> Tensor:
-        if t % 2 == 0:
-            loss = nn.functional.mse_loss(out[:, 0], self.targets[t])
-        else:
-            loss = nn.functional.cross_entropy(out, self.targets[t])
-        return self.scales[t] * loss
+        return wl.scaled_task_loss(t, out, self.targets, self.scales)
 
     def step_fn(self, method: Any) -> Callable[[], Any]:
         params = [*self.encoder.parameters(), *self.heads.parameters(), *method.parameters()]
         opt = torch.optim.SGD(params, lr=wl.TRAIN_LR)
-        T, encoder, heads = self.T, self.encoder, self.heads
-
-        def step() -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            z = encoder(self.x)
-            zs = method.split(z, num_tasks=T)
-            losses = torch.stack([self.task_loss(t, heads[t](zs[t])) for t in range(T)])
-            total = method.loss(losses)
-            total.backward()
-            opt.step()
-            return total
-
-        return step
+        return wl.method_train_step(
+            method, self.T, self.encoder, self.heads, self.task_loss, self.x, opt
+        )
 
 
 TRAIN_METHODS = ("EqualWeighting", "IMTLG", "IMTL", "MGDA")

@@ -766,15 +766,26 @@ def cuda_graph_capturable(fn: Callable[[], Any]) -> tuple[bool, str]:
 
 
 def _time_train_steps(
-    ctx: Context, steps: dict[str, wl.TrainStep], errors: dict[str, str]
+    ctx: Context,
+    steps: dict[str, wl.TrainStep],
+    skipped: list[dict[str, Any]],
+    section: str,
+    T: int,
 ) -> dict[str, Timing]:
-    """Training steps timed interleaved with the tier's training-step repeats."""
+    """Training steps timed interleaved with the tier's training-step repeats; a step that
+    fails is recorded in ``skipped`` (as ``"<name> T=<T>"`` of ``section``) and left out."""
     kw = ctx.timing_kwargs()
     kw["warmup"] = ctx.tier.train_warmup
     kw["min_repeats"] = ctx.tier.train_min_repeats
     kw["max_repeats"] = max(kw["max_repeats"], kw["min_repeats"])
     kw["max_s"] = None  # the training step keeps its repeats (the section has a time limit)
-    return time_interleaved({n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw)
+    errors: dict[str, str] = {}
+    timings = time_interleaved(
+        {n: s.step for n, s in steps.items()}, ctx.device, errors=errors, **kw
+    )
+    for name, msg in errors.items():
+        skipped.append({"section": section, "what": f"{name} T={T}", "reason": msg})
+    return timings
 
 
 def _train_records(
@@ -794,10 +805,7 @@ def _train_records(
                 steps[name] = wl.make_method_step(name, T, ctx.tier, ctx.device)
             except (LookupError, TypeError, ValueError, wl.Unsupported) as exc:
                 skipped.append({"section": section, "what": f"{name} T={T}", "reason": str(exc)})
-        errors: dict[str, str] = {}
-        timings = _time_train_steps(ctx, steps, errors)
-        for name, msg in errors.items():
-            skipped.append({"section": section, "what": f"{name} T={T}", "reason": msg})
+        timings = _time_train_steps(ctx, steps, skipped, section, T)
         base = timings.get("EqualWeighting")
         any_setup = next(iter(steps.values()), None)
         for name, tm in timings.items():
@@ -935,10 +943,7 @@ def run_compile(ctx: Context, skipped: list[dict[str, Any]]) -> list[dict[str, A
                 except Exception as exc:  # a compiler failure is a result, not a crash
                     msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                     skipped.append({"section": "compile", "what": f"{name} {mode}", "reason": msg})
-        errors: dict[str, str] = {}
-        timings = _time_train_steps(ctx, steps, errors)
-        for key, msg in errors.items():
-            skipped.append({"section": "compile", "what": f"{key} T={T}", "reason": msg})
+        timings = _time_train_steps(ctx, steps, skipped, "compile", T)
         for key, tm in timings.items():
             name, mode = key.rsplit(" ", 1)
             eager = timings.get(f"{name} eager")

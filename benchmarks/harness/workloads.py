@@ -599,6 +599,16 @@ class TaskHead(nn.Module):
 NUM_CLASSES = 10
 
 
+def scaled_task_loss(t: int, out: Tensor, targets: list[Tensor], scales: list[float]) -> Tensor:
+    """Task t's loss in the training-step benchmarks: the MSE of ``out[:, 0]`` for even t, the
+    cross-entropy of ``out`` for odd t, times ``scales[t]``."""
+    if t % 2 == 0:
+        loss = nn.functional.mse_loss(out[:, 0], targets[t])
+    else:
+        loss = nn.functional.cross_entropy(out, targets[t])
+    return scales[t] * loss
+
+
 @dataclass
 class TrainSetup:
     """Model, synthetic batch and task losses of the training-step benchmark.
@@ -619,11 +629,7 @@ class TrainSetup:
 
     def task_loss(self, t: int, out: Tensor) -> Tensor:
         """The scaled loss of task t for the head output ``out``."""
-        if t % 2 == 0:
-            loss = nn.functional.mse_loss(out[:, 0], self.targets[t])
-        else:
-            loss = nn.functional.cross_entropy(out, self.targets[t])
-        return self.scales[t] * loss
+        return scaled_task_loss(t, out, self.targets, self.scales)
 
     def parameters(self) -> list[nn.Parameter]:
         """Encoder and head parameters."""
@@ -822,19 +828,34 @@ def make_method_step(name: str, T: int, tier: Tier, device: torch.device | str) 
     method = build_method(name, T).to(setup.device)
     _prepare(method, setup)
     opt = torch.optim.SGD(setup.parameters() + list(method.parameters()), lr=TRAIN_LR)
-    encoder, heads = setup.encoder, setup.heads
+    step = method_train_step(method, T, setup.encoder, setup.heads, setup.task_loss, setup.x, opt)
+    return TrainStep(name, method_family(method), step, setup)
 
-    def step() -> Any:
+
+def method_train_step(
+    method: Weighting,
+    T: int,
+    encoder: nn.Module,
+    heads: nn.ModuleList,
+    task_loss: Callable[[int, Tensor], Tensor],
+    x: Tensor,
+    opt: torch.optim.Optimizer,
+) -> Callable[[], Tensor]:
+    """The eager training step the benchmarks time: ``z = encoder(x)``, ``method.split`` of z
+    into T views, ``task_loss(t, heads[t](z_t))`` stacked, ``method.loss``, backward and an
+    optimizer step; the step returns the total."""
+
+    def step() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        z = encoder(setup.x)
+        z = encoder(x)
         zs = method.split(z, num_tasks=T)
-        losses = torch.stack([setup.task_loss(t, heads[t](zs[t])) for t in range(T)])
+        losses = torch.stack([task_loss(t, heads[t](zs[t])) for t in range(T)])
         total = method.loss(losses)
         total.backward()
         opt.step()
         return total
 
-    return TrainStep(name, method_family(method), step, setup)
+    return step
 
 
 # --------------------------------------------------------------------------- torch.compile

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 from statistics import mean
+from typing import Callable
 
 from gen_common import (
     BANNER,
@@ -162,12 +163,18 @@ def comparison_fragment(problems: list[ProblemResult]) -> str:
     return "\n".join(out)
 
 
-def write_comparison_fragment() -> Path:
-    path = GENERATED / "comparison.md"
+def _write_results_fragment(name: str, fragment: Callable[[list[ProblemResult]], str]) -> Path:
+    """``GENERATED/<name>``: ``fragment`` of the comparison results, or a line saying there are
+    none yet."""
+    path = GENERATED / name
     problems = compare_results()
-    text = comparison_fragment(problems) if problems else "No comparison results yet.\n"
+    text = fragment(problems) if problems else "No comparison results yet.\n"
     write_if_changed(path, _BANNER + text)
     return path
+
+
+def write_comparison_fragment() -> Path:
+    return _write_results_fragment("comparison.md", comparison_fragment)
 
 
 # ---------------------------------------------------------------- which method?
@@ -285,11 +292,7 @@ def advice_fragment(problems: list[ProblemResult]) -> str:
 
 
 def write_advice_fragment() -> Path:
-    path = GENERATED / "which_method.md"
-    problems = compare_results()
-    text = advice_fragment(problems) if problems else "No comparison results yet.\n"
-    write_if_changed(path, _BANNER + text)
-    return path
+    return _write_results_fragment("which_method.md", advice_fragment)
 
 
 def write_results_toc() -> Path:

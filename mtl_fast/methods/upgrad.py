@@ -48,7 +48,7 @@ above the ≤ 9 measured at T = 40); if it were ever exhausted the result is sti
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -367,6 +367,18 @@ class _DualConeMethod(PreferenceVector, Weighting):
         pref = None if self.pref_vector is None else self.pref_vector.tolist()
         return f"num_tasks={self.num_tasks}, pref_vector={pref}, reg_eps={self.reg_eps}"
 
+    def _solve(self, weights_fn: Callable[..., Tensor], G: Tensor, inputs: StepInputs) -> Tensor:
+        """``weights_fn`` (:func:`upgrad_weights` or :func:`dualproj_weights`) of G with this
+        method's preference and options, over the tasks active in G and present this step."""
+        active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)
+        return weights_fn(
+            G,
+            self._pref(G.shape[0], G.device),
+            reg_eps=self.reg_eps,
+            active=active,
+            max_iter=self.max_iter,
+        )
+
 
 class UPGrad(_DualConeMethod):
     """UPGrad: project every task gradient onto the dual cone of all of them, then combine.
@@ -403,14 +415,7 @@ class UPGrad(_DualConeMethod):
     )
 
     def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
-        active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)
-        return upgrad_weights(
-            G,
-            self._pref(G.shape[0], G.device),
-            reg_eps=self.reg_eps,
-            active=active,
-            max_iter=self.max_iter,
-        )
+        return self._solve(upgrad_weights, G, inputs)
 
 
 class DualProj(_DualConeMethod):
@@ -432,11 +437,4 @@ class DualProj(_DualConeMethod):
     """
 
     def gram_weights(self, G: Tensor, inputs: StepInputs) -> Tensor:
-        active = active_tasks(G.to(torch.float64)) & inputs.present.to(G.device)
-        return dualproj_weights(
-            G,
-            self._pref(G.shape[0], G.device),
-            reg_eps=self.reg_eps,
-            active=active,
-            max_iter=self.max_iter,
-        )
+        return self._solve(dualproj_weights, G, inputs)
