@@ -449,3 +449,36 @@ def test_figures_are_palette_pngs(tmp_path) -> None:
     with Image.open(path) as im:
         assert im.format == "PNG" and im.mode == "P" and im.size == (300, 300)
         assert len(im.getcolors() or []) <= report.PNG_COLOURS
+
+
+def test_scales_figure_axis_ignores_an_outlier_series(tmp_path, digits_result) -> None:
+    import copy
+
+    import numpy as np
+
+    from mtl_fast.history import WeightHistory
+
+    T = digits_result.problem.num_tasks
+    history = WeightHistory(list(digits_result.problem.task_names))
+    rng = np.random.default_rng(0)
+    for method in ("A", "B"):
+        for step in range(200):
+            losses = torch.tensor(10 ** rng.uniform(-2, 0, T))
+            weights = torch.ones(T) / T
+            if method == "B" and step < 3:  # w·L collapsing early (MoCo-like), and a spike
+                weights[0] = 1e-40
+                losses[1] = 1e8
+            history.record(method, weights, losses, step=step)
+    result = copy.copy(digits_result)
+    result.history = history
+    path = tmp_path / "s.png"
+    limits = report._small_multiples(result, "scales", path, dpi=40)
+    assert path.stat().st_size > 1000
+    # w·L = L / T in [1e-2, 1] / T: the 1e-40 and 1e8 values lie outside the axis
+    assert limits is not None and 1e-4 < limits[0] < 2e-3 and 0.2 < limits[1] < 1
+    # without outliers the axis spans the data (plus a margin)
+    values = [history.to_arrays(m)["scales"][3:] for m in ("A", "B")]
+    lo, hi = report.scale_axis_limits(values)
+    assert lo < min(v.min() for v in values) and hi > max(v.max() for v in values)
+    assert report.scale_axis_limits([np.zeros((4, 2)), np.full(3, np.nan)]) is None
+    assert report._small_multiples(result, "weights", tmp_path / "w.png", dpi=40) is None

@@ -301,6 +301,38 @@ def write_figures(result: ProblemResult, out_dir: Path, *, dpi: int = 150) -> di
 PANELS_PER_ROW = 6
 
 
+#: the shared log y axis of the loss-scale small multiples spans these percentiles of every
+#: plotted positive value (all panels pooled) where the data reach further
+#: (:func:`scale_axis_limits`)
+SCALE_PERCENTILES = (1.0, 99.0)
+
+#: a side of that axis is cut at its percentile only when the data go more than this many
+#: decades beyond it; otherwise it spans the data
+SCALE_SLACK_DECADES = 2.0
+
+
+def scale_axis_limits(values: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """Robust limits of a shared log axis over ``values`` (the w·L series of every panel):
+    each side is the extreme value, unless that lies more than :data:`SCALE_SLACK_DECADES`
+    beyond the :data:`SCALE_PERCENTILES` percentile of the positive finite values of all
+    panels pooled, where the percentile is used instead (one method's w·L collapsing to
+    1e-40 would otherwise squash every panel); padded by 5 % of the span in log space.
+    ``None`` when there is no positive finite value."""
+    flat = [np.asarray(v, dtype=np.float64).ravel() for v in values]
+    pos = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in flat] + [np.empty(0)])
+    if pos.size == 0:
+        return None
+    logs = np.log10(pos)
+    lo_q, hi_q = np.percentile(logs, SCALE_PERCENTILES)
+    lo, hi = float(logs.min()), float(logs.max())
+    if lo < lo_q - SCALE_SLACK_DECADES:
+        lo = float(lo_q)
+    if hi > hi_q + SCALE_SLACK_DECADES:
+        hi = float(hi_q)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.5
+    return 10.0 ** (lo - pad), 10.0 ** (hi + pad)
+
+
 #: colours of a saved figure's palette (:func:`save_png`)
 PNG_COLOURS = 64
 
@@ -323,11 +355,15 @@ def save_png(fig: Any, path: Path, *, dpi: int) -> None:
     palette.save(path, format="PNG", optimize=True)
 
 
-def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) -> None:
+def _small_multiples(
+    result: ProblemResult, kind: str, path: Path, *, dpi: int
+) -> tuple[float, float] | None:
     """One panel per recorded method: the normalised weights (``kind="weights"``, shared
-    linear y axis) or the loss scales w·L (``"scales"``, shared log y axis) of every task over
-    the training steps of the first seed; tasks coloured alike in every panel (a legend up to
-    :data:`MAX_LEGEND` tasks, else a colour bar over the task index)."""
+    linear y axis) or the loss scales w·L (``"scales"``, shared log y axis with the robust
+    range of :func:`scale_axis_limits`; values outside it are drawn on the frame and the title
+    says how many) of every task over the training steps of the first seed; tasks coloured
+    alike in every panel (a legend up to :data:`MAX_LEGEND` tasks, else a colour bar over the
+    task index). Returns the shared y limits of a ``"scales"`` figure (else ``None``)."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -343,16 +379,24 @@ def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) 
     axes = fig.subplots(rows, cols, sharex=False, sharey=True, squeeze=False)
     cmap = matplotlib.colormaps["viridis" if T > MAX_LEGEND else "tab20" if T > 10 else "tab10"]
     colour = [cmap(t / max(1, T - 1)) if T > MAX_LEGEND else cmap(t) for t in range(T)]
+    series = [history.to_arrays(m) for m in methods]
+    limits = scale_axis_limits([a["scales"] for a in series]) if kind == "scales" else None
+    clipped = plotted = 0
     for k, ax in enumerate(axes.flat):
         if k >= len(methods):
             ax.set_visible(False)
             continue
-        arrays = history.to_arrays(methods[k])
+        arrays = series[k]
         values = arrays[kind]
         for t in range(values.shape[1]):
             ys = values[:, t]
             if kind == "scales":
                 ys = np.where(ys > 0, ys, np.nan)
+                if limits is not None:
+                    shown = np.isfinite(ys)
+                    plotted += int(shown.sum())
+                    clipped += int((shown & ((ys < limits[0]) | (ys > limits[1]))).sum())
+                    ys = np.clip(ys, *limits)
             ax.plot(arrays["steps"], ys, color=colour[t], lw=0.7 if T > MAX_LEGEND else 0.9)
         outcome = result.methods.get(methods[k])
         failed = outcome is not None and not outcome.ok
@@ -365,16 +409,23 @@ def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) 
         ax.grid(True, alpha=0.3)
         if kind == "scales":
             ax.set_yscale("log")
+            if limits is not None:
+                ax.set_ylim(*limits)
         if k % cols == 0:
             ax.set_ylabel("weight (Σ = 1)" if kind == "weights" else "w·L (log)", fontsize=8)
         if k // cols == rows - 1 or k + cols >= len(methods):
             ax.set_xlabel("step", fontsize=8)
     what = "task weights, normalised to sum to 1" if kind == "weights" else "loss scales w·L"
-    fig.suptitle(
-        f"{result.problem.key}: {what}, every method (seed {result.config.seeds[0]})", fontsize=10
-    )
+    title = f"{result.problem.key}: {what}, every method (seed {result.config.seeds[0]})"
+    if clipped:
+        title += (
+            f"\ny axis cut at percentiles {SCALE_PERCENTILES[0]:g} / {SCALE_PERCENTILES[1]:g} "
+            f"of all panels' values: {clipped} of {plotted} ({100 * clipped / plotted:.2g} %) "
+            "lie outside and are drawn on the frame"
+        )
+    fig.suptitle(title, fontsize=10 if not clipped else 9)
     right = 1.0 - 1.3 / fig.get_figwidth()
-    fig.tight_layout(rect=(0, 0, right, 0.97))
+    fig.tight_layout(rect=(0, 0, right, 0.97 - (0.22 / fig.get_figheight() if clipped else 0.0)))
     if T > MAX_LEGEND:
         mappable = matplotlib.cm.ScalarMappable(
             norm=matplotlib.colors.Normalize(0, T - 1), cmap=cmap
@@ -392,6 +443,7 @@ def _small_multiples(result: ProblemResult, kind: str, path: Path, *, dpi: int) 
             frameon=False,
         )  # fmt: skip
     save_png(fig, path, dpi=dpi)
+    return limits
 
 
 def _scale_chart(result: ProblemResult, path: Path, *, dpi: int) -> bool:
