@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gen_common import BANNER, DOCS, md_table, remove_stale, write_if_changed
+from gen_common import BANNER, DOCS, md_table, write_page_folder
 
 import mtl_fast
 from mtl_fast.methods import registry
@@ -187,13 +187,5 @@ def write_api_pages() -> list[Path]:
     aliases.HOMES.clear()
     aliases.HOMES.update(homes)
     methods = {id(spec.cls) for spec in registry.REGISTRY}
-    written = []
-    for mod in modules:
-        path = API / f"{page_name(mod)}.md"
-        write_if_changed(path, module_page(mod, homes, methods))
-        written.append(path)
-    index = API / "index.md"
-    write_if_changed(index, index_page(modules))
-    written.append(index)
-    remove_stale(API, written)
-    return written
+    pages = {page_name(mod): module_page(mod, homes, methods) for mod in modules}
+    return write_page_folder(API, pages, index_page(modules))

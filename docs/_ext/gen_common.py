@@ -33,6 +33,19 @@ def remove_stale(folder: Path, keep: Iterable[Path], pattern: str = "*.md") -> N
             path.unlink()
 
 
+def write_page_folder(folder: Path, pages: dict[str, str], index: str) -> list[Path]:
+    """Write ``folder/<name>.md`` for every page and ``folder/index.md`` (each only when it
+    changed), delete the folder's other ``.md`` files (pages no longer generated) and return
+    the paths written."""
+    written = []
+    for name, text in {**pages, "index": index}.items():
+        path = folder / f"{name}.md"
+        write_if_changed(path, text)
+        written.append(path)
+    remove_stale(folder, written)
+    return written
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
     """A Markdown pipe table; ``align`` has one letter per column, ``l`` or ``r``."""
     cells = [[_cell(c) for c in row] for row in rows]

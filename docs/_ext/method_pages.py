@@ -12,7 +12,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from gen_common import BANNER, DOCS, fmt_ms, fmt_ratio, md_table, remove_stale, write_if_changed
+from gen_common import BANNER, DOCS, fmt_ms, fmt_ratio, md_table, write_page_folder
 from method_facts import MethodFacts, bibliography, describe_value, method_facts
 from results_data import compare_results, train_run_for
 
@@ -298,19 +298,13 @@ def index_page(all_facts: list[MethodFacts]) -> str:
 
 def write_method_pages() -> list[Path]:
     papers = bibliography()
-    written = []
+    pages = {}
     all_facts = []
     for spec in registry.REGISTRY:
         facts = method_facts(spec, papers)
         code = example_code(spec)
         namespace = run_example(code)
         fill_state(facts, namespace["method"])
-        path = METHODS / f"{spec.name}.md"
-        write_if_changed(path, page(facts, code))
-        written.append(path)
+        pages[spec.name] = page(facts, code)
         all_facts.append(facts)
-    index = METHODS / "index.md"
-    write_if_changed(index, index_page(all_facts))
-    written.append(index)
-    remove_stale(METHODS, written)
-    return written
+    return write_page_folder(METHODS, pages, index_page(all_facts))
