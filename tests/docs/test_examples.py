@@ -19,6 +19,7 @@ import sys
 import pytest
 import torch
 
+from tests._isolated import run_isolated
 from tests.docs._blocks import DOCS, LANGUAGES, Block, blocks, pages
 from tests.docs._commands import check_command
 
@@ -49,37 +50,19 @@ def _run_python(code: str, namespace: dict, block: Block) -> None:
 
 
 def _run_script(block: Block, timeout: float = 240.0) -> None:
-    """A block that is a whole script (it spawns processes that import its functions).
-
-    It runs in its own session, so that on a timeout its worker processes are stopped with it
-    (left running, they would slow every later test), each printing its Python stack first
-    (``-X faulthandler`` is inherited by spawned workers)."""
-    import signal
-    import subprocess
+    """A block that is a whole script (it spawns processes that import its functions), run by
+    :func:`tests._isolated.run_isolated`: on a timeout its workers are stopped with it, each
+    printing its Python stack first (``-X faulthandler`` is inherited by spawned workers)."""
     from pathlib import Path
 
     script = Path("docs_example.py")
     script.write_text(block.code, encoding="utf-8")
-    proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    code, out, err = run_isolated(
+        [sys.executable, "-X", "faulthandler", str(script)], timeout=timeout
     )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)  # faulthandler: every process prints its stack
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        with contextlib.suppress(ProcessLookupError):  # workers that outlived the script
-            os.killpg(proc.pid, signal.SIGKILL)
+    if code is None:
         pytest.fail(f"{block.where} did not finish in {timeout:.0f} s:\n{out}\n{err}")
-    assert proc.returncode == 0, f"{block.where} failed:\n{out}\n{err}"
+    assert code == 0, f"{block.where} failed:\n{out}\n{err}"
 
 
 def _diff_sides(code: str) -> tuple[str, str]:

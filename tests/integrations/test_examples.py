@@ -76,18 +76,19 @@ def test_amp_fp16_scaler() -> None:
 def test_ddp_train(method: str, tmp_path: Any) -> None:
     """examples/ddp_train.py under torchrun, two gloo processes: the weights agree everywhere."""
     import os
-    import subprocess
     import sys
 
+    from tests._isolated import run_isolated
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*launcher, str(EXAMPLES / "ddp_train.py"), "--method", method, "--steps", "3"],
-        capture_output=True,
-        text=True,
+    launcher = [sys.executable, "-X", "faulthandler", "-m", "torch.distributed.run"]
+    script = [str(EXAMPLES / "ddp_train.py"), "--method", method, "--steps", "3"]
+    code, out, err = run_isolated(
+        [*launcher, "--standalone", "--nproc_per_node=2", *script],
         timeout=180,
         cwd=tmp_path,
         env=env,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{method}: weights agree on all 2 processes" in done.stdout
+    assert code is not None, f"ddp_train.py did not finish in 180 s:\n{out}\n{err}"
+    assert code == 0, out + err
+    assert f"{method}: weights agree on all 2 processes" in out
